@@ -1,0 +1,245 @@
+"""Decoder-only Transformer over piano-roll frames (Flax Linen), with an explicit key-value cache.
+
+A frame is a vector of per-pitch states (off/onset/hold, or off/on for the benchmark data). The input embedding
+is the sum of one learned vector per (pitch, state) — a dense layer on the one-hot frame. The backbone is
+pre-norm: RMSNorm, causal multi-head attention through `jax.nn.dot_product_attention` with rotary positions,
+and a gated (SwiGLU) MLP. The frame head gives, per pitch, the logits of the next frame's state.
+
+The head is kept behind three functions — `FrameHead` (logits), `frame_log_likelihood` and `sample_frame` — so a
+head that models the notes of a frame jointly (NADE-style) can replace it without touching the backbone, the
+decode cache or the evaluator.
+
+Every parameter carries logical axis names; `sharding.LOGICAL_AXIS_RULES` maps them to the mesh.
+The cache is a dict {"k", "v"} of arrays (layers, batch, length, heads, head_dim); `cache_index` is where the
+new keys are written. No I/O in this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from musicgpt_jax.configs import ModelConfig
+
+Cache = dict[str, jax.Array]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(cfg: ModelConfig) -> Any:
+    return _DTYPES[cfg.dtype]
+
+
+def _init(stddev: float, names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev), names)
+
+
+class RMSNorm(nn.Module):
+    dtype: Any = jnp.float32
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                           (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * scale).astype(self.dtype)
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding on (batch, length, heads, head_dim) with integer positions (batch, length)."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions[..., None].astype(jnp.float32) * freqs  # (B, T, half)
+    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, layer_cache: Cache | None, cache_index):
+        cfg, dtype = self.cfg, compute_dtype(self.cfg)
+        qkv_shape = (cfg.num_heads, cfg.head_dim)
+
+        def proj(name):
+            kernel = self.param(name, _init(0.02, ("embed", "heads", "head_dim")), (cfg.d_model,) + qkv_shape,
+                                jnp.float32)
+            return jnp.einsum("btd,dnh->btnh", x, kernel.astype(dtype))
+
+        q, k, v = proj("query"), proj("key"), proj("value")
+        q = apply_rotary(q, positions, cfg.rope_base)
+        k = apply_rotary(k, positions, cfg.rope_base)
+        q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
+
+        new_cache = None
+        if layer_cache is None:
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
+                                                 (0, cache_index, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
+                                                 (0, cache_index, 0, 0))
+            new_cache = {"k": k_all, "v": v_all}
+            query_pos = cache_index + jnp.arange(x.shape[1])
+            mask = jnp.arange(k_all.shape[1])[None, :] <= query_pos[:, None]  # (T, S), causal over the cache
+            out = jax.nn.dot_product_attention(q, k_all.astype(dtype), v_all.astype(dtype),
+                                               mask=mask[None, None])
+        out_kernel = self.param("out", _init(0.02 / (2 * cfg.num_layers) ** 0.5, ("heads", "head_dim", "embed")),
+                                qkv_shape + (cfg.d_model,), jnp.float32)
+        return jnp.einsum("btnh,nhd->btd", out, out_kernel.astype(dtype)), new_cache
+
+
+class GatedMLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg, dtype = self.cfg, compute_dtype(self.cfg)
+
+        def dense(features, names, std, name):
+            return nn.Dense(features, use_bias=False, dtype=dtype, name=name, kernel_init=_init(std, names))
+
+        gate = dense(cfg.mlp_dim, ("embed", "mlp"), 0.02, "gate")(x)
+        up = dense(cfg.mlp_dim, ("embed", "mlp"), 0.02, "up")(x)
+        h = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return dense(cfg.d_model, ("mlp", "embed"), 0.02 / (2 * cfg.num_layers) ** 0.5, "down")(h)
+
+
+class Block(nn.Module):
+    """One pre-norm Transformer layer. Signature fits `nn.scan`: (carry, scanned cache, broadcast args)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, cache_index, deterministic: bool):
+        cfg, dtype = self.cfg, compute_dtype(self.cfg)
+        h, new_cache = Attention(cfg, name="attention")(RMSNorm(dtype, name="attention_norm")(x), positions,
+                                                        layer_cache, cache_index)
+        x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        h = GatedMLP(cfg, name="mlp")(RMSNorm(dtype, name="mlp_norm")(x))
+        x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        return x, new_cache
+
+
+class FrameEmbed(nn.Module):
+    """Sum of one learned vector per (pitch, state): a dense layer on the one-hot frame."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, states: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        table = self.param("table", _init(0.02, ("pitch", "state", "embed")),
+                           (cfg.num_pitches, cfg.num_states, cfg.d_model), jnp.float32)
+        one_hot = jax.nn.one_hot(states, cfg.num_states, dtype=compute_dtype(cfg))
+        return jnp.einsum("btps,psd->btd", one_hot, table.astype(compute_dtype(cfg)))
+
+
+class FrameHead(nn.Module):
+    """Independent per-pitch outputs: logits (batch, length, pitches, states), float32."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        shape = (cfg.num_pitches, cfg.num_states)
+        kernel = self.param("kernel", _init(0.02, ("embed", "pitch", "state")), (cfg.d_model,) + shape,
+                            jnp.float32)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("pitch", "state")),
+                          shape, jnp.float32)
+        logits = jnp.einsum("btd,dps->btps", h, kernel.astype(compute_dtype(self.cfg)))
+        return logits.astype(jnp.float32) + bias
+
+
+class MusicTransformer(nn.Module):
+    """states (B, T, P) int -> next-frame logits (B, T, P, S), and the updated cache when one is given."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, states: jax.Array, positions: jax.Array | None = None, *, deterministic: bool = True,
+                 cache: Cache | None = None, cache_index: jax.Array | int = 0):
+        cfg = self.cfg
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(states.shape[1]), states.shape[:2])
+        x = FrameEmbed(cfg, name="embed")(states)
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        block = Block
+        if cfg.remat:
+            block = nn.remat(block, static_argnums=(5,), prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x, new_cache = stack(cfg, name="layers")(x, cache, positions, cache_index, deterministic)
+        else:
+            per_layer = []
+            for i in range(cfg.num_layers):
+                layer_cache = None if cache is None else {"k": cache["k"][i], "v": cache["v"][i]}
+                x, c = block(cfg, name=f"layer_{i}")(x, layer_cache, positions, cache_index, deterministic)
+                per_layer.append(c)
+            new_cache = None if cache is None else {
+                "k": jnp.stack([c["k"] for c in per_layer]), "v": jnp.stack([c["v"] for c in per_layer])}
+        x = RMSNorm(compute_dtype(cfg), name="final_norm")(x)
+        logits = FrameHead(cfg, name="head")(x)
+        return logits, new_cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int | None = None, dtype: Any = None) -> Cache:
+    """An empty cache for `length` positions (default: the context window)."""
+    shape = (cfg.num_layers, batch, length or cfg.max_len, cfg.num_heads, cfg.head_dim)
+    dtype = dtype or compute_dtype(cfg)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+CACHE_LOGICAL_AXES = ("cache_layers", "cache_batch", "cache_length", "cache_heads", "cache_head_dim")
+
+
+def frame_log_likelihood(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """log p(frame) per (batch, time): the sum over pitches of the log-probability of each pitch's state."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return picked.sum(axis=-1)
+
+
+def frame_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of NLL over the masked frames, number of frames): nats per frame is their ratio."""
+    nll = -frame_log_likelihood(logits, targets)
+    mask = mask.astype(jnp.float32)
+    return (nll * mask).sum(), mask.sum()
+
+
+def sample_frame(logits: jax.Array, rng: jax.Array, temperature: float | jax.Array,
+                 previous: jax.Array, num_states: int) -> jax.Array:
+    """Sample each pitch's state from logits (B, P, S) and keep states consistent with the previous frame.
+
+    With 3 states a HOLD only continues a sounding note: a sampled HOLD on a pitch that was off becomes OFF.
+    Temperature 0 means argmax.
+    """
+    temperature = jnp.asarray(temperature, jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1)
+    sampled = jax.random.categorical(rng, logits / jnp.maximum(temperature, 1e-6), axis=-1)
+    states = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    if num_states == 3:
+        sounding = previous > 0
+        states = jnp.where((states == 2) & ~sounding, 0, states)
+    return states
+
+
+def count_params(params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))
+
+
+def flops_per_frame(cfg: ModelConfig, num_params: int, context: int | None = None) -> float:
+    """Training FLOPs per frame (forward + backward): 6·N + 12·L·d·T, nanoGPT's estimate."""
+    context = context or cfg.max_len
+    return 6.0 * num_params + 12.0 * cfg.num_layers * cfg.d_model * context

@@ -1,0 +1,140 @@
+"""Grain input pipeline: seeded shuffle, random crops, transposition, batching, a disjoint share per process.
+
+Every sequence gets an empty frame prepended (the start-of-piece context the first real frame is predicted from);
+a training example is a window of `seq_len + 1` frames of that, split into inputs (frames 0..T-1) and targets
+(frames 1..T). Long pieces yield proportionally more windows per epoch than short ones, so every frame has about
+the same chance of being seen. Pieces shorter than a window are zero-padded with `mask` = 0 on the padding.
+
+The pipeline is a `grain.MapDataset`, so its iterator state is just the next index: it is saved with each
+checkpoint and restoring it resumes the exact data order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+import grain
+import numpy as np
+
+Example = dict[str, np.ndarray]
+
+
+def _with_start_frame(states: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.zeros((1, states.shape[1]), states.dtype), states], axis=0)
+
+
+def window_example(states: np.ndarray, start: int, seq_len: int) -> Example:
+    """Window [start, start + seq_len + 1) of `states` (start frame already prepended), padded and masked."""
+    window = states[start:start + seq_len + 1]
+    valid = window.shape[0] - 1
+    padded = np.zeros((seq_len + 1, states.shape[1]), np.int32)
+    padded[:window.shape[0]] = window
+    mask = np.zeros((seq_len,), np.float32)
+    mask[:valid] = 1.0
+    return {"inputs": padded[:-1], "targets": padded[1:], "mask": mask}
+
+
+def transpose_states(states: np.ndarray, semitones: int) -> np.ndarray:
+    """Shift every pitch by `semitones`; notes pushed past either end of the keyboard are dropped."""
+    if semitones == 0:
+        return states
+    out = np.zeros_like(states)
+    if semitones > 0:
+        out[:, semitones:] = states[:, :-semitones]
+    else:
+        out[:, :semitones] = states[:, -semitones:]
+    return out
+
+
+class _WindowIndex:
+    """Maps a flat window number to (sequence, window slot): piece i owns ceil(len_i / seq_len) slots."""
+
+    def __init__(self, lengths: Sequence[int], seq_len: int):
+        self.windows = np.maximum(1, -(-np.asarray(lengths, np.int64) // seq_len))
+        self.ends = np.cumsum(self.windows)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def sequence_of(self, flat: int) -> int:
+        return int(np.searchsorted(self.ends, flat, side="right"))
+
+
+def sequence_lengths(source: Sequence[dict]) -> list[int]:
+    return [int(source[i]["states"].shape[0]) for i in range(len(source))]
+
+
+def train_dataset(source: Sequence[dict], *, seq_len: int, batch_size: int, seed: int, transpose: int = 0,
+                  process_index: int = 0, process_count: int = 1,
+                  lengths: Sequence[int] | None = None) -> grain.MapDataset:
+    """An endless, shuffled MapDataset of this process's batches of `batch_size` windows (the local batch).
+
+    Each batch also carries `source_index` (which sequence each row came from), for provenance checks.
+    """
+    lengths = sequence_lengths(source) if lengths is None else lengths
+    index = _WindowIndex(lengths, seq_len)
+    if len(index) == 0:
+        raise ValueError("the training split is empty")
+
+    def make_window(flat: int, rng: np.random.Generator) -> Example:
+        seq = index.sequence_of(flat)
+        states = _with_start_frame(np.asarray(source[seq]["states"]))
+        start = int(rng.integers(0, max(1, states.shape[0] - seq_len)))
+        example = window_example(states, start, seq_len)
+        if transpose:
+            shift = int(rng.integers(-transpose, transpose + 1))
+            example["inputs"] = transpose_states(example["inputs"], shift)
+            example["targets"] = transpose_states(example["targets"], shift)
+        example["source_index"] = np.int64(seq)
+        return example
+
+    ds = grain.MapDataset.range(len(index)).seed(seed).shuffle().repeat(None).random_map(make_window)
+    return _ProcessRows(ds, batch_size, process_index, process_count).batch(batch_size, drop_remainder=True)
+
+
+class _ProcessRows(grain.MapDataset):
+    """This process's rows of each global batch: the global batch is the same for any number of processes.
+
+    Local element i is global element (i // local) * global + process_index * local + i % local, so process p
+    reads (and decodes) only rows [p * local, (p + 1) * local) of every global batch.
+    """
+
+    def __init__(self, parent: grain.MapDataset, local_batch: int, process_index: int, process_count: int):
+        super().__init__(parent)
+        self._local, self._process, self._count = local_batch, process_index, process_count
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        batch, row = divmod(index, self._local)
+        return self._parent[batch * self._local * self._count + self._process * self._local + row]
+
+
+def eval_examples(source: Sequence[dict], *, seq_len: int) -> list[Example]:
+    """Consecutive, non-overlapping windows covering every frame of every sequence exactly once."""
+    examples = []
+    for i in range(len(source)):
+        states = _with_start_frame(np.asarray(source[i]["states"]))
+        for start in range(0, states.shape[0] - 1, seq_len):
+            examples.append(window_example(states, start, seq_len))
+    return examples
+
+
+def eval_batches(source: Sequence[dict], *, seq_len: int, batch_size: int, max_batches: int | None = None,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[Example]:
+    """Fixed evaluation batches (local share of each global batch), padded with fully masked rows."""
+    examples = eval_examples(source, seq_len=seq_len)
+    global_batch = batch_size * process_count
+    num_batches = -(-len(examples) // global_batch)
+    if max_batches is not None:
+        num_batches = min(num_batches, max_batches)
+    for b in range(num_batches):
+        rows = examples[b * global_batch:(b + 1) * global_batch]
+        if len(rows) < global_batch:
+            empty = {k: np.zeros_like(v) for k, v in rows[0].items()}
+            rows = rows + [empty] * (global_batch - len(rows))
+        local = rows[process_index * batch_size:(process_index + 1) * batch_size]
+        yield {k: np.stack([r[k] for r in local]) for k in ("inputs", "targets", "mask")}
+

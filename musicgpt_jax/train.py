@@ -1,0 +1,397 @@
+"""The training loop: sharded state creation, the jitted train/eval steps, logging, checkpoints and resume.
+
+`train_and_evaluate(cfg, workdir)` is the one entry point; the top-level `train.py` only parses flags.
+State is created already sharded (`jax.eval_shape` -> logical specs -> rule table -> `jit(out_shardings=...)`),
+batches are global arrays assembled from each process's local rows, and a workdir that holds checkpoints resumes
+from the latest one onto whatever mesh is given now. On CPU, N + N steps with a stop in between give bitwise the
+same parameters as 2N steps in one go: the dropout key is derived from (seed, step) and the data order from the
+restored grain iterator state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils import epath
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding
+
+from musicgpt_jax import sharding
+from musicgpt_jax.configs import Config, ModelConfig, TrainConfig
+from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame, frame_nll
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (bad data, NaN loss, incompatible checkpoint); the message is one line."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data, so checkpoints hold a plain array
+
+
+def _decay_mask(params: Any) -> Any:
+    """Weight decay on matmul kernels only: not on norms, biases or the frame embedding."""
+    def decays(path, _leaf) -> bool:
+        return getattr(path[-1], "key", "") not in ("scale", "bias", "table")
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
+    warmup = max(1, min(cfg.warmup_steps, cfg.steps - 1))
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(cfg.steps, warmup + 1),
+                                              end_value=cfg.learning_rate * cfg.min_lr_ratio)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                    mask=_decay_mask),
+    )
+
+
+def create_train_state(model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config,
+                       mesh: Mesh) -> tuple[TrainState, Any]:
+    """(state, state shardings), with every parameter and optimizer leaf created already sharded."""
+    mcfg = cfg.model
+    dummy = jnp.zeros((1, min(8, mcfg.max_len), mcfg.num_pitches), jnp.int32)
+
+    def init_boxed(rng):
+        variables = model.init(rng, dummy)
+        return variables["params"]
+
+    abstract_boxed = jax.eval_shape(init_boxed, jax.random.PRNGKey(cfg.train.seed))
+    param_specs = nn.get_partition_spec(abstract_boxed)
+    param_shardings = sharding.tree_shardings(mesh, param_specs)
+    abstract_params = nn.meta.unbox(abstract_boxed)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
+                                          transform_non_params=lambda _: sharding.replicated(mesh))
+    state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
+                                 opt_state=opt_shardings, rng=sharding.replicated(mesh))
+
+    def init_state(seed_key):
+        params = nn.meta.unbox(init_boxed(seed_key))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 1)))
+
+    # No rule context here: out_shardings place the parameters (and DenseGeneral's init reshapes would trip it).
+    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(cfg.train.seed))
+    return state, state_shardings
+
+
+def abstract_train_state(state_shardings: Any, model: MusicTransformer, tx: optax.GradientTransformation,
+                         cfg: Config) -> Any:
+    """ShapeDtypeStructs with shardings: the restore target for Orbax."""
+    dummy = jnp.zeros((1, min(8, cfg.model.max_len), cfg.model.num_pitches), jnp.int32)
+
+    def init_state(rng):
+        params = nn.meta.unbox(model.init(rng, dummy)["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.key_data(rng))
+
+    shapes = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                        state_shardings)
+
+
+def make_train_step(model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int) -> Callable:
+    """train_step(state, batch) -> (state, metrics); `batch` leaves are (global_batch, ...)."""
+
+    def loss_sums(params, micro, rng):
+        logits, _ = model.apply({"params": params}, micro["inputs"], deterministic=False,
+                                rngs={"dropout": rng})
+        return frame_nll(logits, micro["targets"], micro["mask"])
+
+    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if grad_accum == 1:
+            (nll_sum, frames), grads = grad_fn(state.params, batch, rng)
+        else:
+            micro_batches = jax.tree.map(
+                lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+
+            def accumulate(carry, xs):
+                micro, i = xs
+                (nll, n), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
+                acc_nll, acc_n, acc_g = carry
+                return (acc_nll + nll, acc_n + n, jax.tree.map(jnp.add, acc_g, g)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (nll_sum, frames, grads), _ = jax.lax.scan(
+                accumulate, (jnp.zeros(()), jnp.zeros(()), zeros), (micro_batches, jnp.arange(grad_accum)))
+        frames = jnp.maximum(frames, 1.0)
+        grads = jax.tree.map(lambda g: g / frames, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": nll_sum / frames, "grad_norm": optax.global_norm(grads), "frames": frames}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model: MusicTransformer) -> Callable:
+    def eval_step(params, batch) -> dict:
+        logits, _ = model.apply({"params": params}, batch["inputs"], deterministic=True)
+        nll_sum, frames = frame_nll(logits, batch["targets"], batch["mask"])
+        return {"nll_sum": nll_sum, "frames": frames}
+    return eval_step
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+    """Each process's rows -> one global jax.Array per key, batch axis split over ("data", "fsdp")."""
+    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
+            for k, v in local.items()}
+
+
+def apply_dataset_shape(cfg: Config, num_pitches: int, num_states: int) -> None:
+    """The model's input/output width follows the dataset's."""
+    cfg.model.num_pitches = num_pitches
+    cfg.model.num_states = num_states
+
+
+def check_compatible(saved: dict, cfg: Config, workdir: str) -> None:
+    """A workdir's checkpoints must have been written by the same model shape."""
+    saved_model = saved.get("model", {})
+    ours = dataclasses.asdict(cfg.model)
+    shape_keys = ("num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers")
+    diffs = [f"{k}={saved_model.get(k)!r} (now {ours[k]!r})" for k in shape_keys if saved_model.get(k) != ours[k]]
+    if diffs:
+        raise TrainingError(f"{workdir}: holds checkpoints of an incompatible model: {', '.join(diffs)}; "
+                            "use another --workdir")
+
+
+class _StopFlag:
+    """Set by SIGTERM (preemption): the loop saves at the current step and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self) -> None:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class MetricsWriter:
+    """metrics.jsonl and TensorBoard event files in the workdir; a no-op on processes other than 0."""
+
+    def __init__(self, workdir: epath.Path, enabled: bool):
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            workdir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = workdir / "metrics.jsonl"
+            try:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            except ImportError:
+                self._tb = None
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        with self._jsonl.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, float(v), step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def evaluate_split(params: Any, eval_step: Callable, batches, mesh: Mesh) -> tuple[float, float]:
+    """(nats per frame, frames) over fixed evaluation batches."""
+    total, frames = 0.0, 0.0
+    for local in batches:
+        out = eval_step(params, global_batch(local, mesh))
+        total += float(out["nll_sum"])
+        frames += float(out["frames"])
+    return (total / frames if frames else float("nan")), frames
+
+
+def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
+                       data_log: str | None = None) -> dict[str, float]:
+    """Train `cfg` in `workdir` (resuming from its latest checkpoint), returning the final metrics.
+
+    `data_log`, if given, is a file each process appends the source indices of its local batches to
+    (used by the multi-host tests to prove each process reads a disjoint share).
+    """
+    from musicgpt_jax import pipeline, records
+    from musicgpt_jax.checkpoint import Checkpointer
+
+    workdir_path = epath.Path(workdir)
+    info = records.load_info(cfg.data.data_dir, cfg.data.dataset)
+    apply_dataset_shape(cfg, info.num_pitches, info.num_states)
+    if info.num_states == 2 and cfg.data.transpose:
+        cfg.data.transpose = 0  # benchmark data: transposition would change what is measured
+
+    mesh = sharding.make_mesh(cfg.mesh)
+    dp = sharding.data_parallel_size(mesh)
+    tcfg = cfg.train
+    if tcfg.batch_size % (dp * tcfg.grad_accum) or tcfg.batch_size % jax.process_count():
+        raise TrainingError(f"--config.train.batch_size={tcfg.batch_size} must be divisible by data*fsdp={dp} "
+                            f"times grad_accum={tcfg.grad_accum} and by the {jax.process_count()} processes")
+    local_batch = tcfg.batch_size // jax.process_count()
+
+    model = MusicTransformer(cfg.model)
+    tx = make_optimizer(tcfg)
+    checkpointer = Checkpointer(workdir_path, keep=tcfg.keep_checkpoints, async_save=tcfg.async_checkpoints)
+    resume_step = checkpointer.latest_step()
+    if resume_step is not None:
+        from musicgpt_jax.checkpoint import load_config_dict
+        saved, _ = load_config_dict(workdir_path, resume_step)
+        check_compatible(saved, cfg, workdir)
+
+    state, state_shardings = create_train_state(model, tx, cfg, mesh)
+    train_source = records.load_split(cfg.data.data_dir, cfg.data.dataset, "train")
+    dataset = pipeline.train_dataset(train_source, seq_len=cfg.model.max_len, batch_size=local_batch,
+                                     seed=cfg.data.seed, transpose=cfg.data.transpose,
+                                     process_index=jax.process_index(), process_count=jax.process_count())
+    data_iter = iter(dataset.to_iter_dataset())
+    start_step = 0
+    if resume_step is not None:
+        target = abstract_train_state(state_shardings, model, tx, cfg)
+        state, data_state, start_step = checkpointer.restore(target)
+        data_iter.set_state(data_state)
+        _log(f"resumed from {checkpointer.directory / str(start_step)} at step {start_step}")
+
+    try:
+        val_source = records.load_split(cfg.data.data_dir, cfg.data.dataset, "validation")
+    except (KeyError, ValueError, FileNotFoundError):
+        val_source = []
+
+    train_step = jax.jit(make_train_step(model, tx, tcfg.grad_accum), in_shardings=(state_shardings, None),
+                         out_shardings=(state_shardings, None), donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(model))
+    num_params = count_params(state.params)
+    flops_frame = flops_per_frame(cfg.model, num_params)
+    from musicgpt_jax.hardware import peak_flops_per_device
+    peak, peak_source = peak_flops_per_device()
+    _log(f"model: {num_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; {jax.device_count()} devices; "
+         f"MFU against the {peak_source} ({peak / 1e12:.2f} TFLOP/s per device)")
+
+    writer = MetricsWriter(workdir_path, enabled=jax.process_index() == 0)
+    stop = _StopFlag()
+    stop.install()
+    config_dict = cfg.to_dict()
+
+    def data_state() -> dict:
+        # Every process has consumed the same number of local batches, so one state serves them all,
+        # and it stays valid when the run resumes with another number of processes.
+        return data_iter.get_state()
+
+    def save(step: int) -> None:
+        checkpointer.save(step, state, data_state(), config_dict)
+
+    bar = None
+    if progress and jax.process_index() == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", dynamic_ncols=True)
+    last = {"loss": float("nan")}
+    step = start_step
+    window_start, window_frames = time.perf_counter(), 0.0
+    try:
+        with sharding.activate(mesh):
+            while step < tcfg.steps:
+                local = next(data_iter)
+                if data_log is not None:
+                    with open(data_log, "a") as f:
+                        f.write(" ".join(str(int(i)) for i in local["source_index"]) + "\n")
+                batch = global_batch({k: local[k] for k in ("inputs", "targets", "mask")}, mesh)
+                state, metrics = train_step(state, batch)
+                step += 1
+                window_frames += tcfg.batch_size * cfg.model.max_len
+                stopping = _stop_requested(stop)
+                saving = step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stopping
+                if step % tcfg.log_every == 0 or step == tcfg.steps or saving:
+                    loss = float(metrics["loss"])
+                    if not math.isfinite(loss):
+                        raise TrainingError(f"step {step}: loss is {loss}; stopping without saving "
+                                            f"(last good checkpoint: step {checkpointer.latest_step()})")
+                    elapsed = time.perf_counter() - window_start
+                    frames_per_s = window_frames / max(elapsed, 1e-9)
+                    mfu = frames_per_s * flops_frame / (peak * jax.device_count())
+                    last = {"loss": loss, "grad_norm": float(metrics["grad_norm"]), "frames_per_s": frames_per_s,
+                            "mfu": mfu, "learning_rate": float(learning_rate_schedule(tcfg)(step))}
+                    writer.write(step, last)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", fps=f"{frames_per_s:,.0f}", mfu=f"{mfu:.1%}")
+                    window_start, window_frames = time.perf_counter(), 0.0
+                if bar is not None:
+                    bar.update(1)
+                if val_source and (step % tcfg.eval_every == 0 or step == tcfg.steps):
+                    val_nll, _ = evaluate_split(state.params, eval_step, pipeline.eval_batches(
+                        val_source, seq_len=cfg.model.max_len, batch_size=local_batch,
+                        max_batches=tcfg.eval_batches, process_index=jax.process_index(),
+                        process_count=jax.process_count()), mesh)
+                    last["val_nll"] = val_nll
+                    writer.write(step, {"val_nll": val_nll})
+                    _log(f"step {step}: validation NLL {val_nll:.4f} nats/frame")
+                if saving:
+                    save(step)
+                if stopping:
+                    checkpointer.wait()
+                    _log(f"SIGTERM: saved a checkpoint at step {step}; exiting")
+                    break
+    finally:
+        stop.uninstall()
+        if bar is not None:
+            bar.close()
+        checkpointer.close()
+        writer.close()
+    last["step"] = step
+    return last
+
+
+def _stop_requested(stop: _StopFlag) -> bool:
+    if jax.process_count() == 1:
+        return stop.requested
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.asarray(stop.requested, np.int32))
+    return bool(np.max(flags))
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    return Config.from_dict({"model": d}).model
+
+
+def describe_sharding(state_shardings: Any) -> dict[str, str]:
+    """Path -> PartitionSpec string for every parameter (for logs and tests)."""
+    flat = jax.tree_util.tree_flatten_with_path(state_shardings.params)[0]
+    return {jax.tree_util.keystr(path): str(s.spec) for path, s in flat if isinstance(s, NamedSharding)}
