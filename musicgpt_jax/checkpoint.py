@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -79,12 +80,24 @@ class Checkpointer:
             except Exception as error:  # noqa: BLE001 - any failure to read means this checkpoint is unusable
                 reason = " ".join(str(error).split())[:300] or type(error).__name__
                 if i + 1 < len(candidates):
+                    moved = self._quarantine(candidate)
                     on_fallback(f"{self.directory / str(candidate)}: checkpoint unreadable ({reason}); "
-                                f"falling back to step {candidates[i + 1]}")
+                                f"moved to {moved}; falling back to step {candidates[i + 1]}")
                 else:
                     raise CheckpointError(f"{self.directory / str(candidate)}: checkpoint unreadable "
                                           f"({reason})") from error
         raise AssertionError("unreachable")
+
+    def _quarantine(self, step: int) -> epath.Path:
+        """Move an unreadable checkpoint out of the way (kept for inspection) so training can save that step."""
+        target = self.directory.parent / "corrupt_checkpoints" / str(step)
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target.rmtree()
+            (self.directory / str(step)).rename(target)
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -49,6 +49,8 @@ class DataConfig:
 @dataclasses.dataclass
 class TrainConfig:
     steps: int = 600
+    schedule_steps: int = 0  # length of the warmup + cosine schedule; 0 means `steps`. Set it to stop early
+    # (e.g. --steps N to look at a run half-way) and continue later on exactly the same learning-rate curve.
     batch_size: int = 16  # global batch, in sequences of model.max_len frames
     grad_accum: int = 1
     learning_rate: float = 1e-3

@@ -12,6 +12,7 @@ checkpoint and restoring it resumes the exact data order.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+
 import grain
 import numpy as np
 

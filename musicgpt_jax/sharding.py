@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
 from flax import linen as nn
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")

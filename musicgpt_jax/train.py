@@ -53,8 +53,9 @@ def _decay_mask(params: Any) -> Any:
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
-    warmup = max(1, min(cfg.warmup_steps, cfg.steps - 1))
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(cfg.steps, warmup + 1),
+    total = cfg.schedule_steps or cfg.steps
+    warmup = max(1, min(cfg.warmup_steps, total - 1))
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(total, warmup + 1),
                                               end_value=cfg.learning_rate * cfg.min_lr_ratio)
 
 
@@ -66,28 +67,31 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def create_train_state(model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config,
-                       mesh: Mesh) -> tuple[TrainState, Any]:
-    """(state, state shardings), with every parameter and optimizer leaf created already sharded."""
-    mcfg = cfg.model
-    dummy = jnp.zeros((1, min(8, mcfg.max_len), mcfg.num_pitches), jnp.int32)
-
-    def init_boxed(rng):
-        variables = model.init(rng, dummy)
-        return variables["params"]
-
-    abstract_boxed = jax.eval_shape(init_boxed, jax.random.PRNGKey(cfg.train.seed))
+def train_state_shardings(model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config,
+                          mesh: Mesh) -> TrainState:
+    """The NamedSharding of every TrainState leaf, from the rule table; traces shapes, allocates nothing."""
+    dummy = jnp.zeros((1, min(8, cfg.model.max_len), cfg.model.num_pitches), jnp.int32)
+    abstract_boxed = jax.eval_shape(lambda rng: model.init(rng, dummy)["params"],
+                                    jax.random.PRNGKey(cfg.train.seed))
     param_specs = nn.get_partition_spec(abstract_boxed)
     param_shardings = sharding.tree_shardings(mesh, param_specs)
     abstract_params = nn.meta.unbox(abstract_boxed)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
                                           transform_non_params=lambda _: sharding.replicated(mesh))
-    state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
-                                 opt_state=opt_shardings, rng=sharding.replicated(mesh))
+    return TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings,
+                      rng=sharding.replicated(mesh))
+
+
+def create_train_state(model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config,
+                       mesh: Mesh) -> tuple[TrainState, Any]:
+    """(state, state shardings), with every parameter and optimizer leaf created already sharded."""
+    mcfg = cfg.model
+    dummy = jnp.zeros((1, min(8, mcfg.max_len), mcfg.num_pitches), jnp.int32)
+    state_shardings = train_state_shardings(model, tx, cfg, mesh)
 
     def init_state(seed_key):
-        params = nn.meta.unbox(init_boxed(seed_key))
+        params = nn.meta.unbox(model.init(seed_key, dummy)["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 1)))
 

@@ -1,0 +1,120 @@
+"""Prepare training data: MIDI files (or a benchmark file) → TFDS ArrayRecord shards + manifest + card.
+
+With no arguments: export music21's Bach chorales to data/default_corpus (once) and build `bach_chorales` into
+data/records; a complete dataset built from the same files with the same options is left as it is.
+
+    python data/prepare.py
+    python data/prepare.py --midi_dir ~/midi --name my_piano [--workers 8]
+    python data/prepare.py --benchmark ../shared/data/polyphonic/JSB_Chorales.mat
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Errors print one line on stderr and exit with status 2.",
+    )
+    parser.add_argument(
+        "--midi_dir",
+        help="folder searched recursively for .mid/.midi/.kar files "
+        "(default: the Bach chorales, exported to data/default_corpus)",
+    )
+    parser.add_argument(
+        "--data_dir", default="data/records", help="where datasets are written (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--name",
+        help="dataset name (default: bach_chorales, the --midi_dir folder's name, "
+        "or the benchmark's name, e.g. jsb_chorales)",
+    )
+    parser.add_argument(
+        "--steps_per_quarter",
+        type=int,
+        default=8,
+        help="frames per quarter note (default: %(default)s = 32nds)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help="conversion processes (default: all %(default)s cores)",
+    )
+    parser.add_argument(
+        "--val_percent", type=float, default=5.0, help="percent of files in validation (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--test_percent", type=float, default=5.0, help="percent of files in test (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--no_sustain_pedal", action="store_true", help="ignore CC64 (pedal) when reading MIDI"
+    )
+    parser.add_argument("--include_drums", action="store_true", help="keep drum tracks (dropped by default)")
+    parser.add_argument(
+        "--max_frames",
+        type=int,
+        default=100_000,
+        help="skip longer files as 'too long' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds allowed per file (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--benchmark", metavar="FILE", help="import a polyphonic-benchmark .mat/.json file instead"
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if an identical dataset exists")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Imported here, not at the top: conversion workers are spawned processes that re-import this file.
+    sys.path.insert(0, str(REPO_ROOT))  # runnable from a checkout without `pip install -e .`
+    from musicgpt_jax import corpus, records
+
+    try:
+        if args.benchmark:
+            result = records.build_benchmark_dataset(
+                args.benchmark, args.data_dir, args.name, force=args.force
+            )
+        else:
+            if args.midi_dir is None:
+                corpus.export_default_corpus(corpus.DEFAULT_CORPUS_DIR, workers=args.workers)
+                midi_dir, name = corpus.DEFAULT_CORPUS_DIR, args.name or records.DEFAULT_DATASET
+            else:
+                midi_dir, name = args.midi_dir, args.name or records.dataset_name_for(args.midi_dir)
+            result = records.build_midi_dataset(
+                midi_dir,
+                args.data_dir,
+                name,
+                steps_per_quarter=args.steps_per_quarter,
+                sustain_pedal=not args.no_sustain_pedal,
+                include_drums=args.include_drums,
+                val_percent=args.val_percent,
+                test_percent=args.test_percent,
+                max_frames=args.max_frames,
+                timeout_s=args.timeout,
+                workers=args.workers,
+                force=args.force,
+            )
+    except (records.InputError, corpus.BenchmarkFormatError) as error:
+        print(f"prepare.py: {error}", file=sys.stderr)
+        return 2
+    if not result.rebuilt:
+        print(f"{result.path}: up to date (same input files and options); nothing to do (--force rebuilds)")
+    print(result.summary())
+    if result.rebuilt:
+        print(f"wrote {result.path} (manifest: {result.path / records.MANIFEST_FILE})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""KV-cache decoding: one prefill over the primer, then a compiled scan that adds one frame per step.
+
+Sequence convention (as in training): a piece starts with an all-OFF frame, and the logits at frame t predict
+frame t+1. The context of a generation is that empty frame followed by the primer, cut to its last
+`max_len` frames when longer (the empty frame is dropped first, then the oldest primer frames).
+
+The cache holds `max_len` positions (the training window). When it is full, the window slides: the newest
+half of the frames it holds is re-prefilled at positions 0..half-1 (rotary attention only sees relative
+positions) and decoding goes on from position `half`. The slide is a `lax.cond` inside the scan, so shapes
+stay fixed and nothing leaves the compiled loop. Entries of the cache beyond the current position are stale
+but masked out by the causal mask.
+
+Compilation: `generate` and `decode_logits` build one jitted function per (model config, mesh, number of
+steps) and jax.jit keeps one executable per input shape, so a second call with the same shapes (any seed,
+primer content or temperature) compiles nothing. `TRACE_COUNTS` counts traces, for tests.
+
+With a mesh, the cache is constrained to the rule table's `cache_*` axes and batch-major arrays to `batch`;
+the parameters are expected to be placed on that mesh already.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from musicgpt_jax import sharding
+from musicgpt_jax.configs import ModelConfig
+from musicgpt_jax.model import CACHE_LOGICAL_AXES, Cache, MusicTransformer, init_cache, sample_frame
+
+TRACE_COUNTS: collections.Counter[str] = collections.Counter()
+
+
+class DecodeState(NamedTuple):
+    cache: Cache
+    window: jax.Array  # (B, max_len, P) int32: the frames the cache holds, at their cache positions
+    index: jax.Array  # () int32: the cache position the next frame is written to
+
+
+def context_of(primer: jax.Array, max_len: int) -> jax.Array:
+    """The empty start frame followed by `primer` (B, Tp, P), cut to its last `max_len` frames."""
+    empty = jnp.zeros((primer.shape[0], 1, primer.shape[2]), primer.dtype)
+    return jnp.concatenate([empty, primer], axis=1)[:, -max_len:]
+
+
+def _constrain(x: jax.Array, mesh: Mesh | None, logical_axes: tuple[str | None, ...]) -> jax.Array:
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, sharding.logical_sharding(mesh, logical_axes))
+
+
+def _constrain_state(state: DecodeState, mesh: Mesh | None) -> DecodeState:
+    cache = {k: _constrain(v, mesh, CACHE_LOGICAL_AXES) for k, v in state.cache.items()}
+    return DecodeState(cache, _constrain(state.window, mesh, ("batch", None, None)), state.index)
+
+
+def prefill(params: Any, cfg: ModelConfig, context: jax.Array,
+            mesh: Mesh | None = None) -> tuple[jax.Array, DecodeState]:
+    """Run `context` (B, T, P), T <= max_len, into an empty cache: (logits of every position, state)."""
+    batch, length, pitches = context.shape
+    if length > cfg.max_len:
+        raise ValueError(f"prefill of {length} frames does not fit the {cfg.max_len}-frame context")
+    model = MusicTransformer(cfg)
+    cache = init_cache(cfg, batch, cfg.max_len)
+    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    logits, cache = model.apply({"params": params}, context, positions, cache=cache, cache_index=0)
+    window = jnp.zeros((batch, cfg.max_len, pitches), jnp.int32).at[:, :length].set(context)
+    state = DecodeState(cache, window, jnp.asarray(length, jnp.int32))
+    return logits, _constrain_state(state, mesh)
+
+
+def _slide(params: Any, cfg: ModelConfig, state: DecodeState) -> DecodeState:
+    """Keep the newest half of the window: move it to positions 0..half-1 and rebuild the cache from it."""
+    length = cfg.max_len
+    half = length // 2
+    window = jnp.roll(state.window, -(length - half), axis=1)
+    batch = window.shape[0]
+    positions = jnp.broadcast_to(jnp.arange(half), (batch, half))
+    _, cache = MusicTransformer(cfg).apply({"params": params}, window[:, :half], positions,
+                                           cache=state.cache, cache_index=0)
+    return DecodeState(cache, window, jnp.asarray(half, jnp.int32))
+
+
+def decode_step(params: Any, cfg: ModelConfig, state: DecodeState, frame: jax.Array,
+                mesh: Mesh | None = None) -> tuple[jax.Array, DecodeState]:
+    """Feed one frame (B, P): (logits (B, P, S) of the frame after it, new state). Slides when full."""
+    state = jax.lax.cond(state.index >= cfg.max_len, lambda s: _slide(params, cfg, s), lambda s: s, state)
+    state = _constrain_state(state, mesh)
+    index = state.index
+    window = jax.lax.dynamic_update_slice(state.window, frame[:, None].astype(jnp.int32), (0, index, 0))
+    positions = jnp.full((frame.shape[0], 1), index)
+    logits, cache = MusicTransformer(cfg).apply({"params": params}, frame[:, None], positions,
+                                                cache=state.cache, cache_index=index)
+    return logits[:, 0], _constrain_state(DecodeState(cache, window, index + 1), mesh)
+
+
+def _generate(params, primer, rng, temperature, *, cfg: ModelConfig, num_frames: int, mesh: Mesh | None):
+    TRACE_COUNTS["generate"] += 1
+    context = _constrain(context_of(primer, cfg.max_len), mesh, ("batch", None, None))
+    logits, state = prefill(params, cfg, context, mesh)
+    first = sample_frame(logits[:, -1], jax.random.fold_in(rng, 0), temperature, context[:, -1],
+                         cfg.num_states)
+
+    def step(carry, t):
+        state, frame = carry
+        logits, state = decode_step(params, cfg, state, frame, mesh)
+        following = sample_frame(logits, jax.random.fold_in(rng, t), temperature, frame, cfg.num_states)
+        return (state, following), following
+
+    _, rest = jax.lax.scan(step, (state, first), jnp.arange(1, num_frames))
+    frames = jnp.concatenate([first[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
+    return _constrain(frames, mesh, ("batch", None, None))
+
+
+def _decode_logits(params, frames, *, cfg: ModelConfig, prefill_len: int, mesh: Mesh | None):
+    TRACE_COUNTS["decode_logits"] += 1
+    frames = _constrain(frames, mesh, ("batch", None, None))
+    prefill_logits, state = prefill(params, cfg, frames[:, :prefill_len], mesh)
+
+    def step(state, frame):
+        logits, state = decode_step(params, cfg, state, frame, mesh)
+        return state, logits
+
+    _, step_logits = jax.lax.scan(step, state, jnp.swapaxes(frames[:, prefill_len:], 0, 1))
+    return jnp.concatenate([prefill_logits, jnp.swapaxes(step_logits, 0, 1)], axis=1)
+
+
+def _config_key(cfg: ModelConfig) -> tuple:
+    return tuple(sorted(dataclasses.asdict(cfg).items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted(kind: str, cfg_key: tuple, mesh: Mesh | None, steps: int) -> Callable:
+    cfg = ModelConfig(**dict(cfg_key))
+    if kind == "generate":
+        return jax.jit(functools.partial(_generate, cfg=cfg, num_frames=steps, mesh=mesh))
+    return jax.jit(functools.partial(_decode_logits, cfg=cfg, prefill_len=steps, mesh=mesh))
+
+
+def _check(cfg: ModelConfig, states: Any, mesh: Mesh | None) -> None:
+    if cfg.max_len < 2:
+        raise ValueError(f"max_len={cfg.max_len}: decoding needs a context of at least 2 frames")
+    if np.ndim(states) != 3 or np.shape(states)[2] != cfg.num_pitches:
+        raise ValueError(f"frames of shape {np.shape(states)}: expected (batch, time, {cfg.num_pitches})")
+    if mesh is not None and np.shape(states)[0] % sharding.data_parallel_size(mesh):
+        raise ValueError(f"batch {np.shape(states)[0]} is not divisible by the mesh's data*fsdp = "
+                         f"{sharding.data_parallel_size(mesh)}")
+
+
+def _run(fn: Callable, mesh: Mesh | None, *args) -> jax.Array:
+    if mesh is None:
+        return fn(*args)
+    with sharding.activate(mesh):
+        return fn(*args)
+
+
+def generate(params: Any, cfg: ModelConfig, primer_states: Any, num_frames: int, rng: jax.Array,
+             temperature: float = 1.0, mesh: Mesh | None = None) -> jax.Array:
+    """Sample `num_frames` frames (B, num_frames, P) int32 that follow `primer_states` (B, Tp, P).
+
+    `Tp` may be 0 (start from the empty frame alone). Frame k is sampled with `fold_in(rng, k)`, so the same
+    key and inputs give the same music. Temperature 0 is argmax.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames}: must be at least 1")
+    _check(cfg, primer_states, mesh)
+    fn = _jitted("generate", _config_key(cfg), mesh, int(num_frames))
+    primer = jnp.asarray(primer_states, jnp.int32)
+    return _run(fn, mesh, params, primer, rng, jnp.asarray(temperature, jnp.float32))
+
+
+def decode_logits(params: Any, cfg: ModelConfig, frames: Any, prefill_len: int = 1,
+                  mesh: Mesh | None = None) -> jax.Array:
+    """Teacher forcing through the decode path: logits (B, T, P, S) for a given sequence (B, T, P).
+
+    The first `prefill_len` frames go through one prefill, the rest one decode step each (sliding the window
+    as `generate` does); entry t holds the logits of frame t+1. For tests and benchmarks.
+    """
+    if not 1 <= prefill_len <= min(cfg.max_len, np.shape(frames)[1]):
+        raise ValueError(f"prefill_len={prefill_len}: must be in 1..min(max_len, frames)")
+    _check(cfg, frames, mesh)
+    fn = _jitted("decode_logits", _config_key(cfg), mesh, int(prefill_len))
+    return _run(fn, mesh, params, jnp.asarray(frames, jnp.int32))
+
+
+def window_starts(num_frames: int, prefill_len: int, max_len: int) -> np.ndarray:
+    """For each frame t of a teacher-forced sequence, the first frame of the window its logits saw.
+
+    Mirrors the slide rule, so a test can recompute every decode step with one plain forward pass.
+    """
+    half = max_len // 2
+    starts = np.zeros(num_frames, np.int64)
+    start, index = 0, prefill_len
+    for t in range(prefill_len, num_frames):
+        if index >= max_len:
+            start, index = t - half, half
+        starts[t] = start
+        index += 1
+    return starts

@@ -1,0 +1,567 @@
+"""Frames → TFDS ArrayRecord datasets, and the reader the trainer uses. No TensorFlow anywhere.
+
+Layout of a dataset (the TFDS layout, so `tfds.data_source(name, data_dir=...)` opens it too):
+
+    DATA_DIR/NAME/1.0.0/{dataset_info.json, features.json, NAME-{train,validation,test}.array_record-*}
+    DATA_DIR/NAME/manifest.jsonl   one line per input: converted (frames, notes, seconds, split) or why not
+    DATA_DIR/NAME/card.json        dataset card: counts, hours, polyphony, pitch histogram, build fingerprint
+
+Writing goes through a `tfds.core.GeneratorBasedBuilder` made per dataset (features: `states`/`velocities` as
+zlib-encoded uint8 tensors of shape (T, P), `name`, `sha256`); TFDS needs TensorFlow only for `tf.data`, which
+is never asked for, and reading uses `as_data_source()` (ArrayRecord random access). Shuffling is off, so
+records sit in a fixed order (sorted by name) and the same inputs give byte-identical shards; grain shuffles
+at training time.
+
+Guarantees:
+- A MIDI file's split depends only on the SHA-256 of its bytes, so adding files never moves one. Identical
+  files are kept once: the first by path, the others are "duplicate of" it in the manifest (same bytes, same
+  split, so the music never changes split either). Manifest counts always add up to the inputs.
+- Conversion runs in a process pool, one file per task, each with a time limit; a bad file never ends the run.
+- A build happens in a hidden scratch folder in DATA_DIR and is renamed into place when complete; the card is
+  written last, and readers require it, so an interrupted build never reads as a dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
+
+from musicgpt_jax import corpus
+from musicgpt_jax.dataset_card import SPLITS, format_card, make_card, sequence_stats
+from musicgpt_jax.deadline_pool import Failed, TimedOut, run_with_deadline
+from musicgpt_jax.file_conversion import ConversionOptions, convert_file
+
+DEFAULT_DATA_DIR = "data/records"
+DEFAULT_DATASET = "bach_chorales"
+DEFAULT_MAX_FRAMES = 100_000
+DEFAULT_TIMEOUT_S = 60.0
+MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+VERSION = "1.0.0"
+CARD_FILE = "card.json"
+MANIFEST_FILE = "manifest.jsonl"
+_FORMAT = 1  # bump when the record layout changes, so fingerprints (and "up to date") change with it
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No complete dataset at the path; the message names it and the command that prepares it."""
+
+
+class InputError(ValueError):
+    """A bad input to a build (directory, name, option); the message is one line naming it and the reason."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_pitches: int
+    num_states: int
+    lowest_pitch: int
+    steps_per_quarter: int
+    split_sizes: dict[str, int]  # sequences per split
+    split_frames: dict[str, int]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path  # DATA_DIR/NAME
+    card: dict[str, Any]
+    rebuilt: bool  # False when a complete dataset with the same fingerprint was already there
+
+    def summary(self) -> str:
+        return format_card(self.card)
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+def prepare_command(data_dir: str | os.PathLike, name: str) -> str:
+    """The command line that builds dataset `name` into `data_dir`."""
+    command = "python data/prepare.py"
+    if name in corpus.BENCHMARKS:
+        command += f" --benchmark ../shared/data/polyphonic/{corpus.BENCHMARKS[name][0]}"
+    elif name != DEFAULT_DATASET:
+        command += f" --midi_dir DIR --name {name}"
+    if os.path.normpath(data_dir) != os.path.normpath(DEFAULT_DATA_DIR):
+        command += f" --data_dir {data_dir}"
+    return command
+
+
+def _complete_card(root: Path) -> dict[str, Any] | None:
+    """The card of the complete dataset at `root`, or None when there is none (or only part of one)."""
+    if not (root / VERSION / "dataset_info.json").is_file():
+        return None
+    try:
+        return json.loads((root / CARD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _require_card(data_dir: str | os.PathLike, name: str) -> dict[str, Any]:
+    root = Path(data_dir) / name
+    card = _complete_card(root)
+    if card is None:
+        raise DatasetNotFoundError(f"{root}: no dataset here; run: {prepare_command(data_dir, name)}")
+    return card
+
+
+def load_info(data_dir: str, name: str) -> DatasetInfo:
+    """Shape and size of dataset `name` in `data_dir`; DatasetNotFoundError unless it is completely there."""
+    card = _require_card(data_dir, name)
+    return DatasetInfo(
+        name=card["name"],
+        num_pitches=card["num_pitches"],
+        num_states=card["num_states"],
+        lowest_pitch=card["lowest_pitch"],
+        steps_per_quarter=card["steps_per_quarter"],
+        split_sizes={s: v["sequences"] for s, v in card["splits"].items()},
+        split_frames={s: v["frames"] for s, v in card["splits"].items()},
+    )
+
+
+class FrameSequences(Sequence[dict]):
+    """Random access to one split: item i = {"states": (T, P) uint8, "velocities": (T, P) uint8, "name": str}.
+
+    Works as a grain data source. The ArrayRecord reader is opened on first use and not pickled, so copies
+    sent to grain worker processes open their own.
+    """
+
+    def __init__(self, version_dir: Path, split: str, size: int):
+        self._version_dir, self._split, self._size = version_dir, split, size
+        self._source: Any = None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _open(self) -> Any:
+        if self._source is None:
+            builder = tfds.builder_from_directory(str(self._version_dir))
+            self._source = builder.as_data_source(split=self._split)
+        return self._source
+
+    @staticmethod
+    def _item(record: Mapping[str, Any]) -> dict:
+        return {
+            "states": record["states"],
+            "velocities": record["velocities"],
+            "name": record["name"].decode(),
+        }
+
+    def __getitem__(self, index: int) -> dict:  # type: ignore[override]
+        index = index.__index__()
+        if not -self._size <= index < self._size:
+            raise IndexError(f"index {index} out of range for split {self._split!r} of {self._size}")
+        return self._item(self._open()[index % self._size])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        return [self._item(r) for r in self._open().__getitems__(list(indices))] if indices else []
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_source": None}
+
+    def __repr__(self) -> str:
+        return f"FrameSequences({self._version_dir}, split={self._split!r}, size={self._size})"
+
+
+def load_split(data_dir: str, name: str, split: str) -> Sequence[dict]:
+    """The sequences of one split ("train", "validation" or "test"), in a fixed order, with random access."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    card = _require_card(data_dir, name)
+    return FrameSequences(Path(data_dir) / name / VERSION, split, card["splits"][split]["sequences"])
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+def _check_name(name: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise InputError(
+            f"--name {name!r}: use lowercase letters, digits and underscores, starting with a letter"
+        )
+
+
+def dataset_name_for(directory: str | os.PathLike) -> str:
+    """A dataset name from a folder name: `My MIDI-files` -> `my_midi_files`."""
+    name = re.sub(r"[^a-z0-9]+", "_", Path(directory).resolve().name.lower()).strip("_")
+    return name if re.match(r"[a-z]", name) else f"midi_{name}".rstrip("_")
+
+
+def split_of(sha256: str, val_percent: float, test_percent: float) -> str:
+    """The split of a file with this SHA-256 (hex): a point in [0, 100) from the hash, cut into ranges."""
+    point = int(sha256[:16], 16) / 2**64 * 100
+    return "test" if point < test_percent else "validation" if point < test_percent + val_percent else "train"
+
+
+def find_midi_files(midi_dir: Path) -> list[Path]:
+    """Every .mid/.midi/.kar file (any case) under `midi_dir`, sorted by relative path.
+
+    Linked folders are followed (each real folder visited once, so a link cycle cannot loop).
+    """
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(midi_dir, followlinks=True):
+        if os.path.realpath(folder) in seen:
+            subfolders.clear()
+            continue
+        seen.add(os.path.realpath(folder))
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in MIDI_SUFFIXES]
+    return sorted(found, key=lambda p: p.relative_to(midi_dir).as_posix())
+
+
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    def initialize_from_bucket(self) -> None:
+        """Nothing to fetch for a local dataset (and TFDS's version leaves an empty temp folder behind)."""
+
+
+def _builder(
+    root: Path,
+    name: str,
+    num_pitches: int,
+    description: str,
+    splits: Mapping[str, Callable[[], Iterable[dict]]],
+) -> tfds.core.GeneratorBasedBuilder:
+    """A TFDS builder for one dataset; `splits` maps each non-empty split to a function yielding examples."""
+    frame_tensor = lambda: tfds.features.Tensor(
+        shape=(None, num_pitches), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
+    )
+    features = tfds.features.FeaturesDict(
+        {
+            "states": frame_tensor(),
+            "velocities": frame_tensor(),
+            "name": tfds.features.Text(),
+            "sha256": tfds.features.Text(),
+        }
+    )
+
+    with tfds.core.registered.skip_registration():  # one class per build; keep TFDS's global registry clean
+
+        class FramesBuilder(tfds.core.GeneratorBasedBuilder):
+            VERSION = tfds.core.Version(VERSION)
+
+            def _info(self) -> tfds.core.DatasetInfo:
+                return _LocalDatasetInfo(
+                    builder=self, description=description, features=features, disable_shuffling=True
+                )
+
+            def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
+                return {split: self._generate_examples(make) for split, make in splits.items()}
+
+            def _generate_examples(self, make: Callable[[], Iterable[dict]]) -> Iterator[tuple[str, dict]]:
+                for example in make():
+                    yield example["name"], example
+
+    FramesBuilder.name = name
+    return FramesBuilder(data_dir=str(root), file_format="array_record")
+
+
+def _write_records(
+    stage: Path,
+    name: str,
+    num_pitches: int,
+    description: str,
+    splits: Mapping[str, Callable[[], Iterable[dict]]],
+) -> None:
+    """Write the shards of each non-empty split under `stage/name/VERSION` (TFDS cannot write empty ones)."""
+    builder = _builder(stage, name, num_pitches, description, splits)
+    tfds.display_progress_bar(False)
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints "Downloading and preparing dataset ..."
+        builder.download_and_prepare(download_dir=str(stage / "downloads"))
+
+
+def _fingerprint(options: Mapping[str, Any], inputs: Iterable[tuple[str, str | None]]) -> str:
+    blob = json.dumps({"format": _FORMAT, "options": options, "inputs": list(inputs)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_stages(data_dir: Path, name: str) -> None:
+    """Delete scratch folders that builds of `name` killed mid-way left behind (their process is gone)."""
+    for leftover in data_dir.glob(f".{name}.*-*"):
+        match = re.fullmatch(rf"\.{re.escape(name)}\.(?:incomplete|old)-(\d+)-.*", leftover.name)
+        if match and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _staging(data_dir: Path, name: str) -> Iterator[Path]:
+    """A scratch folder in `data_dir`; on success its `name` folder replaces `data_dir/name` by renames."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_stages(data_dir, name)
+        stage = Path(tempfile.mkdtemp(prefix=f".{name}.incomplete-{os.getpid()}-", dir=data_dir))
+    except OSError as error:
+        raise InputError(f"{data_dir}: cannot write a dataset here ({error.strerror or error})") from None
+    try:
+        yield stage
+        final = data_dir / name
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-{os.getpid()}-", dir=data_dir)) / name
+            final.rename(old)
+        (stage / name).rename(final)
+        if old is not None:
+            shutil.rmtree(old.parent)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _write_json(
+    path: Path, entries: Iterable[Mapping[str, Any]] | Mapping[str, Any], lines: bool = False
+) -> None:
+    if lines:
+        path.write_text("".join(json.dumps(entry, sort_keys=True) + "\n" for entry in entries))
+    else:
+        path.write_text(json.dumps(entries, indent=1) + "\n")
+
+
+def _hash_inputs(midi_dir: Path, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Manifest stubs: relative path and SHA-256 of each file (or why it could not be read)."""
+    entries = []
+    for path in paths:
+        entry: dict[str, Any] = {"path": path.relative_to(midi_dir).as_posix()}
+        try:
+            entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as error:
+            entry.update(
+                sha256=None, status="skipped", reason="unreadable", detail=f"{path}: {error.strerror}"
+            )
+        entries.append(entry)
+    return entries
+
+
+def _convert_all(
+    tasks: Sequence[tuple[str, str, ConversionOptions]],
+    workers: int,
+    timeout_s: float,
+    desc: str,
+    progress: bool,
+) -> list[Any]:
+    """Run `convert_file` on every task in the pool, behind a progress bar; results in task order."""
+    results: list[Any] = [None] * len(tasks)
+    with tqdm(total=len(tasks), desc=desc, unit="file", disable=not progress) as bar:
+        for index, result in run_with_deadline(convert_file, tasks, workers=workers, timeout_s=timeout_s):
+            results[index] = result
+            bar.update()
+    return results
+
+
+def _record_results(
+    todo: list[dict[str, Any]], results: list[Any], val_percent: float, test_percent: float
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Fill in each manifest entry from its result; return the kept files' stats and entries per split."""
+    stats: list[dict[str, Any]] = []
+    kept: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for entry, result in zip(todo, results, strict=True):
+        if isinstance(result, TimedOut):
+            entry.update(status="skipped", reason="timed out", detail=f"over {result.seconds:g} s")
+        elif isinstance(result, Failed):
+            entry.update(status="skipped", reason="failed", detail=result.reason)
+        elif result["status"] == "skipped":
+            entry.update(result)
+        else:
+            split = split_of(entry["sha256"], val_percent, test_percent)
+            entry.update(
+                status="converted",
+                split=split,
+                frames=result["frames"],
+                notes=result["notes"],
+                seconds=round(result["seconds"], 3),
+            )
+            stats.append({**result, "split": split})
+            kept[split].append(entry)
+    return stats, kept
+
+
+def build_midi_dataset(
+    midi_dir: str | os.PathLike,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    name: str = DEFAULT_DATASET,
+    *,
+    steps_per_quarter: int = 8,
+    sustain_pedal: bool = True,
+    include_drums: bool = False,
+    val_percent: float = 5.0,
+    test_percent: float = 5.0,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Convert every MIDI file under `midi_dir` and write dataset `name` into `data_dir`.
+
+    Skips the work (`rebuilt=False`) when a complete dataset built from the same files with the same options
+    is already there, unless `force`. Raises InputError for a bad directory, name or option, or when no file
+    at all could be converted.
+    """
+    _check_name(name)
+    if not (val_percent >= 0 and test_percent >= 0 and val_percent + test_percent < 100):
+        raise InputError(
+            f"--val_percent {val_percent}, --test_percent {test_percent}: need 0 <= each, sum < 100"
+        )
+    if steps_per_quarter < 1 or max_frames < 1 or timeout_s <= 0 or (workers is not None and workers < 1):
+        raise InputError("--steps_per_quarter, --max_frames, --timeout and --workers must be positive")
+    midi_dir, data_dir = Path(midi_dir), Path(data_dir)
+    if not midi_dir.is_dir():
+        raise InputError(f"{midi_dir}: {'not a directory' if midi_dir.exists() else 'no such directory'}")
+    paths = find_midi_files(midi_dir)
+    if not paths:
+        raise InputError(f"{midi_dir}: no MIDI files (.mid, .midi, .kar) in it or below")
+
+    conversion = ConversionOptions(steps_per_quarter, sustain_pedal, include_drums, max_frames)
+    options = {
+        **asdict(conversion),
+        "val_percent": val_percent,
+        "test_percent": test_percent,
+        "timeout_s": timeout_s,
+    }
+    manifest = _hash_inputs(midi_dir, paths)
+    fingerprint = _fingerprint(options, [(e["path"], e["sha256"]) for e in manifest])
+    existing = _complete_card(data_dir / name)
+    if existing is not None and existing.get("fingerprint") == fingerprint and not force:
+        return BuildResult(data_dir / name, existing, rebuilt=False)
+
+    first_of: dict[str, str] = {}
+    todo: list[dict[str, Any]] = []
+    for entry in manifest:
+        if entry["sha256"] is None:
+            continue
+        if entry["sha256"] in first_of:
+            entry.update(status="duplicate", duplicate_of=first_of[entry["sha256"]])
+            continue
+        first_of[entry["sha256"]] = entry["path"]
+        todo.append(entry)
+
+    with _staging(data_dir, name) as stage:
+        scratch = stage / "frames"
+        scratch.mkdir()
+        tasks = [(str(midi_dir / e["path"]), str(scratch / f"{e['sha256']}.npz"), conversion) for e in todo]
+        results = _convert_all(
+            tasks, workers or os.cpu_count() or 1, timeout_s, f"{name}: converting", progress
+        )
+        stats, kept = _record_results(todo, results, val_percent, test_percent)
+        if not stats:
+            reasons = sorted({e.get("reason", "duplicate") for e in manifest})
+            raise InputError(
+                f"{midi_dir}: none of the {len(manifest)} files could be converted ({', '.join(reasons)})"
+            )
+        shape = {k: stats[0][k] for k in ("num_pitches", "num_states", "lowest_pitch")}
+
+        def examples(entries: list[dict[str, Any]]) -> Iterator[dict]:
+            for entry in entries:
+                with np.load(scratch / f"{entry['sha256']}.npz", allow_pickle=False) as frames:
+                    yield {
+                        "states": frames["states"],
+                        "velocities": frames["velocities"],
+                        "name": entry["path"],
+                        "sha256": entry["sha256"],
+                    }
+
+        description = f"MIDI files as frames, {steps_per_quarter} steps per quarter note; see card.json."
+        splits = {s: (lambda e=entries: examples(e)) for s, entries in kept.items() if entries}
+        _write_records(stage, name, shape["num_pitches"], description, splits)
+        header = {
+            "name": name,
+            "source": str(midi_dir),
+            "options": options,
+            "fingerprint": fingerprint,
+            **shape,
+            "steps_per_quarter": steps_per_quarter,
+        }
+        card = make_card(header, manifest, stats, shape["num_pitches"])
+        _write_json(stage / name / MANIFEST_FILE, manifest, lines=True)
+        _write_json(stage / name / CARD_FILE, card)  # last: its presence marks the dataset complete
+    return BuildResult(data_dir / name, card, rebuilt=True)
+
+
+def build_benchmark_dataset(
+    path: str | os.PathLike,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    name: str | None = None,
+    *,
+    force: bool = False,
+) -> BuildResult:
+    """Import a polyphonic-benchmark file (see `corpus.load_benchmark`) with its own splits and order.
+
+    Sequences are named "<split>/<index>" (index in the published order, 4 digits); `velocities` are zeros
+    (the benchmark has none); hours assume 120 quarter notes per minute. The manifest has one line per
+    sequence.
+    """
+    path, data_dir = Path(path), Path(data_dir)
+    name = name or corpus.benchmark_name(path)
+    _check_name(name)
+    splits = corpus.load_benchmark(path)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    steps_per_quarter = corpus.benchmark_steps_per_quarter(name)
+    options = {"steps_per_quarter": steps_per_quarter}
+    fingerprint = _fingerprint(options, [(path.name, sha256)])
+    existing = _complete_card(data_dir / name)
+    if existing is not None and existing.get("fingerprint") == fingerprint and not force:
+        return BuildResult(data_dir / name, existing, rebuilt=False)
+
+    manifest, stats = [], []
+    for split, sequences in splits.items():
+        for i, states in enumerate(sequences):
+            seconds = states.shape[0] * 60.0 / (120.0 * steps_per_quarter)
+            seq_stats = sequence_stats(states, num_states=2)
+            manifest.append(
+                {
+                    "path": f"{split}/{i:04d}",
+                    "status": "converted",
+                    "split": split,
+                    "frames": seq_stats["frames"],
+                    "notes": seq_stats["notes"],
+                    "seconds": seconds,
+                }
+            )
+            stats.append({**seq_stats, "split": split, "seconds": seconds})
+
+    def examples(split: str) -> Iterator[dict]:
+        for i, states in enumerate(splits[split]):
+            yield {
+                "states": states,
+                "velocities": np.zeros_like(states),
+                "name": f"{split}/{i:04d}",
+                "sha256": sha256,
+            }
+
+    with _staging(data_dir, name) as stage:
+        description = f"Polyphonic benchmark {path.name} (Boulanger-Lewandowski et al. 2012), sustain-only."
+        generators = {s: (lambda s=s: examples(s)) for s in SPLITS if splits[s]}
+        _write_records(stage, name, corpus.BENCHMARK_PITCHES, description, generators)
+        header = {
+            "name": name,
+            "source": str(path),
+            "options": options,
+            "fingerprint": fingerprint,
+            "num_pitches": corpus.BENCHMARK_PITCHES,
+            "num_states": 2,
+            "lowest_pitch": corpus.BENCHMARK_LOWEST_PITCH,
+            "steps_per_quarter": steps_per_quarter,
+        }
+        card = make_card(header, manifest, stats, corpus.BENCHMARK_PITCHES)
+        _write_json(stage / name / MANIFEST_FILE, manifest, lines=True)
+        _write_json(stage / name / CARD_FILE, card)
+    return BuildResult(data_dir / name, card, rebuilt=True)

@@ -1,0 +1,349 @@
+"""Sampling from a trained run: restore, encode the primer, generate, write MIDI, PNG and (maybe) WAV.
+
+`sample_run(options)` is the one entry point; the top-level `sample.py` only parses flags.
+
+- The model config and parameters come from the workdir's latest (or `--step`) checkpoint. Only the
+  parameters are kept; they are restored onto one device (the decode cache is sized for one device too).
+- The time grid and keyboard come from the run's dataset card when the dataset is at hand, else from the
+  model's shape: 88-pitch sustain-only models are benchmark models (lowest pitch 21, the benchmark's own
+  frames per quarter), 128-pitch models use 8 steps per quarter.
+- A primer is read by the same codec, mapped onto the model's keyboard and states, and cut to its last
+  `--prime_bars` bars (bar lines from its last time signature). A primer longer than the context is cut to
+  its last window, at a bar line when a whole bar fits, so bar lines stay where they were.
+- Output frames start right after the primer's last frame. Without `--include_prime` a note the primer left
+  sounding is written as starting at step 0 of the sample (so the MIDI decodes back to the same frames).
+  Generated onsets get velocity 80; the primer keeps its own.
+- Tempo: `--bpm`, else the primer's tempo at its end (its whole tempo map when it is included), else 120.
+- All files are written into a temporary folder beside `--out` and moved into `--out` at the end, so a
+  failure leaves nothing half-written there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from musicgpt_jax import decode, pianoroll, sharding, stats
+from musicgpt_jax.checkpoint import Checkpointer, CheckpointError, load_config_dict
+from musicgpt_jax.configs import Config, ModelConfig
+from musicgpt_jax.frames import (
+    HOLD,
+    OFF,
+    ONSET,
+    Frames,
+    MidiDecodeError,
+    frames_to_midi,
+    midi_to_frames,
+    notes_of,
+)
+
+DEFAULT_VELOCITY = 80
+DEFAULT_BPM = 120.0
+SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/soundfonts/FluidR3_GM.sf2",
+              "/usr/share/soundfonts/default.sf2", "/usr/share/sounds/sf2/default-GM.sf2")
+
+
+class SampleError(ValueError):
+    """Bad input to sampling (flag, primer, workdir); the message is one line naming it and the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+    workdir: str = "runs/default"
+    step: int | None = None
+    out: str = "samples"
+    num_samples: int = 4
+    bars: int | None = 8
+    frames: int | None = None  # overrides `bars`
+    temperature: float = 1.0
+    seed: int = 0
+    prime: str | None = None
+    prime_bars: int = 4
+    include_prime: bool = False
+    bpm: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """How the model's frames map onto music: time resolution and keyboard."""
+
+    steps_per_quarter: int
+    lowest_pitch: int
+    num_pitches: int
+    num_states: int
+
+
+@dataclasses.dataclass
+class Sample:
+    name: str  # file stem, sample_XX
+    frames: Frames  # what sample_XX.mid holds (primer included or not)
+    generated: np.ndarray  # (num_frames, P) the sampled states, as the model produced them
+    prime_frames: int  # how many leading frames of `frames` are the primer
+    summary: str
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+def check_options(options: SampleOptions) -> None:
+    """Reject bad flag values before anything heavy runs."""
+    if options.frames is not None and options.frames < 1:
+        raise SampleError(f"--frames {options.frames}: must be at least 1")
+    if options.frames is None and not (options.bars is not None and options.bars > 0):
+        raise SampleError(f"--bars {options.bars}: must be positive")
+    if options.num_samples < 1:
+        raise SampleError(f"--num_samples {options.num_samples}: must be at least 1")
+    if options.num_samples > 100:
+        raise SampleError(f"--num_samples {options.num_samples}: at most 100 (files are numbered XX)")
+    if not options.temperature >= 0:
+        raise SampleError(f"--temperature {options.temperature}: must be >= 0")
+    if options.prime_bars < 1:
+        raise SampleError(f"--prime_bars {options.prime_bars}: must be at least 1")
+    if options.bpm is not None and not 0 < options.bpm <= 1000:
+        raise SampleError(f"--bpm {options.bpm}: must be in (0, 1000]")
+    if options.prime is not None and not Path(options.prime).is_file():
+        raise SampleError(f"--prime {options.prime}: no such file")
+
+
+def load_config(workdir: str, step: int | None = None) -> tuple[Config, int]:
+    """The config saved with the workdir's latest checkpoint (or `step`'s), and that step."""
+    config_dict, step = load_config_dict(os.path.abspath(workdir), step)
+    return Config.from_dict(config_dict), step
+
+
+def restore_params(workdir: str, cfg: Config, step: int) -> Any:
+    """The parameters of checkpoint `step`, on one device (the optimizer state is read and dropped)."""
+    from musicgpt_jax import train
+    from musicgpt_jax.model import MusicTransformer
+
+    mesh = sharding.make_mesh("", devices=jax.devices()[:1])
+    model, tx = MusicTransformer(cfg.model), train.make_optimizer(cfg.train)
+    shapes = jax.eval_shape(lambda: train.create_train_state(model, tx, cfg, mesh)[0])
+    on_device = sharding.replicated(mesh)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_device), shapes)
+    # Orbax restores only from absolute paths, and runs/default is relative.
+    checkpointer = Checkpointer(os.path.abspath(workdir), read_only=True, async_save=False)
+    try:
+        state, _, _ = checkpointer.restore(target, step)
+    finally:
+        checkpointer.close()
+    return state.params
+
+
+def grid_of(cfg: Config) -> Grid:
+    """The run's time grid and keyboard: from its dataset card if present, else from the model's shape."""
+    model = cfg.model
+    try:
+        from musicgpt_jax import records
+        info = records.load_info(cfg.data.data_dir, cfg.data.dataset)
+        if (info.num_pitches, info.num_states) == (model.num_pitches, model.num_states):
+            return Grid(info.steps_per_quarter, info.lowest_pitch, model.num_pitches, model.num_states)
+    except (OSError, ValueError, KeyError, ImportError):
+        pass
+    if model.num_pitches == 88:
+        from musicgpt_jax import corpus
+        return Grid(corpus.benchmark_steps_per_quarter(cfg.data.dataset), 21, 88, model.num_states)
+    return Grid(8, 0, model.num_pitches, model.num_states)
+
+
+def to_grid(frames: Frames, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Codec frames (128 pitches, 3 states) -> (states, velocities) on the model's keyboard and states."""
+    columns = slice(grid.lowest_pitch, grid.lowest_pitch + grid.num_pitches)
+    states = frames.states[:, columns].astype(np.int32)
+    if grid.num_states == 2:
+        states = (states != OFF).astype(np.int32)
+    velocities = np.where(note_starts(states, grid.num_states), frames.velocities[:, columns], 0)
+    return states, velocities.astype(np.uint8)
+
+
+def note_starts(states: np.ndarray, num_states: int) -> np.ndarray:
+    """(T, P) bool: where the codec's writer starts a note (see `frames.notes_of`)."""
+    sounding = states != OFF
+    before = np.zeros_like(sounding)
+    before[1:] = sounding[:-1]
+    return sounding & ~(before & (sounding if num_states == 2 else states == HOLD))
+
+
+def _in_effect(changes: tuple[tuple, ...], step: int) -> tuple:
+    """The metadata change (step, *value) in effect at `step`."""
+    current = changes[0]
+    for change in changes:
+        if change[0] <= step:
+            current = change
+    return current
+
+
+def _from_step(changes: tuple[tuple, ...], start: int) -> tuple[tuple, ...]:
+    """A tempo or time-signature map cut to begin at `start` (which becomes step 0)."""
+    first = (0, *_in_effect(changes, start)[1:])
+    return (first, *((s - start, *v) for s, *v in changes if s > start))
+
+
+def _bar_start(frames: Frames, step: int, steps_per_bar: int) -> int:
+    """The first step of the bar that holds `step` (bar lines of the time signature in effect there)."""
+    origin = _in_effect(frames.time_signatures, step)[0]
+    return origin + (step - origin) // steps_per_bar * steps_per_bar
+
+
+@dataclasses.dataclass(frozen=True)
+class Primer:
+    states: np.ndarray  # (T, P) on the model's grid
+    velocities: np.ndarray
+    tempos: tuple[tuple[int, float], ...]
+    time_signatures: tuple[tuple[int, int, int], ...]
+    steps_per_bar: int
+    cut_to_context: bool
+
+
+def read_primer(path: str, grid: Grid, prime_bars: int, context: int) -> Primer:
+    """The last `prime_bars` bars of a MIDI file on the model's grid, cut to fit `context` frames."""
+    frames = midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter)
+    states, _ = to_grid(frames, grid)
+    if not np.any(states != OFF):
+        where = "" if frames.num_frames == 0 else f" in the model's range (MIDI {grid.lowest_pitch}.." \
+            f"{grid.lowest_pitch + grid.num_pitches - 1})"
+        raise SampleError(f"--prime {path}: no notes{where}")
+    end = frames.num_frames
+    _, numerator, denominator = _in_effect(frames.time_signatures, end - 1)
+    steps_per_bar = max(1, round(grid.steps_per_quarter * 4 * numerator / denominator))
+    start = max(0, _bar_start(frames, end - 1, steps_per_bar) - (prime_bars - 1) * steps_per_bar)
+    cut = end - start > context
+    if cut:
+        start = end - context
+        aligned = _bar_start(frames, start, steps_per_bar)
+        if aligned < start and aligned + steps_per_bar < end:
+            start = aligned + steps_per_bar
+    states, velocities = to_grid(dataclasses.replace(frames, states=frames.states[start:end],
+                                                     velocities=frames.velocities[start:end]), grid)
+    return Primer(states, velocities, _from_step(frames.tempos, start),
+                  _from_step(frames.time_signatures, start), steps_per_bar, cut)
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+
+
+def output_frames(generated: np.ndarray, grid: Grid, primer: Primer | None, include_prime: bool,
+                  bpm: float | None) -> Frames:
+    """The frames one sample file holds: the generated frames, after the primer when it is included."""
+    prime_states = primer.states if primer is not None and include_prime else generated[:0]
+    states = np.concatenate([prime_states, generated]).astype(np.int32)
+    if grid.num_states == 3:
+        before = np.concatenate([np.zeros_like(states[:1]), states[:-1]])
+        # a HOLD after silence is a note the primer left sounding: it starts here
+        states = np.where((states == HOLD) & (before == OFF), ONSET, states)
+    velocities = np.where(note_starts(states, grid.num_states), DEFAULT_VELOCITY, 0)
+    if len(prime_states):
+        velocities[:len(prime_states)] = primer.velocities
+    if primer is None:
+        tempos, signatures = ((0, bpm or DEFAULT_BPM),), ((0, 4, 4),)
+    elif include_prime:
+        tempos = ((0, bpm),) if bpm else primer.tempos
+        signatures = primer.time_signatures
+    else:
+        tempos = ((0, bpm or primer.tempos[-1][1]),)
+        signatures = ((0, *primer.time_signatures[-1][1:]),)
+    return Frames(states, velocities, steps_per_quarter=grid.steps_per_quarter,
+                  lowest_pitch=grid.lowest_pitch, num_states=grid.num_states, tempos=tempos,
+                  time_signatures=signatures)
+
+
+def _soundfont() -> str | None:
+    candidates = [os.environ.get("SOUNDFONT", ""), *SOUNDFONTS]
+    return next((c for c in candidates if c and os.path.isfile(c)), None)
+
+
+def render_wav(midi_path: Path, wav_path: Path) -> bool:
+    """Render with fluidsynth when it and a General MIDI soundfont are installed; False (silently) if not."""
+    fluidsynth, soundfont = shutil.which("fluidsynth"), _soundfont()
+    if fluidsynth is None or soundfont is None:
+        return False
+    command = [fluidsynth, "-ni", "-F", str(wav_path), "-r", "44100", soundfont, str(midi_path)]
+    result = subprocess.run(command, capture_output=True, timeout=600, check=False)
+    return result.returncode == 0 and wav_path.is_file()
+
+
+def summary_line(name: str, frames: Frames, seconds: float) -> str:
+    silence = stats.silence_summary(frames)
+    fraction, longest = silence["silent_fraction"], silence["longest_silence_bars"]
+    fraction_text = "n/a" if fraction is None else f"{fraction:.1%}"
+    return (f"{name}: {len(notes_of(frames))} notes, {seconds:.1f} s, {fraction_text} silent frames, "
+            f"longest silence {longest:.2f} bars")
+
+
+def _write_sample(frames: Frames, folder: Path, name: str, title: str, prime_frames: int) -> float:
+    """sample_XX.mid, .png and maybe .wav in `folder`; returns the MIDI's length in seconds."""
+    midi = frames_to_midi(frames)
+    midi.write(str(folder / f"{name}.mid"))
+    pianoroll.draw_piano_roll(frames, folder / f"{name}.png", title=title, prime_frames=prime_frames)
+    render_wav(folder / f"{name}.mid", folder / f"{name}.wav")
+    return float(midi.get_end_time())
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for file in sorted(staging.iterdir()):
+        os.replace(file, out / file.name)
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+
+def num_frames_of(options: SampleOptions, steps_per_bar: int) -> int:
+    if options.frames is not None:
+        return options.frames
+    return max(1, round(options.bars * steps_per_bar))
+
+
+def sample_run(options: SampleOptions, log=print) -> list[Sample]:
+    """Restore, sample `num_samples` pieces as one batch, write them into `options.out` (module doc)."""
+    check_options(options)
+    cfg, step = load_config(options.workdir, options.step)
+    grid = grid_of(cfg)
+    model: ModelConfig = cfg.model
+    primer = None
+    if options.prime is not None:
+        primer = read_primer(options.prime, grid, options.prime_bars, model.max_len)
+        if primer.cut_to_context:
+            print(f"note: --prime {options.prime}: the last {options.prime_bars} bars exceed the model's "
+                  f"{model.max_len}-frame context; using its last {len(primer.states)} frames",
+                  file=sys.stderr)
+    steps_per_bar = primer.steps_per_bar if primer else 4 * grid.steps_per_quarter
+    num_frames = num_frames_of(options, steps_per_bar)
+    params = restore_params(options.workdir, cfg, step)
+    params = restore_params(options.workdir, cfg, step)
+    prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
+    batch = np.broadcast_to(prime_states, (options.num_samples, *prime_states.shape))
+    generated = np.asarray(decode.generate(params, model, batch, num_frames, jax.random.key(options.seed),
+                                           options.temperature))
+
+    out = Path(options.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    samples = []
+    try:
+        for i, states in enumerate(generated):
+            name = f"sample_{i:02d}"
+            frames = output_frames(states, grid, primer, options.include_prime, options.bpm)
+            prime_frames = len(primer.states) if primer is not None and options.include_prime else 0
+            title = (f"{name} · {options.workdir} step {step} · temperature {options.temperature:g} · "
+                     f"seed {options.seed}")
+            seconds = _write_sample(frames, staging, name, title, prime_frames)
+            samples.append(Sample(name, frames, states, prime_frames, summary_line(name, frames, seconds)))
+        _move_into(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for sample in samples:
+        log(sample.summary)
+    return samples
+
+
+INPUT_ERRORS = (SampleError, CheckpointError, MidiDecodeError)  # what the CLI reports as one line

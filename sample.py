@@ -1,0 +1,56 @@
+"""Compose with a trained run: `python sample.py [--workdir runs/default] [--out samples] ...`.
+
+With no arguments: 4 samples of 8 bars from the latest checkpoint in runs/default, written to samples/ as
+sample_XX.mid and sample_XX.png (and sample_XX.wav when fluidsynth and a soundfont are installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as every error of the project
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = _Parser(prog="sample.py", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/default", help="run to restore (default: runs/default)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    parser.add_argument("--out", default="samples", help="output folder (default: samples)")
+    parser.add_argument("--num_samples", type=int, default=4, help="pieces, one batch (default: 4)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--bars", type=int, default=8, help="length in bars of the primer's time signature, "
+                        "else 4/4 (default: 8)")
+    length.add_argument("--frames", type=int, help="length in frames (time steps) instead of bars")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = argmax (default: 1.0)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same MIDI (default: 0)")
+    parser.add_argument("--prime", help="a MIDI file to continue")
+    parser.add_argument("--prime_bars", type=int, default=4, help="use the primer's last K bars (default: 4)")
+    parser.add_argument("--include_prime", action="store_true", help="start the output with the primer")
+    parser.add_argument("--bpm", type=float, help="tempo (default: the primer's, else 120)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from absl import logging  # Orbax logs its read-only notes as warnings; they are not ours to show
+
+    from musicgpt_jax import sampling
+
+    logging.set_verbosity(logging.ERROR)
+
+    options = sampling.SampleOptions(**vars(args))
+    try:
+        sampling.sample_run(options)
+    except sampling.INPUT_ERRORS as error:
+        print(f"sample.py: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

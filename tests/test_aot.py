@@ -1,0 +1,84 @@
+"""Ahead-of-time compilation for a TPU topology on this CPU host: libtpu describes the chips."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from musicgpt_jax import aot, configs, sharding, train
+from musicgpt_jax.model import MusicTransformer
+
+REPO = Path(__file__).resolve().parents[1]
+
+# One layer 8192 wide with a 65536-wide MLP: ~1.9G parameters, 4 x 7 GiB of state and gradients on one chip.
+OVERSIZED = ["--config.model.num_layers=1", "--config.model.d_model=8192", "--config.model.mlp_dim=65536",
+             "--config.model.num_heads=8"]
+
+
+def test_abstract_state_matches_the_state_training_creates():
+    """What AOT compiles against is what `create_train_state` materialises: shapes, dtypes and shardings."""
+    cfg = configs.resolve("tiny", ["model.num_layers=1"])
+    mesh = sharding.make_mesh("data=2,fsdp=2,tensor=2")
+    model, tx = MusicTransformer(cfg.model), train.make_optimizer(cfg.train)
+    state, state_shardings = train.create_train_state(model, tx, cfg, mesh)
+    derived = train.train_state_shardings(model, tx, cfg, mesh)
+    assert jax.tree.leaves(derived) == jax.tree.leaves(state_shardings)
+    abstract = train.abstract_train_state(state_shardings, model, tx, cfg)
+    for real, spec in zip(jax.tree.leaves(state), jax.tree.leaves(abstract), strict=True):
+        assert (real.shape, real.dtype, real.sharding) == (spec.shape, spec.dtype, spec.sharding)
+
+
+def test_tiny_compiles_for_v5e_2x2_and_fits():
+    report = aot.compile_train_step(configs.resolve("tiny"), "v5e:2x2")
+    assert report.compiled and report.fits
+    assert (report.chips, report.device_kind) == (4, "TPU v5 lite")
+    assert report.mesh == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert report.argument_bytes > 0 and report.temp_bytes > 0 and report.code_bytes > 0
+    assert 0 < report.total_bytes < report.hbm_bytes == 16 * aot.GIB
+    assert report.alias_bytes > 0  # the donated train state is updated in place
+    assert report.flops_per_step == pytest.approx(4 * report.flops_per_chip)
+    # tiny has no layer scan and no remat: XLA's count is nanoGPT's 6N + 12LdT per frame, give or take.
+    assert report.flops_per_step == pytest.approx(report.model_flops_per_step, rel=0.1)
+    assert report.tpu_program_flops_per_chip > 0
+    assert "tiny on v5e:2x2: needs 0.0" in report.verdict() and report.verdict().endswith("— fits")
+
+
+def test_scanned_layers_are_counted_once_per_layer():
+    """XLA counts a loop body once; `step_flops` unrolls, so the count grows with the number of layers."""
+    one = aot.step_flops(configs.resolve("tiny", ["model.num_layers=1", "model.scan_layers=true"]))
+    two = aot.step_flops(configs.resolve("tiny", ["model.num_layers=2", "model.scan_layers=true"]))
+    three = aot.step_flops(configs.resolve("tiny", ["model.num_layers=3", "model.scan_layers=true"]))
+    assert three - two == pytest.approx(two - one, rel=0.01) and two - one > 0.3 * one
+
+
+def test_oversized_config_does_not_fit_one_line_nonzero_exit():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-m", "musicgpt_jax.aot", "--config", "tiny", "--topology", "v5e:1x1",
+               "--json"]
+    proc = subprocess.run(command + OVERSIZED, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("aot: tiny on v5e:1x1: needs ") and lines[0].endswith(
+        "GiB per chip, the chip has 16 GiB — does not fit")
+    report = json.loads(proc.stdout)
+    assert not report["fits"] and report["total_bytes"] > 16 * aot.GIB and report["num_params"] > 1e9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--topology", "v9x:2x2"], "--topology v9x:2x2: expected GENERATION:SHAPE"),
+    (["--topology", "v5e"], "--topology v5e: expected GENERATION:SHAPE"),
+    (["--topology", "v5e:3x3"], "--topology v5e:3x3: INVALID_ARGUMENT"),
+    (["--config", "huge"], "--config huge: unknown preset"),
+    (["--config.model.widht=3"], "--config.model.widht: unknown key"),
+    (["--topology", "v5e:2x2", "--mesh", "data=3,fsdp=-1"], "--mesh data=3,fsdp=-1: 3 does not divide"),
+    (["--topology", "v5e:2x2", "--batch_size", "6"], "--batch_size 6 must be divisible by data*fsdp=4"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(args, message, capsys):
+    assert aot.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"aot: {message}"), err

@@ -1,0 +1,260 @@
+"""sample.py end to end on small checkpoints: determinism, the MIDI round trip, primers, the benchmark grid,
+the no-argument default, and bad input (one line on stderr, nothing half-written)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO
+from flax import linen as nn
+
+from musicgpt_jax import configs, sampling
+from musicgpt_jax.checkpoint import Checkpointer
+from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames, midi_to_frames, write_midi
+from musicgpt_jax.model import MusicTransformer
+from musicgpt_jax.train import TrainState, make_optimizer
+
+_spec = importlib.util.spec_from_file_location("sample_cli", REPO / "sample.py")
+sample_cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sample_cli)
+
+SUMMARY = re.compile(r"^sample_\d\d: \d+ notes, [\d.]+ s, ([\d.]+%|n/a) silent frames, "
+                     r"longest silence [\d.]+ bars$")
+
+
+def save_checkpoints(workdir: Path, model: configs.ModelConfig, dataset: str, steps=(1, 2)) -> None:
+    """Checkpoints of random parameters (drawn in numpy: compiling `init` takes seconds on CPU)."""
+    cfg = configs.Config(model=model)
+    cfg.data.data_dir, cfg.data.dataset = str(workdir / "no-records"), dataset
+    tx = make_optimizer(cfg.train)
+    boxed = jax.eval_shape(MusicTransformer(model).init, jax.random.key(0),
+                           jnp.zeros((1, 4, model.num_pitches), jnp.int32))["params"]
+    checkpointer = Checkpointer(workdir, async_save=False)
+    for step in steps:
+        rng = np.random.default_rng(step)
+        params = jax.tree.map(lambda s, rng=rng: jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype),
+                              nn.meta.unbox(boxed))
+        state = TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=tx.init(params),
+                           rng=jax.random.key_data(jax.random.PRNGKey(0)))
+        checkpointer.save(step, state, data_state={}, config=cfg.to_dict())
+    checkpointer.close()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A 128-pitch onset/hold model with a 32-frame (one 4/4 bar) context; checkpoints at steps 1 and 2."""
+    workdir = tmp_path_factory.mktemp("run")
+    model = configs.ModelConfig(num_layers=1, d_model=32, num_heads=2, mlp_dim=64, max_len=32, dropout=0.0)
+    save_checkpoints(workdir, model, "bach_chorales")
+    return workdir
+
+
+def primer_file(path: Path, num_frames: int) -> Path:
+    """An arpeggio of 8-step notes at 100 bpm in 4/4, `num_frames` 32nd-note steps long."""
+    states = np.zeros((num_frames, 128), np.uint8)
+    velocities = np.zeros_like(states)
+    for k, onset in enumerate(range(0, num_frames, 8)):
+        pitch = (60, 64, 67, 72)[k % 4]
+        states[onset:onset + 8, pitch] = HOLD
+        states[onset, pitch] = ONSET
+        velocities[onset, pitch] = 50 + k
+    write_midi(Frames(states, velocities, tempos=((0, 100.0),)), path)
+    return path
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = sample_cli.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def on_grid(path: Path, grid: sampling.Grid) -> tuple[np.ndarray, np.ndarray]:
+    return sampling.to_grid(midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter), grid)
+
+
+def assert_decodes_back(path: Path, frames: Frames) -> None:
+    """The MIDI file read by the codec gives exactly `frames` (the file ends at the last note's offset)."""
+    grid = sampling.Grid(frames.steps_per_quarter, frames.lowest_pitch, frames.num_pitches, frames.num_states)
+    decoded = midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter)
+    states, velocities = sampling.to_grid(decoded, grid)
+    length = len(states)
+    np.testing.assert_array_equal(states, frames.states[:length])
+    np.testing.assert_array_equal(velocities, frames.velocities[:length])
+    assert not frames.states[length:].any()
+    assert decoded.tempos == frames.tempos and decoded.time_signatures == frames.time_signatures
+
+
+def test_same_seed_same_midi_other_seed_or_step_other_music(run_dir, tmp_path, capsys):
+    def midi_bytes(name: str, *flags: str) -> list[bytes]:
+        out = tmp_path / name
+        code, stdout, _ = run_cli(["--workdir", str(run_dir), "--out", str(out), "--num_samples", "2",
+                                   "--bars", "1", *flags], capsys)
+        assert code == 0
+        lines = stdout.strip().splitlines()
+        assert len(lines) == 2 and all(SUMMARY.match(line) for line in lines), stdout
+        assert sorted(p.name for p in out.iterdir() if p.suffix != ".wav") == [
+            "sample_00.mid", "sample_00.png", "sample_01.mid", "sample_01.png"]
+        return [(out / f"sample_0{i}.mid").read_bytes() for i in range(2)]
+
+    first = midi_bytes("a", "--seed", "0")
+    assert first == midi_bytes("b", "--seed", "0")
+    assert first[0] != first[1]  # the batch's samples differ
+    other_seed = midi_bytes("c", "--seed", "1")
+    assert all(x != y for x, y in zip(first, other_seed, strict=True))
+    assert midi_bytes("d", "--seed", "0", "--step", "1") != first  # --step 1 restores other parameters
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_midi_decodes_back_to_the_sampled_frames(run_dir, tmp_path):
+    options = sampling.SampleOptions(workdir=str(run_dir), out=str(tmp_path), num_samples=2, bars=1, seed=3)
+    samples = sampling.sample_run(options, log=lambda _: None)
+    for sample in samples:
+        assert sample.frames.num_frames == 32 == len(sample.generated)
+        assert sample.frames.tempos == ((0, 120.0),) and sample.frames.time_signatures == ((0, 4, 4),)
+        assert_decodes_back(tmp_path / f"{sample.name}.mid", sample.frames)
+        # The file holds what was sampled: only a HOLD that starts the piece is written as an onset.
+        sampled = sample.generated.copy()
+        sampled[0][sampled[0] == HOLD] = ONSET
+        np.testing.assert_array_equal(sample.frames.states, sampled)
+        previous = np.concatenate([np.zeros_like(sampled[:1]), sampled[:-1]])
+        assert not np.any((sampled == HOLD) & (previous == OFF))
+
+
+def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
+    primer = primer_file(tmp_path / "primer.mid", 60)  # 2 bars less 4 steps: the last bar is 28 steps
+    grid = sampling.Grid(8, 0, 128, 3)
+    primer_states, primer_velocities = on_grid(primer, grid)
+
+    def run(include: bool) -> list[sampling.Sample]:
+        options = sampling.SampleOptions(workdir=str(run_dir), out=str(tmp_path / f"out{include}"),
+                                         num_samples=2, bars=1, prime=str(primer), prime_bars=1,
+                                         include_prime=include)
+        return sampling.sample_run(options, log=lambda _: None)
+
+    without, with_prime = run(False), run(True)
+    for plain, primed in zip(without, with_prime, strict=True):
+        np.testing.assert_array_equal(plain.generated, primed.generated)  # the same music follows the primer
+        assert plain.frames.num_frames == 32 and plain.prime_frames == 0
+        # the output starts right after the primer's last frame, with the primer only when asked for
+        assert primed.prime_frames == 28 and primed.frames.num_frames == 28 + 32
+        np.testing.assert_array_equal(primed.frames.states[:28], primer_states[-28:])
+        np.testing.assert_array_equal(primed.frames.velocities[:28], primer_velocities[-28:])
+        np.testing.assert_array_equal(primed.frames.states[28:], primed.generated)
+        assert plain.frames.tempos == primed.frames.tempos == ((0, 100.0),)  # the primer's tempo
+        assert_decodes_back(tmp_path / f"out{False}" / f"{plain.name}.mid", plain.frames)
+        assert_decodes_back(tmp_path / f"out{True}" / f"{primed.name}.mid", primed.frames)
+    # A HOLD right after the primer continues one of its sounding notes.
+    first = np.stack([s.generated[0] for s in without])
+    assert not np.any((first == HOLD) & (primer_states[-1] == OFF))
+
+
+def test_primer_longer_than_the_context_is_cut_to_its_last_window(run_dir, tmp_path, capsys):
+    primer = primer_file(tmp_path / "long.mid", 124)  # 4 bars less 4 steps, the context is 32 frames
+    samples = sampling.sample_run(sampling.SampleOptions(
+        workdir=str(run_dir), out=str(tmp_path / "out"), num_samples=2, bars=1, prime=str(primer),
+        prime_bars=4, include_prime=True, bpm=90), log=lambda _: None)
+    states, _ = on_grid(primer, sampling.Grid(8, 0, 128, 3))
+    assert "context" in capsys.readouterr().err
+    for sample in samples:
+        # its last 32 frames, from the first bar line in them: 28 frames
+        assert sample.prime_frames == 28
+        np.testing.assert_array_equal(sample.frames.states[:28], states[-28:])
+        assert sample.frames.tempos == ((0, 90.0),)  # --bpm wins over the primer's
+
+
+def test_benchmark_model_uses_its_own_grid(tmp_path):
+    workdir = tmp_path / "jsb"
+    save_checkpoints(workdir, configs.ModelConfig(num_pitches=88, num_states=2, num_layers=1, d_model=32,
+                                                  num_heads=2, mlp_dim=64, max_len=16, dropout=0.0),
+                     "jsb_chorales", steps=(5,))
+    [sample] = sampling.sample_run(sampling.SampleOptions(workdir=str(workdir), out=str(tmp_path / "out"),
+                                                          num_samples=1, bars=2), log=lambda _: None)
+    frames = sample.frames
+    assert (frames.steps_per_quarter, frames.lowest_pitch, frames.num_states) == (1, 21, 2)  # quarter notes
+    assert frames.num_frames == 8 and frames.num_pitches == 88
+    np.testing.assert_array_equal(frames.states, sample.generated)
+    assert_decodes_back(tmp_path / "out" / "sample_00.mid", frames)
+
+
+def test_no_arguments_sample_runs_default_into_samples(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "default").symlink_to(run_dir)
+    code, stdout, stderr = run_cli([], capsys)
+    assert code == 0 and len(stdout.strip().splitlines()) == 4, stderr
+    written = sorted(p.name for p in (tmp_path / "samples").glob("*.mid"))
+    assert written == [f"sample_0{i}.mid" for i in range(4)]
+    frames = midi_to_frames(tmp_path / "samples" / "sample_00.mid")
+    assert frames.num_frames <= 8 * 32  # 8 bars of 4/4 at 8 steps per quarter
+
+
+@pytest.mark.parametrize("case", ["no_checkpoints", "missing_step", "zero_bars", "not_a_number",
+                                  "unreadable_primer", "note_free_primer", "missing_primer"])
+def test_bad_input_is_one_line_and_writes_nothing(case, run_dir, tmp_path, capsys):
+    empty_midi = tmp_path / "empty.mid"
+    write_midi(Frames(np.zeros((0, 128)), np.zeros((0, 128))), empty_midi)
+    (tmp_path / "notes.mid").write_text("these are not notes")
+    (tmp_path / "empty_run").mkdir()
+    flags, expected = {
+        "no_checkpoints": (["--workdir", str(tmp_path / "empty_run")], "no checkpoints"),
+        "missing_step": (["--step", "99"], "no checkpoint at step 99"),
+        "zero_bars": (["--bars", "0"], "--bars 0"),
+        "not_a_number": (["--bars", "eight"], "--bars"),
+        "unreadable_primer": (["--prime", str(tmp_path / "notes.mid")], "notes.mid: not a MIDI file"),
+        "note_free_primer": (["--prime", str(empty_midi)], "empty.mid: no notes"),
+        "missing_primer": (["--prime", str(tmp_path / "gone.mid")], "gone.mid: no such file"),
+    }[case]
+    out = tmp_path / "out"
+    argv = ["--workdir", str(run_dir), "--out", str(out), "--num_samples", "2", "--bars", "1", *flags]
+    code, stdout, stderr = run_cli(argv, capsys)
+    assert code != 0 and stdout == ""
+    assert stderr.count("\n") == 1 and expected in stderr, stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failure_while_writing_leaves_out_untouched(run_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier work")
+    calls = []
+
+    def draw_then_fail(frames, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        Path(path).write_bytes(b"png")
+
+    monkeypatch.setattr(sampling.pianoroll, "draw_piano_roll", draw_then_fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sampling.sample_run(sampling.SampleOptions(workdir=str(run_dir), out=str(out), num_samples=2, bars=1),
+                            log=lambda _: None)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_wav_only_when_fluidsynth_and_a_soundfont_exist(tmp_path, monkeypatch):
+    midi = primer_file(tmp_path / "x.mid", 16)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert not sampling.render_wav(midi, tmp_path / "x.wav")  # no fluidsynth: skipped silently
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "fluidsynth"  # writes the file named after -F, as fluidsynth does
+    fake.write_text('#!/bin/sh\nwhile [ "$1" != "-F" ]; do shift; done\necho RIFF > "$2"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(sampling, "SOUNDFONTS", ())
+    monkeypatch.delenv("SOUNDFONT", raising=False)
+    assert not sampling.render_wav(midi, tmp_path / "x.wav")  # no soundfont: skipped silently
+    soundfont = tmp_path / "gm.sf2"
+    soundfont.write_bytes(b"sf2")
+    monkeypatch.setenv("SOUNDFONT", str(soundfont))
+    assert sampling.render_wav(midi, tmp_path / "x.wav") and os.path.getsize(tmp_path / "x.wav") > 0

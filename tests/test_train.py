@@ -1,0 +1,283 @@
+"""Training on the real JSB Chorales records: sharding equivalence, exact resume, SIGTERM, corruption, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO, SHARED
+from jax.sharding import PartitionSpec as P
+
+from musicgpt_jax import configs, pipeline, records, sharding
+from musicgpt_jax.checkpoint import Checkpointer
+from musicgpt_jax.model import MusicTransformer, frame_nll
+from musicgpt_jax.train import (
+    TrainingError,
+    abstract_train_state,
+    create_train_state,
+    global_batch,
+    make_optimizer,
+    make_train_step,
+    train_and_evaluate,
+)
+
+JSB = SHARED / "polyphonic" / "JSB_Chorales.mat"
+TINY = ["model.num_layers=2", "model.d_model=32", "model.num_heads=4", "model.mlp_dim=64", "model.max_len=32",
+        "train.batch_size=8", "train.log_every=1", "train.eval_every=1000", "train.warmup_steps=2",
+        "train.schedule_steps=50"]
+
+
+@pytest.fixture(scope="session")
+def jsb_data(tmp_path_factory) -> str:
+    data_dir = tmp_path_factory.mktemp("records")
+    records.build_benchmark_dataset(JSB, data_dir)
+    return str(data_dir)
+
+
+def tiny_config(data_dir: str, *overrides: str) -> configs.Config:
+    cfg = configs.resolve("jsb", [*TINY, *overrides])
+    cfg.data.data_dir = data_dir
+    return cfg
+
+
+def restore_state(workdir: Path, cfg: configs.Config, mesh_spec: str = ""):
+    mesh = sharding.make_mesh(mesh_spec, jax.devices()[:1] if not mesh_spec else None)
+    model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
+    _, shardings = create_train_state(model, tx, cfg, mesh)
+    state, data_state, step = Checkpointer(workdir, async_save=False).restore(
+        abstract_train_state(shardings, model, tx, cfg))
+    return state, data_state, step
+
+
+def assert_trees_equal(a, b) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sharded_training_equals_single_device(jsb_data):
+    cfg = tiny_config(jsb_data, "model.dropout=0.0")
+    source = records.load_split(jsb_data, "jsb_chorales", "train")
+    data = pipeline.train_dataset(source, seq_len=cfg.model.max_len, batch_size=8, seed=0)
+    batches = [{k: data[i][k] for k in ("inputs", "targets", "mask")} for i in range(3)]
+    results = {}
+    for spec, devices in (("", jax.devices()[:1]), ("data=2,fsdp=2,tensor=2", jax.devices())):
+        mesh = sharding.make_mesh(spec, devices)
+        model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
+        state, shardings = create_train_state(model, tx, cfg, mesh)
+        step = jax.jit(make_train_step(model, tx, 1), in_shardings=(shardings, None),
+                       out_shardings=(shardings, None))
+
+        def loss(params, batch, model=model):
+            s, n = frame_nll(model.apply({"params": params}, batch["inputs"])[0], batch["targets"], batch["mask"])
+            return s / n
+
+        with sharding.activate(mesh):
+            losses = []
+            for b in batches:
+                state, metrics = step(state, global_batch(b, mesh))
+                losses.append(float(metrics["loss"]))
+            grads = jax.jit(jax.grad(loss))(state.params, global_batch(batches[0], mesh))
+        results[spec] = (losses, grads, state)
+
+    (l1, g1, _), (l8, g8, s8) = results[""], results["data=2,fsdp=2,tensor=2"]
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+    # Every parameter sits where the rule table says, and is really split that way.
+    params = s8.params
+    expected = {
+        ("embed", "table"): P(None, None, "fsdp"),
+        ("layer_0", "attention", "query"): P("fsdp", "tensor", None),
+        ("layer_0", "attention", "out"): P("tensor", None, "fsdp"),
+        ("layer_1", "mlp", "gate", "kernel"): P("fsdp", "tensor"),
+        ("layer_1", "mlp", "down", "kernel"): P("tensor", "fsdp"),
+        ("head", "kernel"): P("fsdp", None, None),
+        ("final_norm", "scale"): P(None),
+    }
+    for path, spec in expected.items():
+        leaf = params
+        for key in path:
+            leaf = leaf[key]
+        assert leaf.sharding.spec == spec, path
+    gate = params["layer_1"]["mlp"]["gate"]["kernel"]
+    assert gate.addressable_shards[0].data.shape == (gate.shape[0] // 2, gate.shape[1] // 2)
+    # Optimizer moments follow their parameters.
+    mu = s8.opt_state[1][0].mu["layer_1"]["mlp"]["gate"]["kernel"]
+    assert mu.sharding.spec == P("fsdp", "tensor")
+
+
+def test_resume_is_bitwise_exact(jsb_data, tmp_path):
+    straight = tiny_config(jsb_data, "train.steps=6", "train.checkpoint_every=3")
+    train_and_evaluate(straight, str(tmp_path / "straight"), progress=False)
+    first = tiny_config(jsb_data, "train.steps=3", "train.checkpoint_every=3")
+    train_and_evaluate(first, str(tmp_path / "split"), progress=False)
+    second = tiny_config(jsb_data, "train.steps=6", "train.checkpoint_every=3")
+    train_and_evaluate(second, str(tmp_path / "split"), progress=False)
+    a, data_a, step_a = restore_state(tmp_path / "straight", straight)
+    b, data_b, step_b = restore_state(tmp_path / "split", second)
+    assert step_a == step_b == 6 and data_a == data_b
+    assert_trees_equal(a.params, b.params)
+    assert_trees_equal(a.opt_state, b.opt_state)
+
+
+def test_resume_on_another_mesh_matches(jsb_data, tmp_path):
+    base = ["train.checkpoint_every=2", "model.dropout=0.0"]
+    straight = tiny_config(jsb_data, "train.steps=4", *base)
+    straight.mesh = "data=2,fsdp=4,tensor=1"
+    train_and_evaluate(straight, str(tmp_path / "a"), progress=False)
+    first = tiny_config(jsb_data, "train.steps=2", *base)
+    first.mesh = "data=2,fsdp=4,tensor=1"
+    train_and_evaluate(first, str(tmp_path / "b"), progress=False)
+    second = tiny_config(jsb_data, "train.steps=4", *base)
+    second.mesh = "data=1,fsdp=2,tensor=4"
+    train_and_evaluate(second, str(tmp_path / "b"), progress=False)
+    def losses(workdir):
+        lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in lines if "loss" in r}
+
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    # Adam turns float-rounding differences of near-zero gradients into lr-sized steps, so compare the losses.
+    np.testing.assert_allclose([b[s] for s in (3, 4)], [a[s] for s in (3, 4)], rtol=1e-5)
+
+
+def run_train(workdir: Path, data_dir: str, *args: str, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, str(REPO / "train.py"), "--config", "jsb", "--workdir", str(workdir),
+           "--data_dir", data_dir, "--no_progress", *[f"--config.{o}" for o in TINY], *args]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def wait_for_checkpoint(workdir: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    target = workdir / "checkpoints" / str(step)
+    deadline = time.time() + timeout
+    while not target.is_dir():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def test_sigkill_after_save_then_resume_is_exact(jsb_data, tmp_path):
+    common = ("--config.train.checkpoint_every=3", "--config.train.async_checkpoints=false")
+    straight = run_train(tmp_path / "straight", jsb_data, "--steps", "6", *common)
+    assert straight.wait(timeout=300) == 0, straight.communicate()[1][-2000:]
+    killed = run_train(tmp_path / "killed", jsb_data, "--steps", "400", *common)
+    wait_for_checkpoint(tmp_path / "killed", 3, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    resumed = run_train(tmp_path / "killed", jsb_data, "--steps", "6", *common)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert "resumed from" in err
+    cfg = tiny_config(jsb_data, "train.steps=6")
+    a, _, _ = restore_state(tmp_path / "straight", cfg)
+    b, _, step = restore_state(tmp_path / "killed", cfg)
+    assert step == 6
+    assert_trees_equal(a.params, b.params)
+    assert_trees_equal(a.opt_state, b.opt_state)
+
+
+def test_sigterm_saves_current_step_and_exits_zero(jsb_data, tmp_path):
+    proc = run_train(tmp_path, jsb_data, "--steps", "100000", "--config.train.checkpoint_every=5")
+    wait_for_checkpoint(tmp_path, 5, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    match = re.search(r"SIGTERM: saved a checkpoint at step (\d+)", err)
+    assert match, err[-2000:]
+    stopped_at = int(match.group(1))
+    assert stopped_at >= 5 and Checkpointer(tmp_path, async_save=False).steps()[-1] == stopped_at
+    again = run_train(tmp_path, jsb_data, "--steps", str(stopped_at + 2))
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-2000:]
+    assert f"at step {stopped_at}" in err
+    assert Checkpointer(tmp_path, async_save=False).steps()[-1] == stopped_at + 2
+
+
+def test_corrupted_latest_checkpoint_falls_back(jsb_data, tmp_path, capsys):
+    cfg = tiny_config(jsb_data, "train.steps=4", "train.checkpoint_every=2", "train.async_checkpoints=false")
+    train_and_evaluate(cfg, str(tmp_path), progress=False)
+    state_dir = tmp_path / "checkpoints" / "4" / "state"
+    # The array data the top-level OCDBT manifest points at.
+    victim = max((state_dir / "d").iterdir(), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    state, _, step = restore_state(tmp_path, cfg)
+    assert step == 2
+    assert "falling back to step 2" in capsys.readouterr().err
+    resumed = tiny_config(jsb_data, "train.steps=5", "train.checkpoint_every=2", "train.async_checkpoints=false")
+    metrics = train_and_evaluate(resumed, str(tmp_path), progress=False)
+    assert metrics["step"] == 5 and np.isfinite(metrics["loss"])
+
+
+def test_loss_falls_on_real_data(jsb_data, tmp_path):
+    cfg = tiny_config(jsb_data, "train.steps=40", "train.learning_rate=3e-3", "train.checkpoint_every=40")
+    train_and_evaluate(cfg, str(tmp_path), progress=False)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
+    assert (tmp_path / "tensorboard").is_dir()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(jsb_data, tmp_path):
+    cfg = tiny_config(jsb_data, "train.steps=2", "train.checkpoint_every=2", "train.async_checkpoints=false")
+    train_and_evaluate(cfg, str(tmp_path), progress=False)
+    good, _, _ = restore_state(tmp_path, cfg)
+    bad = tiny_config(jsb_data, "train.steps=6", "train.checkpoint_every=2", "train.learning_rate=inf",
+                      "train.async_checkpoints=false")
+    with pytest.raises(TrainingError, match="loss is nan"):
+        train_and_evaluate(bad, str(tmp_path), progress=False)
+    after, _, step = restore_state(tmp_path, cfg)
+    assert step == 2
+    assert_trees_equal(good.params, after.params)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nope"], "unknown preset"),
+    (["--config.model.no_such_field=1"], "unknown key"),
+    (["--config.train.steps=abc"], "expected int"),
+    (["--mesh", "data=3"], "devices"),
+    (["--dataset", "missing"], "python data/prepare.py"),
+])
+def test_bad_input_is_one_clear_line(jsb_data, tmp_path, args, message):
+    proc = run_train(tmp_path, jsb_data, "--steps", "1", *args)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], err[-1000:]
+
+
+def test_incompatible_workdir_is_refused(jsb_data, tmp_path):
+    cfg = tiny_config(jsb_data, "train.steps=1", "train.checkpoint_every=1")
+    train_and_evaluate(cfg, str(tmp_path), progress=False)
+    wider = tiny_config(jsb_data, "train.steps=2", "model.d_model=64")
+    with pytest.raises(TrainingError, match="incompatible"):
+        train_and_evaluate(wider, str(tmp_path), progress=False)
+
+
+def test_grad_accumulation_matches_one_big_batch(jsb_data):
+    cfg = tiny_config(jsb_data, "model.dropout=0.0")
+    source = records.load_split(jsb_data, "jsb_chorales", "train")
+    batch = {k: v for k, v in pipeline.train_dataset(source, seq_len=32, batch_size=8, seed=1)[0].items()
+             if k != "source_index"}
+    mesh = sharding.make_mesh("", jax.devices()[:1])
+    model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
+    outs = []
+    for accum in (1, 4):
+        state, _ = create_train_state(model, tx, cfg, mesh)
+        with sharding.activate(mesh):
+            new_state, metrics = jax.jit(make_train_step(model, tx, accum))(state, jax.tree.map(jnp.asarray, batch))
+        outs.append((float(metrics["loss"]), new_state.params))
+    assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-5)
+    for a, b in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1]), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
