@@ -29,6 +29,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--num_processes", type=int, help="multi-host: number of processes")
     parser.add_argument("--process_id", type=int, help="multi-host: this process's index")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--data_log", help=argparse.SUPPRESS)  # diagnostic: FILE.process_I gets each batch's rows
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -83,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     try:
-        metrics = train_and_evaluate(cfg, args.workdir, progress=not args.no_progress)
+        data_log = None
+        if args.data_log:
+            import jax
+            data_log = f"{args.data_log}.process_{jax.process_index()}"
+        metrics = train_and_evaluate(cfg, args.workdir, progress=not args.no_progress, data_log=data_log)
     except (TrainingError, CheckpointError, MeshError, configs.ConfigError, records.DatasetNotFoundError) as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 1
