@@ -83,18 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.call([sys.executable, prepare]) != 0:
             return 1
 
+    import jax
+    data_log = f"{args.data_log}.process_{jax.process_index()}" if args.data_log else None
     try:
-        data_log = None
-        if args.data_log:
-            import jax
-            data_log = f"{args.data_log}.process_{jax.process_index()}"
         metrics = train_and_evaluate(cfg, args.workdir, progress=not args.no_progress, data_log=data_log)
     except (TrainingError, CheckpointError, MeshError, configs.ConfigError, records.DatasetNotFoundError) as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 1
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-    print(f"train.py: stopped at step {metrics['step']} ({summary}); checkpoints in {args.workdir}/checkpoints",
-          file=sys.stderr)
+    if jax.process_index() == 0:
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"train.py: stopped at step {metrics['step']} ({summary}); checkpoints in {args.workdir}/checkpoints",
+              file=sys.stderr)
     return 0
 
 

@@ -1,29 +1,30 @@
 """Which presets fit which Cloud TPU slices: AOT-compile each train step and print a Markdown table.
 
     python benchmarks/aot_table.py [--presets tiny,small,base,large]
-        [--topologies v5e:1x1,v5e:2x2,...] [--cache runs/aot_table.jsonl]
+        [--topologies v5e:1x1,v5e:2x2,...] [--cache runs/aot_table.jsonl] [--timeout SECONDS]
 
-Every cell is `musicgpt_jax.aot.compile_train_step` for one preset on one topology (the preset's own
+Every cell is one `python -m musicgpt_jax.aot` run for one preset on one topology (the preset's own
 batch, all chips on fsdp): memory per chip, ✓ if it fits the chip's HBM. The last column is the smallest
 slice that fits, found by walking each generation's ladder of slices upwards. Compiles run on this host's CPU
-and take seconds (tiny) to minutes (base, large); `--cache` keeps every report so an interrupted run resumes
-where it stopped. Progress goes to stderr, the table to stdout.
+and take seconds (tiny) to minutes (base, large); `--timeout` bounds each, and `--cache` keeps every report
+so an interrupted run resumes where it stopped. Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile-only: never probe for a local TPU
 
-from musicgpt_jax import aot, configs  # noqa: E402
+from musicgpt_jax import aot  # noqa: E402
 
 TOPOLOGIES = ("v5e:1x1", "v5e:2x2", "v5e:2x4", "v4:2x2x1", "v5p:2x2x1", "v6e:2x2")
 # Slices each generation is sold in, smallest first (one JAX device per chip).
@@ -36,31 +37,42 @@ LADDERS = {
 
 
 class Results:
-    """Reports by (preset, topology), computed once and optionally kept in a JSON-lines file."""
+    """Reports by (preset, topology), each from its own `python -m musicgpt_jax.aot --json` run.
 
-    def __init__(self, cache: str | None):
+    A report is the AOT JSON, or {"error": line} when the slice cannot take the preset (the batch does not
+    split over its chips), or {"timeout": seconds} (not kept in the cache, so a longer rerun tries again).
+    """
+
+    def __init__(self, cache: str | None, timeout: float | None):
         self.path = Path(cache) if cache else None
-        self.reports: dict[tuple[str, str], dict | None] = {}
+        self.timeout = timeout
+        self.reports: dict[tuple[str, str], dict] = {}
         if self.path and self.path.exists():
             for line in self.path.read_text().splitlines():
                 row = json.loads(line)
                 self.reports[(row["preset"], row["topology"])] = row["report"]
 
-    def get(self, preset: str, topology: str) -> dict | None:
-        """The report as a dict, or None when the slice cannot run the preset at all (batch vs chips)."""
+    def get(self, preset: str, topology: str) -> dict:
         key = (preset, topology)
         if key not in self.reports:
             start = time.perf_counter()
+            command = [sys.executable, "-m", "musicgpt_jax.aot", "--config", preset, "--topology", topology,
+                       "--json"]
             try:
-                report = dataclasses.asdict(aot.compile_train_step(configs.resolve(preset), topology))
-            except aot.AOTError as error:
-                print(f"  {preset} on {topology}: {error}", file=sys.stderr, flush=True)
-                report = None
+                proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                report = {"timeout": self.timeout}
+                note = f"{preset} on {topology}: no answer in {self.timeout:.0f} s"
             else:
-                print(f"  {aot.AOTReport(**report).verdict()} ({time.perf_counter() - start:.0f} s)",
-                      file=sys.stderr, flush=True)
+                if proc.returncode not in (0, 1):
+                    report = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+                    note = f"{preset} on {topology}: {report['error']}"
+                else:
+                    report = json.loads(proc.stdout)
+                    note = aot.AOTReport(**report).verdict()
+            print(f"  {note} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
             self.reports[key] = report
-            if self.path:
+            if self.path and "timeout" not in report:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with self.path.open("a") as f:
                     f.write(json.dumps({"preset": preset, "topology": topology, "report": report}) + "\n")
@@ -71,14 +83,18 @@ def smallest_fit(results: Results, preset: str, generation: str) -> str | None:
     """The first slice of the generation's ladder that fits (memory per chip falls as chips grow)."""
     for topology in LADDERS[generation]:
         report = results.get(preset, topology)
-        if report is not None and report["fits"]:
+        if report.get("fits"):
             return topology
+        if "timeout" in report:
+            return f"? (no answer from {topology} in {report['timeout']:.0f} s)"
     return None
 
 
-def cell(report: dict | None) -> str:
-    if report is None:
+def cell(report: dict) -> str:
+    if "error" in report:
         return "—"
+    if "timeout" in report:
+        return f"? (> {report['timeout']:.0f} s)"
     gib = report["total_bytes"] / aot.GIB
     return f"{'✓' if report['fits'] else '✗'} {gib:.2f}" + ("" if report["compiled"] else "+")
 
@@ -90,7 +106,7 @@ def table(results: Results, presets: list[str], topologies: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for preset in presets:
         reports = {t: results.get(preset, t) for t in topologies}
-        any_report = next(r for r in reports.values() if r is not None)
+        any_report = next(r for r in reports.values() if "num_params" in r)
         generations = sorted({aot.generation(t) for t in topologies}, key=list(LADDERS).index)
         smallest = [smallest_fit(results, preset, g) for g in generations]
         fits = ", ".join(s for s in smallest if s) or "none tried"
@@ -106,14 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default="tiny,small,base,large")
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
     parser.add_argument("--cache", help="JSON-lines file of reports, read and extended")
+    parser.add_argument("--timeout", type=float, help="seconds one compile may take (default: no limit)")
     args = parser.parse_args(argv)
     presets, topologies = args.presets.split(","), args.topologies.split(",")
-    results = Results(args.cache)
+    results = Results(args.cache, args.timeout)
     start = time.perf_counter()
     print(table(results, presets, topologies))
     print("\nGiB per chip (arguments + outputs - donated + temporaries + code); ✓ fits the chip's HBM, "
           "✗ does not; +: XLA:TPU refused to compile, total from its message; —: the batch does not split "
-          "over the chips. "
+          "over the chips; ?: no answer within --timeout. "
           f"FLOPs per step: XLA's HLO cost analysis of the whole step (remat recompute included). "
           f"Smallest slice: per generation ({', '.join(LADDERS)}), with the preset's own batch, all chips on "
           "fsdp.")

@@ -5,6 +5,10 @@ current mesh's shardings), `data` (the grain iterator state, JSON) and `config` 
 needs no other flag). Orbax writes to a temporary directory and renames it when complete, so a crash mid-save
 leaves the previous checkpoint usable; a checkpoint that fails to restore (truncated or corrupted files) is
 reported and the next older one is tried.
+
+Multi-host: every process writes the shards it holds into the same step directory and process 0 commits it, so
+WORKDIR must be one location all processes see (gs://, or a shared filesystem; a local folder when all processes
+run on one machine, as in the tests).
 """
 
 from __future__ import annotations
@@ -96,6 +100,9 @@ class Checkpointer:
             if target.exists():
                 target.rmtree()
             (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:  # the others must not reload before process 0 has moved it
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
         self.manager.reload()
         return target
 

@@ -4,11 +4,12 @@ Sequence convention (as in training): a piece starts with an all-OFF frame, and 
 frame t+1. The context of a generation is that empty frame followed by the primer, cut to its last
 `max_len` frames when longer (the empty frame is dropped first, then the oldest primer frames).
 
-The cache holds `max_len` positions (the training window). When it is full, the window slides: the newest
-half of the frames it holds is re-prefilled at positions 0..half-1 (rotary attention only sees relative
-positions) and decoding goes on from position `half`. The slide is a `lax.cond` inside the scan, so shapes
-stay fixed and nothing leaves the compiled loop. Entries of the cache beyond the current position are stale
-but masked out by the causal mask.
+The cache holds `max_len` positions (the training window), or fewer when the whole sequence fits in fewer:
+a step attends over the whole cache, masked, so its cost follows the cache's length. When a `max_len` cache
+is full, the window slides: the newest half of the frames it holds is re-prefilled at positions
+0..half-1 (rotary attention only sees relative positions) and decoding goes on from position `half`. The
+slide is a `lax.cond` inside the scan, so shapes stay fixed and nothing leaves the compiled loop. Entries of
+the cache beyond the current position are stale but masked out by the causal mask.
 
 Compilation: `generate` and `decode_logits` build one jitted function per (model config, mesh, number of
 steps) and jax.jit keeps one executable per input shape, so a second call with the same shapes (any seed,
@@ -40,7 +41,7 @@ TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 
 class DecodeState(NamedTuple):
     cache: Cache
-    window: jax.Array  # (B, max_len, P) int32: the frames the cache holds, at their cache positions
+    window: jax.Array  # (B, cache length, P) int32: the frames the cache holds, at their cache positions
     index: jax.Array  # () int32: the cache position the next frame is written to
 
 
@@ -61,17 +62,23 @@ def _constrain_state(state: DecodeState, mesh: Mesh | None) -> DecodeState:
     return DecodeState(cache, _constrain(state.window, mesh, ("batch", None, None)), state.index)
 
 
-def prefill(params: Any, cfg: ModelConfig, context: jax.Array,
-            mesh: Mesh | None = None) -> tuple[jax.Array, DecodeState]:
-    """Run `context` (B, T, P), T <= max_len, into an empty cache: (logits of every position, state)."""
+def prefill(params: Any, cfg: ModelConfig, context: jax.Array, mesh: Mesh | None = None,
+            cache_len: int | None = None) -> tuple[jax.Array, DecodeState]:
+    """Run `context` (B, T, P) into an empty cache: (logits of every position, state).
+
+    The cache has `cache_len` positions (default `max_len`); one shorter than `max_len` never slides, so it
+    must hold every frame the decode will feed.
+    """
     batch, length, pitches = context.shape
-    if length > cfg.max_len:
-        raise ValueError(f"prefill of {length} frames does not fit the {cfg.max_len}-frame context")
+    cache_len = cache_len or cfg.max_len
+    if not length <= cache_len <= cfg.max_len:
+        raise ValueError(f"prefill of {length} frames into a {cache_len}-position cache "
+                         f"(context {cfg.max_len})")
     model = MusicTransformer(cfg)
-    cache = init_cache(cfg, batch, cfg.max_len)
+    cache = init_cache(cfg, batch, cache_len)
     positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
     logits, cache = model.apply({"params": params}, context, positions, cache=cache, cache_index=0)
-    window = jnp.zeros((batch, cfg.max_len, pitches), jnp.int32).at[:, :length].set(context)
+    window = jnp.zeros((batch, cache_len, pitches), jnp.int32).at[:, :length].set(context)
     state = DecodeState(cache, window, jnp.asarray(length, jnp.int32))
     return logits, _constrain_state(state, mesh)
 
@@ -91,8 +98,9 @@ def _slide(params: Any, cfg: ModelConfig, state: DecodeState) -> DecodeState:
 def decode_step(params: Any, cfg: ModelConfig, state: DecodeState, frame: jax.Array,
                 mesh: Mesh | None = None) -> tuple[jax.Array, DecodeState]:
     """Feed one frame (B, P): (logits (B, P, S) of the frame after it, new state). Slides when full."""
-    state = jax.lax.cond(state.index >= cfg.max_len, lambda s: _slide(params, cfg, s), lambda s: s, state)
-    state = _constrain_state(state, mesh)
+    if state.window.shape[1] == cfg.max_len:  # a shorter cache is never full (see `prefill`)
+        state = jax.lax.cond(state.index >= cfg.max_len, lambda s: _slide(params, cfg, s), lambda s: s, state)
+        state = _constrain_state(state, mesh)
     index = state.index
     window = jax.lax.dynamic_update_slice(state.window, frame[:, None].astype(jnp.int32), (0, index, 0))
     positions = jnp.full((frame.shape[0], 1), index)
@@ -104,7 +112,8 @@ def decode_step(params: Any, cfg: ModelConfig, state: DecodeState, frame: jax.Ar
 def _generate(params, primer, rng, temperature, *, cfg: ModelConfig, num_frames: int, mesh: Mesh | None):
     TRACE_COUNTS["generate"] += 1
     context = _constrain(context_of(primer, cfg.max_len), mesh, ("batch", None, None))
-    logits, state = prefill(params, cfg, context, mesh)
+    fed = context.shape[1] + num_frames - 1  # the last sampled frame is never fed
+    logits, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed))
     first = sample_frame(logits[:, -1], jax.random.fold_in(rng, 0), temperature, context[:, -1],
                          cfg.num_states)
 
@@ -122,7 +131,8 @@ def _generate(params, primer, rng, temperature, *, cfg: ModelConfig, num_frames:
 def _decode_logits(params, frames, *, cfg: ModelConfig, prefill_len: int, mesh: Mesh | None):
     TRACE_COUNTS["decode_logits"] += 1
     frames = _constrain(frames, mesh, ("batch", None, None))
-    prefill_logits, state = prefill(params, cfg, frames[:, :prefill_len], mesh)
+    cache_len = min(cfg.max_len, frames.shape[1])
+    prefill_logits, state = prefill(params, cfg, frames[:, :prefill_len], mesh, cache_len)
 
     def step(state, frame):
         logits, state = decode_step(params, cfg, state, frame, mesh)

@@ -6,12 +6,18 @@
 - Otherwise: a single process, nothing to do.
 
 CPU processes use gloo collectives. An unreachable coordinator fails after `MUSICGPT_INIT_TIMEOUT` seconds
-(default 60) with one clear line rather than hanging.
+(default 60) with one clear line rather than hanging: processes other than 0 first wait for the coordinator's port
+to accept connections themselves, because the runtime aborts the whole process (with a C++ stack trace) when it
+cannot register, instead of raising. Process 0 likewise checks that it can bind the port. What stays with the
+runtime: a coordinator that is up but whose peers never all join aborts after the timeout with the runtime's own
+message.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 
 class DistributedError(RuntimeError):
@@ -32,6 +38,41 @@ def _on_tpu_pod() -> bool:
     """A multi-host TPU VM slice advertises its workers in the environment set up by the TPU runtime."""
     hostnames = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     return "," in hostnames
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    """(host, port) of "HOST:PORT" ("[v6addr]:PORT" too)."""
+    host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistributedError(f"--coordinator_address {address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _check_port_free(port: int) -> None:
+    """Process 0 serves the coordinator on `port` (all interfaces): fail clearly if something holds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError as error:
+            raise DistributedError(f"process 0 cannot serve the coordinator on port {port} "
+                                   f"({error.strerror or error}); is another run using it?") from None
+
+
+def _wait_for_coordinator(host: str, port: int, address: str, timeout_s: int, deadline: float) -> None:
+    """Until `deadline`, try to connect to the coordinator's port (process 0 may start later than us)."""
+    reason = "no answer"
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+                return
+        except OSError as error:
+            reason = error.strerror or str(error) or type(error).__name__
+        if time.monotonic() >= deadline:
+            raise DistributedError(f"could not reach the coordinator at {address} within {timeout_s} s "
+                                   f"({reason}); is process 0 running there?")
+        time.sleep(0.25)
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -55,15 +96,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                f"--process_id (got {coordinator_address!r}, {num_processes!r}, {process_id!r})")
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise DistributedError(f"--process_id {process_id} is not in [0, --num_processes {num_processes})")
-    if ":" not in coordinator_address:
-        raise DistributedError(f"--coordinator_address {coordinator_address!r} is not HOST:PORT")
+    host, port = _split_address(coordinator_address)
     if num_processes == 1:
         return False
+    deadline = time.monotonic() + timeout_s
+    if process_id == 0:
+        _check_port_free(port)
+    else:
+        _wait_for_coordinator(host, port, coordinator_address, timeout_s, deadline)
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id, initialization_timeout=timeout_s)
+                                   process_id=process_id,
+                                   initialization_timeout=max(1, round(deadline - time.monotonic())))
     except Exception as error:  # noqa: BLE001 - the runtime raises several types; all mean the same here
         reason = " ".join(str(error).split())[:200]
         raise DistributedError(f"could not join the coordinator at {coordinator_address} as process "

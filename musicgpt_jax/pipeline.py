@@ -69,7 +69,8 @@ def train_dataset(source: Sequence[dict], *, seq_len: int, batch_size: int, seed
                   lengths: Sequence[int] | None = None) -> grain.MapDataset:
     """An endless, shuffled MapDataset of this process's batches of `batch_size` windows (the local batch).
 
-    Each batch also carries `source_index` (which sequence each row came from), for provenance checks.
+    Each batch also carries `source_index` (which sequence each row came from) and `window_index` (the flat
+    window number, unique within an epoch), for provenance checks.
     """
     lengths = sequence_lengths(source) if lengths is None else lengths
     index = _WindowIndex(lengths, seq_len)
@@ -86,6 +87,7 @@ def train_dataset(source: Sequence[dict], *, seq_len: int, batch_size: int, seed
             example["inputs"] = transpose_states(example["inputs"], shift)
             example["targets"] = transpose_states(example["targets"], shift)
         example["source_index"] = np.int64(seq)
+        example["window_index"] = np.int64(flat)
         return example
 
     ds = grain.MapDataset.range(len(index)).seed(seed).shuffle().repeat(None).random_map(make_window)

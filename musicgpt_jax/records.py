@@ -19,6 +19,9 @@ Guarantees:
 - Conversion runs in a process pool, one file per task, each with a time limit; a bad file never ends the run.
 - A build happens in a hidden scratch folder in DATA_DIR and is renamed into place when complete; the card is
   written last, and readers require it, so an interrupted build never reads as a dataset.
+
+Reading goes through `etils.epath`, so DATA_DIR may also be a gs:// bucket path (with gcsfs installed); writing
+is to local folders only (the build stages and renames folders).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from tqdm import tqdm
 
 from musicgpt_jax import corpus
@@ -100,8 +104,9 @@ def prepare_command(data_dir: str | os.PathLike, name: str) -> str:
     return command
 
 
-def _complete_card(root: Path) -> dict[str, Any] | None:
+def _complete_card(root: epath.PathLike) -> dict[str, Any] | None:
     """The card of the complete dataset at `root`, or None when there is none (or only part of one)."""
+    root = epath.Path(root)
     if not (root / VERSION / "dataset_info.json").is_file():
         return None
     try:
@@ -110,15 +115,18 @@ def _complete_card(root: Path) -> dict[str, Any] | None:
         return None
 
 
-def _require_card(data_dir: str | os.PathLike, name: str) -> dict[str, Any]:
-    root = Path(data_dir) / name
-    card = _complete_card(root)
+def _require_card(data_dir: epath.PathLike, name: str) -> dict[str, Any]:
+    root = epath.Path(data_dir) / name
+    try:
+        card = _complete_card(root)
+    except ImportError as error:  # a gs:// path without gcsfs installed
+        raise DatasetNotFoundError(f"{root}: cannot read it ({error})") from None
     if card is None:
         raise DatasetNotFoundError(f"{root}: no dataset here; run: {prepare_command(data_dir, name)}")
     return card
 
 
-def load_info(data_dir: str, name: str) -> DatasetInfo:
+def load_info(data_dir: epath.PathLike, name: str) -> DatasetInfo:
     """Shape and size of dataset `name` in `data_dir`; DatasetNotFoundError unless it is completely there."""
     card = _require_card(data_dir, name)
     return DatasetInfo(
@@ -139,7 +147,7 @@ class FrameSequences(Sequence[dict]):
     sent to grain worker processes open their own.
     """
 
-    def __init__(self, version_dir: Path, split: str, size: int):
+    def __init__(self, version_dir: epath.Path, split: str, size: int):
         self._version_dir, self._split, self._size = version_dir, split, size
         self._source: Any = None
 
@@ -176,12 +184,12 @@ class FrameSequences(Sequence[dict]):
         return f"FrameSequences({self._version_dir}, split={self._split!r}, size={self._size})"
 
 
-def load_split(data_dir: str, name: str, split: str) -> Sequence[dict]:
+def load_split(data_dir: epath.PathLike, name: str, split: str) -> Sequence[dict]:
     """The sequences of one split ("train", "validation" or "test"), in a fixed order, with random access."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     card = _require_card(data_dir, name)
-    return FrameSequences(Path(data_dir) / name / VERSION, split, card["splits"][split]["sequences"])
+    return FrameSequences(epath.Path(data_dir) / name / VERSION, split, card["splits"][split]["sequences"])
 
 
 # ---------------------------------------------------------------------------------------------------- writing

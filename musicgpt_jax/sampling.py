@@ -112,6 +112,8 @@ def check_options(options: SampleOptions) -> None:
         raise SampleError(f"--bpm {options.bpm}: must be in (0, 1000]")
     if options.prime is not None and not Path(options.prime).is_file():
         raise SampleError(f"--prime {options.prime}: no such file")
+    if Path(options.out).exists() and not Path(options.out).is_dir():
+        raise SampleError(f"--out {options.out}: exists and is not a folder")
 
 
 def load_config(workdir: str, step: int | None = None) -> tuple[Config, int]:
@@ -240,9 +242,12 @@ def output_frames(generated: np.ndarray, grid: Grid, primer: Primer | None, incl
         before = np.concatenate([np.zeros_like(states[:1]), states[:-1]])
         # a HOLD after silence is a note the primer left sounding: it starts here
         states = np.where((states == HOLD) & (before == OFF), ONSET, states)
-    velocities = np.where(note_starts(states, grid.num_states), DEFAULT_VELOCITY, 0)
+    velocities = np.zeros(states.shape, np.uint8)
     if len(prime_states):
         velocities[:len(prime_states)] = primer.velocities
+    # every note start gets a velocity: the primer's own, else the default (generated notes, cut notes)
+    velocities = np.where(velocities > 0, velocities, DEFAULT_VELOCITY)
+    velocities = np.where(note_starts(states, grid.num_states), velocities, 0)
     if primer is None:
         tempos, signatures = ((0, bpm or DEFAULT_BPM),), ((0, 4, 4),)
     elif include_prime:

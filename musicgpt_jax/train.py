@@ -204,27 +204,59 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def is_local(path: str | epath.Path) -> bool:
+    """False for object-store URIs (gs://, s3://, ...), which cannot be appended to."""
+    return "://" not in str(path)
+
+
+def _tensorboard_writer(logdir: epath.Path) -> Any:
+    """A tensorboardX SummaryWriter, or None when tensorboardX cannot write there.
+
+    tensorboardX writes gs:// only with google-cloud-storage installed (and s3:// only with boto3); other remote
+    workdirs get metrics.jsonl alone.
+    """
+    try:
+        from tensorboardX import SummaryWriter
+        if not is_local(logdir):
+            if not str(logdir).startswith("gs://"):
+                raise ImportError("tensorboardX: only local and gs:// logdirs are supported here")
+            from google.cloud import storage  # noqa: F401 - what tensorboardX needs for gs://
+    except ImportError as error:
+        if not is_local(logdir):
+            _log(f"no TensorBoard logs in {logdir} ({error})")
+        return None
+    return SummaryWriter(str(logdir))
+
+
 class MetricsWriter:
-    """metrics.jsonl and TensorBoard event files in the workdir; a no-op on processes other than 0."""
+    """metrics.jsonl and TensorBoard event files in the workdir; a no-op on processes other than 0.
+
+    metrics.jsonl is appended to locally; in an object store (gs://), where files cannot be appended to, the
+    whole file (existing lines included) is rewritten at each write.
+    """
 
     def __init__(self, workdir: epath.Path, enabled: bool):
         self.enabled = enabled
         self._tb = None
+        self._lines: list[str] | None = None  # the whole file, for object stores
         if enabled:
             workdir.mkdir(parents=True, exist_ok=True)
             self._jsonl = workdir / "metrics.jsonl"
-            try:
-                from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(str(workdir / "tensorboard"))
-            except ImportError:
-                self._tb = None
+            if not is_local(workdir):
+                self._lines = self._jsonl.read_text().splitlines(keepends=True) if self._jsonl.exists() else []
+            self._tb = _tensorboard_writer(workdir / "tensorboard")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-        with self._jsonl.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self._lines is None:
+            with self._jsonl.open("a") as f:
+                f.write(line)
+        else:
+            self._lines.append(line)
+            self._jsonl.write_text("".join(self._lines))
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, float(v), step)
@@ -253,12 +285,15 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
                        data_log: str | None = None) -> dict[str, float]:
     """Train `cfg` in `workdir` (resuming from its latest checkpoint), returning the final metrics.
 
-    `data_log`, if given, is a file each process appends the source indices of its local batches to
-    (used by the multi-host tests to prove each process reads a disjoint share).
+    `data_log`, if given, is a local file each process appends one line per local batch to, with each row's
+    provenance as SOURCE:WINDOW (sequence index : flat window index); the multi-host tests use it to prove that
+    each process reads a disjoint share.
     """
     from musicgpt_jax import pipeline, records
     from musicgpt_jax.checkpoint import Checkpointer
 
+    # The time budget counts from here: set-up and compilation are part of it.
+    deadline = time.monotonic() + cfg.train.max_seconds if cfg.train.max_seconds > 0 else None
     workdir_path = epath.Path(workdir)
     info = records.load_info(cfg.data.data_dir, cfg.data.dataset)
     apply_dataset_shape(cfg, info.num_pitches, info.num_states)
@@ -330,18 +365,21 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
     last = {"loss": float("nan")}
     step = start_step
     window_start, window_frames = time.perf_counter(), 0.0
+    out_of_time = False  # the time budget (train.max_seconds) is spent: evaluate, save and stop
     try:
         with sharding.activate(mesh):
             while step < tcfg.steps:
                 local = next(data_iter)
                 if data_log is not None:
                     with open(data_log, "a") as f:
-                        f.write(" ".join(str(int(i)) for i in local["source_index"]) + "\n")
+                        f.write(" ".join(f"{int(s)}:{int(w)}" for s, w in
+                                         zip(local["source_index"], local["window_index"], strict=True)) + "\n")
                 batch = global_batch({k: local[k] for k in ("inputs", "targets", "mask")}, mesh)
                 state, metrics = train_step(state, batch)
                 step += 1
                 window_frames += tcfg.batch_size * cfg.model.max_len
-                stopping = _stop_requested(stop)
+                out_of_time = deadline is not None and _stop_requested(time.monotonic() > deadline)
+                stopping = out_of_time or _stop_requested(stop.requested)
                 saving = step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stopping
                 if step % tcfg.log_every == 0 or step == tcfg.steps or saving:
                     loss = float(metrics["loss"])
@@ -359,7 +397,7 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
                     window_start, window_frames = time.perf_counter(), 0.0
                 if bar is not None:
                     bar.update(1)
-                if val_source and (step % tcfg.eval_every == 0 or step == tcfg.steps):
+                if val_source and (step % tcfg.eval_every == 0 or step == tcfg.steps or out_of_time):
                     val_nll, _ = evaluate_split(state.params, eval_step, pipeline.eval_batches(
                         val_source, seq_len=cfg.model.max_len, batch_size=local_batch,
                         max_batches=tcfg.eval_batches, process_index=jax.process_index(),
@@ -371,7 +409,8 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
                     save(step)
                 if stopping:
                     checkpointer.wait()
-                    _log(f"SIGTERM: saved a checkpoint at step {step}; exiting")
+                    reason = f"time budget of {tcfg.max_seconds:g} s spent" if out_of_time else "SIGTERM"
+                    _log(f"{reason}: saved a checkpoint at step {step}; exiting")
                     break
     finally:
         stop.uninstall()
@@ -383,11 +422,12 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
     return last
 
 
-def _stop_requested(stop: _StopFlag) -> bool:
+def _stop_requested(flag: bool) -> bool:
+    """True when `flag` is set on any process, so that all processes stop at the same step."""
     if jax.process_count() == 1:
-        return stop.requested
+        return flag
     from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.asarray(stop.requested, np.int32))
+    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
     return bool(np.max(flags))
 
 

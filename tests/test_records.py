@@ -181,6 +181,19 @@ def test_benchmark_records_equal_the_mat_file(tmp_path):
     assert not records.build_benchmark_dataset(JSB, tmp_path).rebuilt
 
 
+def test_gs_data_dir_goes_through_epath():
+    """A gs:// data dir reaches the storage layer intact (pathlib would turn it into "gs:/bucket/...")."""
+    try:
+        import gcsfs  # noqa: F401
+        pytest.skip("gcsfs is installed: this would reach the network")
+    except ImportError:
+        pass
+    with pytest.raises(records.DatasetNotFoundError, match=r"^gs://bucket/data/jsb_chorales: cannot read it"):
+        records.load_info("gs://bucket/data", "jsb_chorales")
+    with pytest.raises(records.DatasetNotFoundError, match=r"^gs://bucket/data/jsb_chorales: "):
+        records.load_split("gs://bucket/data", "jsb_chorales", "train")
+
+
 def test_an_interrupted_build_never_reads_as_a_dataset(mixed, tmp_path):
     proc = subprocess.Popen(
         [

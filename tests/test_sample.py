@@ -57,9 +57,10 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def primer_file(path: Path, num_frames: int) -> Path:
-    """An arpeggio of 8-step notes at 100 bpm in 4/4, `num_frames` 32nd-note steps long."""
+    """An arpeggio of 8-step notes over a bass note held throughout, 100 bpm, 4/4, `num_frames` steps long."""
     states = np.zeros((num_frames, 128), np.uint8)
     velocities = np.zeros_like(states)
+    states[:, 48], states[0, 48], velocities[0, 48] = HOLD, ONSET, 40
     for k, onset in enumerate(range(0, num_frames, 8)):
         pitch = (60, 64, 67, 72)[k % 4]
         states[onset:onset + 8, pitch] = HOLD
@@ -80,6 +81,13 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def on_grid(path: Path, grid: sampling.Grid) -> tuple[np.ndarray, np.ndarray]:
     return sampling.to_grid(midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter), grid)
+
+
+def as_written(states: np.ndarray) -> np.ndarray:
+    """A cut primer as the output holds it: a note sounding at the cut starts there."""
+    states = states.copy()
+    states[0][states[0] == HOLD] = ONSET
+    return states
 
 
 def assert_decodes_back(path: Path, frames: Frames) -> None:
@@ -122,12 +130,10 @@ def test_midi_decodes_back_to_the_sampled_frames(run_dir, tmp_path):
         assert sample.frames.num_frames == 32 == len(sample.generated)
         assert sample.frames.tempos == ((0, 120.0),) and sample.frames.time_signatures == ((0, 4, 4),)
         assert_decodes_back(tmp_path / f"{sample.name}.mid", sample.frames)
-        # The file holds what was sampled: only a HOLD that starts the piece is written as an onset.
-        sampled = sample.generated.copy()
-        sampled[0][sampled[0] == HOLD] = ONSET
-        np.testing.assert_array_equal(sample.frames.states, sampled)
-        previous = np.concatenate([np.zeros_like(sampled[:1]), sampled[:-1]])
-        assert not np.any((sampled == HOLD) & (previous == OFF))
+        # The file holds what was sampled (no primer: the empty start frame precedes it, so no HOLD starts it).
+        np.testing.assert_array_equal(sample.frames.states, sample.generated)
+        previous = np.concatenate([np.zeros_like(sample.generated[:1]), sample.generated[:-1]])
+        assert not np.any((sample.generated == HOLD) & (previous == OFF))
 
 
 def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
@@ -147,15 +153,20 @@ def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
         assert plain.frames.num_frames == 32 and plain.prime_frames == 0
         # the output starts right after the primer's last frame, with the primer only when asked for
         assert primed.prime_frames == 28 and primed.frames.num_frames == 28 + 32
-        np.testing.assert_array_equal(primed.frames.states[:28], primer_states[-28:])
-        np.testing.assert_array_equal(primed.frames.velocities[:28], primer_velocities[-28:])
+        np.testing.assert_array_equal(primed.frames.states[:28], as_written(primer_states[-28:]))
+        held = primer_velocities[-28:].copy()
+        held[0, 48] = sampling.DEFAULT_VELOCITY  # the bass note cut at the bar line has no velocity of its own
+        np.testing.assert_array_equal(primed.frames.velocities[:28], held)
         np.testing.assert_array_equal(primed.frames.states[28:], primed.generated)
         assert plain.frames.tempos == primed.frames.tempos == ((0, 100.0),)  # the primer's tempo
         assert_decodes_back(tmp_path / f"out{False}" / f"{plain.name}.mid", plain.frames)
         assert_decodes_back(tmp_path / f"out{True}" / f"{primed.name}.mid", primed.frames)
-    # A HOLD right after the primer continues one of its sounding notes.
+    # A HOLD right after the primer continues one of its sounding notes; without the primer it is written
+    # as a note that starts the sample.
     first = np.stack([s.generated[0] for s in without])
     assert not np.any((first == HOLD) & (primer_states[-1] == OFF))
+    for plain in without:
+        np.testing.assert_array_equal(plain.frames.states, as_written(plain.generated))
 
 
 def test_primer_longer_than_the_context_is_cut_to_its_last_window(run_dir, tmp_path, capsys):
@@ -168,7 +179,7 @@ def test_primer_longer_than_the_context_is_cut_to_its_last_window(run_dir, tmp_p
     for sample in samples:
         # its last 32 frames, from the first bar line in them: 28 frames
         assert sample.prime_frames == 28
-        np.testing.assert_array_equal(sample.frames.states[:28], states[-28:])
+        np.testing.assert_array_equal(sample.frames.states[:28], as_written(states[-28:]))
         assert sample.frames.tempos == ((0, 90.0),)  # --bpm wins over the primer's
 
 

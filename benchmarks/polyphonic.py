@@ -1,0 +1,211 @@
+"""Polyphonic music benchmark (Boulanger-Lewandowski et al. 2012): test NLL in nats per frame, beside published numbers.
+
+    python benchmarks/polyphonic.py [--sets jsb_chorales nottingham piano_midi musedata] [--budget_s S]
+                                    [--override model.dropout=0.2 ...] [--no_test] [--no_write]
+
+For each set: import the .mat file (`records.build_benchmark_dataset`, skipped when up to date), train its preset
+(configs.py: jsb, nottingham, piano_midi, musedata) from scratch in `runs/benchmark/SET` (deleted first) within a
+wall-clock budget (`train.max_seconds`: 10 min for JSB, 30 min for the others, on a 2-core CPU; set-up,
+compilation and the in-loop validation count), evaluating the WHOLE validation split and saving a checkpoint
+every `eval_every` steps (and when the budget stops the run). The checkpoint with the lowest validation NLL is
+selected and its validation NLL re-measured with the evaluator (`musicgpt_jax.evaluate`: whole sequences,
+sliding window); the test split is evaluated once, on that checkpoint only. Results go to
+`docs/polyphonic_results.json` (one entry per set, the latest run), and the "Polyphonic benchmark" section of
+`docs/RESULTS.md` is rewritten from it.
+
+Tuning uses `--no_test --no_write` (validation only; the test split is not touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHARED = REPO.parent / "shared" / "data" / "polyphonic"
+RESULTS_JSON = REPO / "docs" / "polyphonic_results.json"
+RESULTS_MD = REPO / "docs" / "RESULTS.md"
+SECTION = "## Polyphonic benchmark"
+
+# set: (file, preset, budget in seconds, column title)
+SETS: dict[str, tuple[str, str, float, str]] = {
+    "jsb_chorales": ("JSB_Chorales.mat", "jsb", 600.0, "JSB Chorales"),
+    "nottingham": ("Nottingham.mat", "nottingham", 1800.0, "Nottingham"),
+    "piano_midi": ("Piano_midi.mat", "piano_midi", 1800.0, "Piano-midi.de"),
+    "musedata": ("MuseData.mat", "musedata", 1800.0, "MuseData"),
+}
+ORDER = ("jsb_chorales", "nottingham", "piano_midi", "musedata")
+# Published test NLL (nats per frame), in ORDER; None: not reported.
+PUBLISHED: list[tuple[str, str, tuple[str | None, ...]]] = [
+    ("independent per-pitch outputs", "TCN (Bai et al. 2018)", ("8.10", "3.07", None, None)),
+    ("independent per-pitch outputs", "LSTM (Bai et al. 2018)", ("8.45", "3.29", None, None)),
+    ("independent per-pitch outputs", "RRU (Ozolins et al.)", ("7.72", "2.92", "7.38", "7.03")),
+    ("notes within a frame modelled jointly", "RNN-NADE (Boulanger-Lewandowski et al. 2012)",
+     ("5.19–5.56", "2.31", "7.05", "5.60")),
+    ("notes within a frame modelled jointly", "DMM-Aug-NADE (Krishnan et al. 2017)", ("5.12", "2.31", "7.05", "6.05")),
+]
+TARGETS = {"jsb_chorales": 7.72, "nottingham": 2.92, "piano_midi": 7.38, "musedata": 7.03}
+
+
+def best_validation_step(workdir: Path) -> tuple[int, float, list[tuple[int, float]]]:
+    """(step, in-loop validation NLL) of the best evaluation in the run's metrics.jsonl, and all of them."""
+    history = []
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "val_nll" in record:
+            history.append((int(record["step"]), float(record["val_nll"])))
+    if not history:
+        raise RuntimeError(f"{workdir}: no validation NLL was logged")
+    step, nll = min(history, key=lambda x: (x[1], x[0]))
+    return step, nll, history
+
+
+def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from musicgpt_jax import configs, evaluate, records
+    from musicgpt_jax.train import train_and_evaluate
+
+    file, preset, default_budget, _ = SETS[name]
+    budget = args.budget_s if args.budget_s is not None else default_budget
+    records.build_benchmark_dataset(SHARED / file, Path(args.data_dir).resolve())
+    cfg = configs.resolve(preset, args.override)
+    cfg.data.data_dir = str(Path(args.data_dir).resolve())
+    cfg.train.max_seconds = budget
+    cfg.train.checkpoint_every = cfg.train.eval_every  # every evaluated step can be selected
+    cfg.train.keep_checkpoints = 10_000
+    cfg.train.eval_batches = 1_000_000  # the whole validation split
+    workdir = Path(args.workdir_root).resolve() / name
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    print(f"{name}: training preset {preset} for at most {cfg.train.steps} steps / {budget:g} s in {workdir}",
+          file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    final = train_and_evaluate(cfg, str(workdir), progress=False)
+    train_s = time.perf_counter() - start
+    step, loop_val, history = best_validation_step(workdir)
+    start = time.perf_counter()
+    val = evaluate.evaluate_run(str(workdir), step, split="validation", batch_size=args.batch_size)
+    result: dict[str, Any] = {
+        "set": name, "preset": preset, "overrides": list(args.override), "budget_s": budget,
+        "steps_planned": cfg.train.steps, "steps_reached": int(final["step"]), "train_wall_s": round(train_s, 1),
+        "best_step": step, "val_nll_in_loop": loop_val, "val_history": history,
+        "val_nll": val["nats_per_frame"], "max_len": cfg.model.max_len, "stride": val["stride"],
+        "command": command_line(name, args),
+    }
+    if not args.no_test:
+        test = evaluate.evaluate_run(str(workdir), step, split="test", batch_size=args.batch_size)
+        result.update(test_nll=test["nats_per_frame"], test_frames=test["frames"],
+                      test_sequences=test["sequences"])
+    result["eval_wall_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def command_line(name: str, args: argparse.Namespace) -> str:
+    parts = ["python benchmarks/polyphonic.py", "--sets", name]
+    if args.budget_s is not None:
+        parts += ["--budget_s", f"{args.budget_s:g}"]
+    if args.override:
+        parts += ["--override", *args.override]
+    return " ".join(parts)
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def render_section(results: dict[str, dict[str, Any]]) -> str:
+    ours = [results.get(s, {}).get("test_nll") for s in ORDER]
+    titles = [SETS[s][3] for s in ORDER]
+    lines = [SECTION, "",
+             "Test negative log-likelihood in **nats per frame** (Σ over the 88 pitches of a frame, pooled over every "
+             "test frame: Σ NLL / Σ frames; lower is better). Ours: `python -m musicgpt_jax.evaluate` on the "
+             "checkpoint with the best validation NLL; whole sequences, each first frame scored given the empty "
+             "start frame, sequences longer than the context window through a sliding window (stride max_len/2). "
+             "The test split is evaluated once per reported number.", "",
+             "| model | output | " + " | ".join(titles) + " |",
+             "|---|---|" + "---|" * len(titles)]
+    lines.append("| **musicgpt-jax (this repo)** | independent per-pitch | "
+                 + " | ".join(f"**{_fmt(x)}**" if x is not None else "not run" for x in ours) + " |")
+    for kind, model, numbers in PUBLISHED:
+        lines.append(f"| {model} | {kind} | " + " | ".join(n or "–" for n in numbers) + " |")
+    lines += ["", "Goal: beat the best independent-output numbers (RRU): "
+              + ", ".join(f"{SETS[s][3]} < {TARGETS[s]}" for s in ORDER) + ".", "",
+              "How each of our numbers was made (one CPU run each; budget = wall-clock limit of training, "
+              "set-up, compilation and in-loop validation included; the run stops, evaluates and saves when it is "
+              "spent):", "",
+              "| set | test NLL | validation NLL | command | budget | steps reached / planned | best step | "
+              "train wall | eval wall | machine |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in ORDER:
+        r = results.get(s)
+        if r is None or "test_nll" not in r:
+            continue
+        lines.append(f"| {SETS[s][3]} | {r['test_nll']:.3f} | {r['val_nll']:.3f} | `{r['command']}` | "
+                     f"{r['budget_s']:g} s | {r['steps_reached']} / {r['steps_planned']} | {r['best_step']} | "
+                     f"{r['train_wall_s']:.0f} s | {r['eval_wall_s']:.0f} s | {r.get('machine', '?')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(new: list[dict[str, Any]]) -> None:
+    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    for r in new:
+        results[r["set"]] = r
+    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_JSON.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    section = render_section(results)
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Results\n\n"
+    if SECTION in text:
+        head, _, rest = text.partition(SECTION)
+        following = rest.find("\n## ")
+        tail = rest[following + 1:] if following >= 0 else ""
+        text = head + section + ("\n" + tail if tail else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS_MD.write_text(text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", nargs="+", default=list(ORDER), choices=ORDER, help="default: all four")
+    parser.add_argument("--budget_s", type=float, help="training wall-clock budget per set (default: 600 for JSB, "
+                        "1800 for the others)")
+    parser.add_argument("--override", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="config overrides applied to each preset")
+    parser.add_argument("--data_dir", default="data/records", help="records directory (default: %(default)s)")
+    parser.add_argument("--workdir_root", default="runs/benchmark", help="runs go in ROOT/SET (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=16, help="evaluation batch (windows)")
+    parser.add_argument("--no_test", action="store_true", help="validation only (for tuning); implies --no_write")
+    parser.add_argument("--no_write", action="store_true", help="do not update docs/")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from musicgpt_jax.configs import ConfigError
+
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores (shared)"
+    done = []
+    for name in args.sets:
+        try:
+            result = run_set(name, args)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        result["machine"] = machine
+        done.append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "val_history"}), flush=True)
+    if not (args.no_test or args.no_write):
+        write_results(done)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Frame NLL of a trained run on a whole split, in the polyphonic benchmark's unit: nats per frame.
+
+    python -m musicgpt_jax.evaluate --workdir DIR [--step N] [--data_dir DIR --dataset NAME] [--split test]
+
+prints one JSON object: `nats_per_frame` = Σ NLL / Σ frames pooled over every frame of every sequence of the split
+(the convention of Boulanger-Lewandowski et al. 2012; a frame's NLL is the sum over all its pitches), `frames`,
+`sequences`, the checkpoint `step`, `dataset`, `split`, and the window (`max_len`, `stride`) used.
+
+What is scored, exactly:
+- A sequence of T frames x_1..x_T is scored as log p(x_1..x_T) = Σ_t log p(x_t | x_0..x_{t-1}), where x_0 is an
+  all-zero (silent) start frame, the same one the training pipeline prepends (`pipeline._with_start_frame`). So the
+  FIRST real frame is scored too, conditioned on the empty start frame only (the model's learned distribution
+  of how pieces begin); the start frame itself is never scored. Every one of the T frames counts once in `frames`.
+- Sequences are scored whole. Up to `max_len` (the model's context window) frames of input fit in one pass. A
+  longer sequence goes through a sliding window of `max_len` inputs moved by `stride` (default `max_len // 2`):
+  the first window scores all its positions; each later window scores only its last `stride` positions, which
+  are exactly the frames the previous windows have not scored. Every frame is thus scored exactly once, with
+  its whole history when t <= max_len and otherwise with at least `max_len - stride + 1` previous frames (the
+  start frame included when it is still in the window). Rotary positions restart at 0 in every window, as in
+  training crops. `stride=1` gives every frame the full `max_len` context (slow).
+- All windows of all sequences are stacked into fixed-shape batches (batch_size, window, pitches) with a mask
+  over the scored positions; one jitted function computes the masked per-window NLL sums, which are summed on
+  the host in float64. The window is `min(max_len, longest sequence)`, so a split of short pieces pays no padding
+  up to `max_len`, and results do not depend on it (attention is causal).
+- The head's `frame_log_likelihood` is the only place pitch probabilities are combined, so the evaluator does not
+  assume the pitches of a frame are independent.
+
+`evaluate_nll(params, model_cfg, sequences, batch_size)` is the library entry (no checkpoint needed). Errors from
+the command line are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musicgpt_jax.configs import Config, ModelConfig
+from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
+
+
+class EvaluationError(ValueError):
+    """Bad input to an evaluation (sequences, shapes, options); the message is one line."""
+
+
+def _as_states(item: Any) -> np.ndarray:
+    states = item["states"] if isinstance(item, dict) else item
+    return np.asarray(states)
+
+
+def plan_windows(lengths: Sequence[int], window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(sequence, input start, first scored position, end of valid positions) for every window.
+
+    With the start frame prepended, a sequence of T frames has inputs 0..T-1 predicting targets 1..T. A window
+    starting at input `a` holds inputs a..a+window-1; position j predicts frame a+j+1. Positions
+    [first, end) are scored. The union over a sequence's windows is every target exactly once.
+    """
+    if not 1 <= stride <= window:
+        raise EvaluationError(f"stride {stride}: must be in [1, window={window}]")
+    plan = []
+    for seq, length in enumerate(lengths):
+        plan.append((seq, 0, 0, min(window, length)))
+        start = 0
+        while start + window < length:  # targets start+window+1 .. length are still unscored
+            start += stride
+            plan.append((seq, start, window - stride, min(window, length - start)))
+    return plan
+
+
+def make_window_nll(model_cfg: ModelConfig) -> Callable:
+    """jit(params, inputs (B, W, P), targets (B, W, P), mask (B, W)) -> per-window NLL sums (B,), float32."""
+    model = MusicTransformer(model_cfg)
+
+    @jax.jit
+    def window_nll(params, inputs, targets, mask):
+        logits, _ = model.apply({"params": params}, inputs, deterministic=True)
+        nll = -frame_log_likelihood(logits, targets)
+        return jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1)
+
+    return window_nll
+
+
+def evaluate_nll(params: Any, model_cfg: ModelConfig, sequences: Iterable[Any], batch_size: int = 16,
+                 stride: int | None = None) -> dict[str, Any]:
+    """Nats per frame over `sequences` ((T, P) state arrays, or dicts with "states"), pooled Σ NLL / Σ frames.
+
+    Returns {"nats_per_frame", "nll_sum", "frames", "sequences", "windows", "window", "stride"} (module doc).
+    """
+    seqs = [_as_states(s) for s in sequences]
+    if not seqs:
+        raise EvaluationError("no sequences to evaluate")
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size {batch_size}: must be at least 1")
+    for i, s in enumerate(seqs):
+        if s.ndim != 2 or s.shape[1] != model_cfg.num_pitches:
+            raise EvaluationError(f"sequence {i}: shape {s.shape}, expected (frames, {model_cfg.num_pitches})")
+        if s.size and (s.min() < 0 or s.max() >= model_cfg.num_states):
+            raise EvaluationError(f"sequence {i}: states outside [0, {model_cfg.num_states})")
+    lengths = [int(s.shape[0]) for s in seqs]
+    stride = max(1, model_cfg.max_len // 2) if stride is None else stride
+    if not 1 <= stride <= model_cfg.max_len:
+        raise EvaluationError(f"stride {stride}: must be in [1, max_len={model_cfg.max_len}]")
+    window = max(1, min(model_cfg.max_len, max(lengths)))
+    stride = min(stride, window)  # only matters when some sequence is longer than the window
+    plan = plan_windows(lengths, window, stride)
+    padded = [np.concatenate([np.zeros((1, model_cfg.num_pitches), np.int32), s.astype(np.int32)]) for s in seqs]
+    window_nll = make_window_nll(model_cfg)
+
+    total = 0.0
+    for b in range(0, len(plan), batch_size):
+        rows = plan[b:b + batch_size]
+        states = np.zeros((batch_size, window + 1, model_cfg.num_pitches), np.int32)
+        mask = np.zeros((batch_size, window), np.float32)
+        for r, (seq, start, first, end) in enumerate(rows):
+            piece = padded[seq][start:start + window + 1]
+            states[r, :piece.shape[0]] = piece
+            mask[r, first:end] = 1.0
+        sums = window_nll(params, states[:, :-1], states[:, 1:], mask)
+        total += float(np.sum(np.asarray(sums, np.float64)[:len(rows)]))
+    frames = sum(lengths)
+    return {"nats_per_frame": total / frames if frames else float("nan"), "nll_sum": total, "frames": frames,
+            "sequences": len(seqs), "windows": len(plan), "window": window, "stride": stride}
+
+
+def restore_params(workdir: str, cfg: Config, step: int) -> Any:
+    """The parameters of checkpoint `step` on one device (the optimizer state is read and dropped)."""
+    from musicgpt_jax import sharding, train
+    from musicgpt_jax.checkpoint import Checkpointer
+
+    mesh = sharding.make_mesh("", devices=jax.devices()[:1])
+    model, tx = MusicTransformer(cfg.model), train.make_optimizer(cfg.train)
+    shapes = jax.eval_shape(lambda: train.create_train_state(model, tx, cfg, mesh)[0])
+    on_device = sharding.replicated(mesh)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_device), shapes)
+    checkpointer = Checkpointer(os.path.abspath(workdir), read_only=True, async_save=False)  # Orbax: absolute
+    try:
+        state, _, _ = checkpointer.restore(target, step)
+    finally:
+        checkpointer.close()
+    return state.params
+
+
+def evaluate_run(workdir: str, step: int | None = None, data_dir: str | None = None, dataset: str | None = None,
+                 split: str = "test", batch_size: int = 16, stride: int | None = None) -> dict[str, Any]:
+    """Restore a run's checkpoint (latest or `step`) and evaluate it on a split of its dataset (or another)."""
+    from musicgpt_jax import records
+    from musicgpt_jax.checkpoint import load_config_dict
+    from musicgpt_jax.dataset_card import SPLITS
+
+    if split not in SPLITS:
+        raise EvaluationError(f"--split {split!r}: unknown split (known: {', '.join(SPLITS)})")
+    config_dict, step = load_config_dict(os.path.abspath(workdir), step)
+    cfg = Config.from_dict(config_dict)
+    data_dir = data_dir or cfg.data.data_dir
+    dataset = dataset or cfg.data.dataset
+    info = records.load_info(data_dir, dataset)
+    if (info.num_pitches, info.num_states) != (cfg.model.num_pitches, cfg.model.num_states):
+        raise EvaluationError(f"--dataset {dataset}: {info.num_pitches} pitches x {info.num_states} states, but "
+                              f"the model in {workdir} has {cfg.model.num_pitches} x {cfg.model.num_states}")
+    if not info.split_sizes.get(split):
+        raise EvaluationError(f"--split {split}: dataset {dataset} in {data_dir} has no sequences in it")
+    sequences = records.load_split(data_dir, dataset, split)
+    params = restore_params(workdir, cfg, step)
+    result = evaluate_nll(params, cfg.model, [sequences[i] for i in range(len(sequences))], batch_size, stride)
+    return {**result, "step": step, "dataset": dataset, "split": split, "data_dir": str(data_dir),
+            "workdir": str(workdir), "max_len": cfg.model.max_len}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m musicgpt_jax.evaluate",
+        description="Frame NLL (nats per frame, pooled over every frame of a split) of a trained run; prints JSON.",
+        epilog="Errors print one line on stderr and exit with status 2.")
+    parser.add_argument("--workdir", required=True, help="the run's directory (holds checkpoints/)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    parser.add_argument("--data_dir", help="records directory (default: the one the run trained on)")
+    parser.add_argument("--dataset", help="dataset name (default: the one the run trained on)")
+    parser.add_argument("--split", default="test", help="train, validation or test (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=16, help="windows per forward pass (default: 16)")
+    parser.add_argument("--stride", type=int, help="sliding-window stride for long sequences (default: max_len/2)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from musicgpt_jax import records
+    from musicgpt_jax.checkpoint import CheckpointError
+
+    try:
+        result = evaluate_run(args.workdir, args.step, args.data_dir, args.dataset, args.split, args.batch_size,
+                              args.stride)
+    except (EvaluationError, CheckpointError, records.DatasetNotFoundError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
