@@ -14,6 +14,7 @@ run on one machine, as in the tests).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +35,11 @@ def _warn(message: str) -> None:
 
 
 def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
-    return epath.Path(workdir) / CHECKPOINT_DIR
+    """WORKDIR/checkpoints; local paths made absolute (Orbax requires it), gs:// left as it is."""
+    path = epath.Path(workdir)
+    if "://" not in str(workdir):
+        path = epath.Path(os.path.abspath(os.fspath(workdir)))
+    return path / CHECKPOINT_DIR
 
 
 class Checkpointer:

@@ -118,7 +118,7 @@ def check_options(options: SampleOptions) -> None:
 
 def load_config(workdir: str, step: int | None = None) -> tuple[Config, int]:
     """The config saved with the workdir's latest checkpoint (or `step`'s), and that step."""
-    config_dict, step = load_config_dict(os.path.abspath(workdir), step)
+    config_dict, step = load_config_dict(workdir, step)
     return Config.from_dict(config_dict), step
 
 
@@ -132,8 +132,7 @@ def restore_params(workdir: str, cfg: Config, step: int) -> Any:
     shapes = jax.eval_shape(lambda: train.create_train_state(model, tx, cfg, mesh)[0])
     on_device = sharding.replicated(mesh)
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_device), shapes)
-    # Orbax restores only from absolute paths, and runs/default is relative.
-    checkpointer = Checkpointer(os.path.abspath(workdir), read_only=True, async_save=False)
+    checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
     try:
         state, _, _ = checkpointer.restore(target, step)
     finally:
@@ -211,8 +210,8 @@ def read_primer(path: str, grid: Grid, prime_bars: int, context: int) -> Primer:
     frames = midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter)
     states, _ = to_grid(frames, grid)
     if not np.any(states != OFF):
-        where = "" if frames.num_frames == 0 else f" in the model's range (MIDI {grid.lowest_pitch}.." \
-            f"{grid.lowest_pitch + grid.num_pitches - 1})"
+        highest = grid.lowest_pitch + grid.num_pitches - 1
+        where = f" in the model's range (MIDI {grid.lowest_pitch}..{highest})" if frames.num_frames else ""
         raise SampleError(f"--prime {path}: no notes{where}")
     end = frames.num_frames
     _, numerator, denominator = _in_effect(frames.time_signatures, end - 1)
@@ -323,7 +322,6 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
                   file=sys.stderr)
     steps_per_bar = primer.steps_per_bar if primer else 4 * grid.steps_per_quarter
     num_frames = num_frames_of(options, steps_per_bar)
-    params = restore_params(options.workdir, cfg, step)
     params = restore_params(options.workdir, cfg, step)
     prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
     batch = np.broadcast_to(prime_states, (options.num_samples, *prime_states.shape))
