@@ -16,15 +16,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog="sample.py", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/default", help="run to restore (default: runs/default)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--out", default="samples", help="output folder (default: samples)")
     parser.add_argument("--num_samples", type=int, default=4, help="pieces, one batch (default: 4)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--bars", type=int, default=8, help="length in bars of the primer's time signature, "
-                        "else 4/4 (default: 8)")
+    length.add_argument(
+        "--bars", type=int, default=8, help="length in bars of the primer's time signature, else 4/4 (default: 8)"
+    )
     length.add_argument("--frames", type=int, help="length in frames (time steps) instead of bars")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = argmax (default: 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same MIDI (default: 0)")

@@ -13,19 +13,28 @@ import sys
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Any --config.SECTION.FIELD=VALUE overrides a preset field, "
-                                            "e.g. --config.train.learning_rate=3e-4 --config.model.num_layers=6")
-    parser.add_argument("--config", default="tiny", help="preset name (tiny, small, base, large, jsb, "
-                        "nottingham, musedata, piano_midi) or a config .json (default: tiny)")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any --config.SECTION.FIELD=VALUE overrides a preset field, "
+        "e.g. --config.train.learning_rate=3e-4 --config.model.num_layers=6",
+    )
+    parser.add_argument(
+        "--config",
+        default="tiny",
+        help="preset name (tiny, small, base, large, jsb, "
+        "nottingham, musedata, piano_midi) or a config .json (default: tiny)",
+    )
     parser.add_argument("--workdir", default="runs/default", help="checkpoints, metrics and TensorBoard logs")
     parser.add_argument("--data_dir", help="where the prepared records are (default: data/records)")
     parser.add_argument("--dataset", help="dataset name under --data_dir (default: bach_chorales)")
     parser.add_argument("--steps", type=int, help="total training steps (overrides the preset)")
-    parser.add_argument("--mesh", help="device mesh, e.g. data=2,fsdp=2,tensor=1 (one size may be -1); "
-                        "default: all devices on fsdp")
-    parser.add_argument("--coordinator_address", help="multi-host: HOST:PORT of process 0 (GPU clusters; "
-                        "automatic on TPU VMs)")
+    parser.add_argument(
+        "--mesh", help="device mesh, e.g. data=2,fsdp=2,tensor=1 (one size may be -1); default: all devices on fsdp"
+    )
+    parser.add_argument(
+        "--coordinator_address", help="multi-host: HOST:PORT of process 0 (GPU clusters; automatic on TPU VMs)"
+    )
     parser.add_argument("--num_processes", type=int, help="multi-host: number of processes")
     parser.add_argument("--process_id", type=int, help="multi-host: this process's index")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -35,7 +44,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     for item in rest:
         if not item.startswith("--config."):
             parser.error(f"unrecognized argument: {item}")
-        overrides.append(item[len("--config."):])
+        overrides.append(item[len("--config.") :])
     return args, overrides
 
 
@@ -50,6 +59,7 @@ def _dataset_ready(records, data_dir: str, name: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     from musicgpt_jax import distributed
+
     try:
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     except distributed.DistributedError as error:
@@ -75,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.mesh is not None:
         cfg.mesh = args.mesh
 
-    default_data = (not args.data_dir and not args.dataset and cfg.data.data_dir == records.DEFAULT_DATA_DIR
-                    and cfg.data.dataset == records.DEFAULT_DATASET)
+    default_data = (
+        not args.data_dir
+        and not args.dataset
+        and cfg.data.data_dir == records.DEFAULT_DATA_DIR
+        and cfg.data.dataset == records.DEFAULT_DATASET
+    )
     if default_data and not _dataset_ready(records, cfg.data.data_dir, cfg.data.dataset):
         print("train.py: preparing the default corpus first (python data/prepare.py)", file=sys.stderr)
         prepare = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "prepare.py")
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     import jax
+
     data_log = f"{args.data_log}.process_{jax.process_index()}" if args.data_log else None
     try:
         metrics = train_and_evaluate(cfg, args.workdir, progress=not args.no_progress, data_log=data_log)
@@ -92,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if jax.process_index() == 0:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        print(f"train.py: stopped at step {metrics['step']} ({summary}); checkpoints in {args.workdir}/checkpoints",
-              file=sys.stderr)
+        print(
+            f"train.py: stopped at step {metrics['step']} ({summary}); checkpoints in {args.workdir}/checkpoints",
+            file=sys.stderr,
+        )
     return 0
 
 

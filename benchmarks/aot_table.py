@@ -56,8 +56,7 @@ class Results:
         key = (preset, topology)
         if key not in self.reports:
             start = time.perf_counter()
-            command = [sys.executable, "-m", "musicgpt_jax.aot", "--config", preset, "--topology", topology,
-                       "--json"]
+            command = [sys.executable, "-m", "musicgpt_jax.aot", "--config", preset, "--topology", topology, "--json"]
             try:
                 proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=self.timeout)
             except subprocess.TimeoutExpired:
@@ -101,8 +100,11 @@ def cell(report: dict) -> str:
 
 def table(results: Results, presets: list[str], topologies: list[str]) -> str:
     hbm = {t: aot.HBM_BYTES[aot.generation(t)] // aot.GIB for t in topologies}
-    header = (["preset", "params", "batch × frames", "FLOPs/step"]
-              + [f"{t} ({hbm[t]} GiB)" for t in topologies] + ["smallest slice that fits"])
+    header = (
+        ["preset", "params", "batch × frames", "FLOPs/step"]
+        + [f"{t} ({hbm[t]} GiB)" for t in topologies]
+        + ["smallest slice that fits"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for preset in presets:
         reports = {t: results.get(preset, t) for t in topologies}
@@ -110,10 +112,20 @@ def table(results: Results, presets: list[str], topologies: list[str]) -> str:
         generations = sorted({aot.generation(t) for t in topologies}, key=list(LADDERS).index)
         smallest = [smallest_fit(results, preset, g) for g in generations]
         fits = ", ".join(s for s in smallest if s) or "none tried"
-        lines.append("| " + " | ".join(
-            [preset, f"{any_report['num_params'] / 1e6:.1f}M",
-             f"{any_report['batch_size']} × {any_report['seq_len']}", f"{any_report['flops_per_step']:.2e}"]
-            + [cell(reports[t]) for t in topologies] + [fits]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    preset,
+                    f"{any_report['num_params'] / 1e6:.1f}M",
+                    f"{any_report['batch_size']} × {any_report['seq_len']}",
+                    f"{any_report['flops_per_step']:.2e}",
+                ]
+                + [cell(reports[t]) for t in topologies]
+                + [fits]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -128,12 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     results = Results(args.cache, args.timeout)
     start = time.perf_counter()
     print(table(results, presets, topologies))
-    print("\nGiB per chip (arguments + outputs - donated + temporaries + code); ✓ fits the chip's HBM, "
-          "✗ does not; +: XLA:TPU refused to compile, total from its message; —: the batch does not split "
-          "over the chips; ?: no answer within --timeout. "
-          f"FLOPs per step: XLA's HLO cost analysis of the whole step (remat recompute included). "
-          f"Smallest slice: per generation ({', '.join(LADDERS)}), with the preset's own batch, all chips on "
-          "fsdp.")
+    print(
+        "\nGiB per chip (arguments + outputs - donated + temporaries + code); ✓ fits the chip's HBM, "
+        "✗ does not; +: XLA:TPU refused to compile, total from its message; —: the batch does not split "
+        "over the chips; ?: no answer within --timeout. "
+        f"FLOPs per step: XLA's HLO cost analysis of the whole step (remat recompute included). "
+        f"Smallest slice: per generation ({', '.join(LADDERS)}), with the preset's own batch, all chips on "
+        "fsdp."
+    )
     print(f"{len(results.reports)} reports, {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

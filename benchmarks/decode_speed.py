@@ -48,14 +48,14 @@ def best_time(fn: Callable[[], jax.Array], repeats: int = 1) -> float:
 
 
 def random_params(cfg: ModelConfig):
-    shapes = jax.eval_shape(MusicTransformer(cfg).init, jax.random.key(0),
-                            jnp.zeros((1, 4, cfg.num_pitches), jnp.int32))["params"]
+    shapes = jax.eval_shape(
+        MusicTransformer(cfg).init, jax.random.key(0), jnp.zeros((1, 4, cfg.num_pitches), jnp.int32)
+    )["params"]
     rng = np.random.default_rng(0)
     return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.02, s.shape), s.dtype), nn.meta.unbox(shapes))
 
 
-def per_frame_at(params, cfg: ModelConfig, positions: tuple[int, ...], steps: int = 64,
-                 rounds: int = 3) -> list[float]:
+def per_frame_at(params, cfg: ModelConfig, positions: tuple[int, ...], steps: int = 64, rounds: int = 3) -> list[float]:
     """Seconds per decode step for `steps` steps from each cache position (batch 1); the positions are
     timed in turn, `rounds` times, best of each, so a busy machine hits them alike."""
 
@@ -96,36 +96,53 @@ def generate_seconds(params, cfg: ModelConfig, batch: int, frames: int) -> float
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d_model", type=int, default=256)
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--num_heads", type=int, default=4)
     parser.add_argument("--max_len", type=int, default=2048)
     parser.add_argument("--frames", type=int, default=1024, help="frames for cached vs recompute")
     args = parser.parse_args(argv)
-    cfg = ModelConfig(num_layers=args.num_layers, d_model=args.d_model, num_heads=args.num_heads,
-                      mlp_dim=3 * args.d_model, max_len=args.max_len, dropout=0.0)
+    cfg = ModelConfig(
+        num_layers=args.num_layers,
+        d_model=args.d_model,
+        num_heads=args.num_heads,
+        mlp_dim=3 * args.d_model,
+        max_len=args.max_len,
+        dropout=0.0,
+    )
     params = random_params(cfg)
-    print(f"model: {count_params(params) / 1e6:.2f}M parameters, {cfg.num_layers} layers, "
-          f"d_model {cfg.d_model}, context {cfg.max_len} frames of {cfg.num_pitches} pitches; "
-          f"{jax.devices()[0].platform}, 1 device", flush=True)
+    print(
+        f"model: {count_params(params) / 1e6:.2f}M parameters, {cfg.num_layers} layers, "
+        f"d_model {cfg.d_model}, context {cfg.max_len} frames of {cfg.num_pitches} pitches; "
+        f"{jax.devices()[0].platform}, 1 device",
+        flush=True,
+    )
 
     early, late = per_frame_at(params, cfg, (64, cfg.max_len - 64))
-    print(f"per-frame decode: {early * 1e3:.2f} ms at position 64, {late * 1e3:.2f} ms at position "
-          f"{cfg.max_len} (the 64 frames before it): ratio {late / early:.2f} (goal <= 1.5)", flush=True)
+    print(
+        f"per-frame decode: {early * 1e3:.2f} ms at position 64, {late * 1e3:.2f} ms at position "
+        f"{cfg.max_len} (the 64 frames before it): ratio {late / early:.2f} (goal <= 1.5)",
+        flush=True,
+    )
 
     cached = generate_seconds(params, cfg, 1, args.frames)
     recompute = recompute_per_frame(params, cfg, args.frames) * args.frames
-    print(f"{args.frames} frames, batch 1: cached {cached:.2f} s, full recompute {recompute:.1f} s "
-          f"(measured per frame x {args.frames}): {recompute / cached:.0f}x faster (goal >= 20x)", flush=True)
+    print(
+        f"{args.frames} frames, batch 1: cached {cached:.2f} s, full recompute {recompute:.1f} s "
+        f"(measured per frame x {args.frames}): {recompute / cached:.0f}x faster (goal >= 20x)",
+        flush=True,
+    )
 
     batch_frames = 256
     for batch in (1, 16):
         seconds = generate_seconds(params, cfg, batch, batch_frames)
-        print(f"generate, batch {batch:2d}: {batch * batch_frames / seconds:8.0f} frames/s "
-              f"({batch_frames} frames per sequence, a {batch_frames}-position cache, "
-              f"{seconds:.2f} s)", flush=True)
+        print(
+            f"generate, batch {batch:2d}: {batch * batch_frames / seconds:8.0f} frames/s "
+            f"({batch_frames} frames per sequence, a {batch_frames}-position cache, "
+            f"{seconds:.2f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,11 @@ PUBLISHED: list[tuple[str, str, tuple[str | None, ...]]] = [
     ("independent per-pitch outputs", "TCN (Bai et al. 2018)", ("8.10", "3.07", None, None)),
     ("independent per-pitch outputs", "LSTM (Bai et al. 2018)", ("8.45", "3.29", None, None)),
     ("independent per-pitch outputs", "RRU (Ozolins et al.)", ("7.72", "2.92", "7.38", "7.03")),
-    ("notes within a frame modelled jointly", "RNN-NADE (Boulanger-Lewandowski et al. 2012)",
-     ("5.19–5.56", "2.31", "7.05", "5.60")),
+    (
+        "notes within a frame modelled jointly",
+        "RNN-NADE (Boulanger-Lewandowski et al. 2012)",
+        ("5.19–5.56", "2.31", "7.05", "5.60"),
+    ),
     ("notes within a frame modelled jointly", "DMM-Aug-NADE (Krishnan et al. 2017)", ("5.12", "2.31", "7.05", "6.05")),
 ]
 TARGETS = {"jsb_chorales": 7.72, "nottingham": 2.92, "piano_midi": 7.38, "musedata": 7.03}
@@ -85,8 +88,11 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir_root).resolve() / name
     if workdir.exists():
         shutil.rmtree(workdir)
-    print(f"{name}: training preset {preset} for at most {cfg.train.steps} steps / {budget:g} s in {workdir}",
-          file=sys.stderr, flush=True)
+    print(
+        f"{name}: training preset {preset} for at most {cfg.train.steps} steps / {budget:g} s in {workdir}",
+        file=sys.stderr,
+        flush=True,
+    )
     start = time.perf_counter()
     final = train_and_evaluate(cfg, str(workdir), progress=False)
     train_s = time.perf_counter() - start
@@ -94,16 +100,24 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     val = evaluate.evaluate_run(str(workdir), step, split="validation", batch_size=args.batch_size)
     result: dict[str, Any] = {
-        "set": name, "preset": preset, "overrides": list(args.override), "budget_s": budget,
-        "steps_planned": cfg.train.steps, "steps_reached": int(final["step"]), "train_wall_s": round(train_s, 1),
-        "best_step": step, "val_nll_in_loop": loop_val, "val_history": history,
-        "val_nll": val["nats_per_frame"], "max_len": cfg.model.max_len, "stride": val["stride"],
+        "set": name,
+        "preset": preset,
+        "overrides": list(args.override),
+        "budget_s": budget,
+        "steps_planned": cfg.train.steps,
+        "steps_reached": int(final["step"]),
+        "train_wall_s": round(train_s, 1),
+        "best_step": step,
+        "val_nll_in_loop": loop_val,
+        "val_history": history,
+        "val_nll": val["nats_per_frame"],
+        "max_len": cfg.model.max_len,
+        "stride": val["stride"],
         "command": command_line(name, args),
     }
     if not args.no_test:
         test = evaluate.evaluate_run(str(workdir), step, split="test", batch_size=args.batch_size)
-        result.update(test_nll=test["nats_per_frame"], test_frames=test["frames"],
-                      test_sequences=test["sequences"])
+        result.update(test_nll=test["nats_per_frame"], test_frames=test["frames"], test_sequences=test["sequences"])
     result["eval_wall_s"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -124,33 +138,48 @@ def _fmt(x: float | None) -> str:
 def render_section(results: dict[str, dict[str, Any]]) -> str:
     ours = [results.get(s, {}).get("test_nll") for s in ORDER]
     titles = [SETS[s][3] for s in ORDER]
-    lines = [SECTION, "",
-             "Test negative log-likelihood in **nats per frame** (Σ over the 88 pitches of a frame, pooled over every "
-             "test frame: Σ NLL / Σ frames; lower is better). Ours: `python -m musicgpt_jax.evaluate` on the "
-             "checkpoint with the best validation NLL; whole sequences, each first frame scored given the empty "
-             "start frame, sequences longer than the context window through a sliding window (stride max_len/2). "
-             "The test split is evaluated once per reported number.", "",
-             "| model | output | " + " | ".join(titles) + " |",
-             "|---|---|" + "---|" * len(titles)]
-    lines.append("| **musicgpt-jax (this repo)** | independent per-pitch | "
-                 + " | ".join(f"**{_fmt(x)}**" if x is not None else "not run" for x in ours) + " |")
+    lines = [
+        SECTION,
+        "",
+        "Test negative log-likelihood in **nats per frame** (Σ over the 88 pitches of a frame, pooled over every "
+        "test frame: Σ NLL / Σ frames; lower is better). Ours: `python -m musicgpt_jax.evaluate` on the "
+        "checkpoint with the best validation NLL; whole sequences, each first frame scored given the empty "
+        "start frame, sequences longer than the context window through a sliding window (stride max_len/2). "
+        "The test split is evaluated once per reported number.",
+        "",
+        "| model | output | " + " | ".join(titles) + " |",
+        "|---|---|" + "---|" * len(titles),
+    ]
+    lines.append(
+        "| **musicgpt-jax (this repo)** | independent per-pitch | "
+        + " | ".join(f"**{_fmt(x)}**" if x is not None else "not run" for x in ours)
+        + " |"
+    )
     for kind, model, numbers in PUBLISHED:
         lines.append(f"| {model} | {kind} | " + " | ".join(n or "–" for n in numbers) + " |")
-    lines += ["", "Goal: beat the best independent-output numbers (RRU): "
-              + ", ".join(f"{SETS[s][3]} < {TARGETS[s]}" for s in ORDER) + ".", "",
-              "How each of our numbers was made (one CPU run each; budget = wall-clock limit of training, "
-              "set-up, compilation and in-loop validation included; the run stops, evaluates and saves when it is "
-              "spent):", "",
-              "| set | test NLL | validation NLL | command | budget | steps reached / planned | best step | "
-              "train wall | eval wall | machine |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Goal: beat the best independent-output numbers (RRU): "
+        + ", ".join(f"{SETS[s][3]} < {TARGETS[s]}" for s in ORDER)
+        + ".",
+        "",
+        "How each of our numbers was made (one CPU run each; budget = wall-clock limit of training, "
+        "set-up, compilation and in-loop validation included; the run stops, evaluates and saves when it is "
+        "spent):",
+        "",
+        "| set | test NLL | validation NLL | command | budget | steps reached / planned | best step | "
+        "train wall | eval wall | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in ORDER:
         r = results.get(s)
         if r is None or "test_nll" not in r:
             continue
-        lines.append(f"| {SETS[s][3]} | {r['test_nll']:.3f} | {r['val_nll']:.3f} | `{r['command']}` | "
-                     f"{r['budget_s']:g} s | {r['steps_reached']} / {r['steps_planned']} | {r['best_step']} | "
-                     f"{r['train_wall_s']:.0f} s | {r['eval_wall_s']:.0f} s | {r.get('machine', '?')} |")
+        lines.append(
+            f"| {SETS[s][3]} | {r['test_nll']:.3f} | {r['val_nll']:.3f} | `{r['command']}` | "
+            f"{r['budget_s']:g} s | {r['steps_reached']} / {r['steps_planned']} | {r['best_step']} | "
+            f"{r['train_wall_s']:.0f} s | {r['eval_wall_s']:.0f} s | {r.get('machine', '?')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -165,7 +194,7 @@ def write_results(new: list[dict[str, Any]]) -> None:
     if SECTION in text:
         head, _, rest = text.partition(SECTION)
         following = rest.find("\n## ")
-        tail = rest[following + 1:] if following >= 0 else ""
+        tail = rest[following + 1 :] if following >= 0 else ""
         text = head + section + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -175,10 +204,16 @@ def write_results(new: list[dict[str, Any]]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=list(ORDER), choices=ORDER, help="default: all four")
-    parser.add_argument("--budget_s", type=float, help="training wall-clock budget per set (default: 600 for JSB, "
-                        "1800 for the others)")
-    parser.add_argument("--override", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="config overrides applied to each preset")
+    parser.add_argument(
+        "--budget_s", type=float, help="training wall-clock budget per set (default: 600 for JSB, 1800 for the others)"
+    )
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="config overrides applied to each preset",
+    )
     parser.add_argument("--data_dir", default="data/records", help="records directory (default: %(default)s)")
     parser.add_argument("--workdir_root", default="runs/benchmark", help="runs go in ROOT/SET (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=16, help="evaluation batch (windows)")

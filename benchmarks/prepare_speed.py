@@ -16,9 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # runnable from a checkout without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without `pip install -e .`
 
 
 def timed_build(midi_dir: str, workers: int) -> tuple[float, int, int]:
@@ -47,10 +45,7 @@ def main() -> None:
             f"workers={workers:<3d} {files} files, {frames:,} frames in {seconds:.2f} s: "
             f"{files / seconds:.1f} files/s, {frames / seconds:,.0f} frames/s"
         )
-    print(
-        f"speed-up with {args.workers} workers: {rates[args.workers] / rates[1]:.2f}x "
-        f"(on {os.cpu_count()} cores)"
-    )
+    print(f"speed-up with {args.workers} workers: {rates[args.workers] / rates[1]:.2f}x (on {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder searched recursively for .mid/.midi/.kar files "
         "(default: the Bach chorales, exported to data/default_corpus)",
     )
-    parser.add_argument(
-        "--data_dir", default="data/records", help="where datasets are written (default: %(default)s)"
-    )
+    parser.add_argument("--data_dir", default="data/records", help="where datasets are written (default: %(default)s)")
     parser.add_argument(
         "--name",
         help="dataset name (default: bach_chorales, the --midi_dir folder's name, "
@@ -54,9 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--test_percent", type=float, default=5.0, help="percent of files in test (default: %(default)s)"
     )
-    parser.add_argument(
-        "--no_sustain_pedal", action="store_true", help="ignore CC64 (pedal) when reading MIDI"
-    )
+    parser.add_argument("--no_sustain_pedal", action="store_true", help="ignore CC64 (pedal) when reading MIDI")
     parser.add_argument("--include_drums", action="store_true", help="keep drum tracks (dropped by default)")
     parser.add_argument(
         "--max_frames",
@@ -64,12 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=100_000,
         help="skip longer files as 'too long' (default: %(default)s)",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds allowed per file (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--benchmark", metavar="FILE", help="import a polyphonic-benchmark .mat/.json file instead"
-    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per file (default: %(default)s)")
+    parser.add_argument("--benchmark", metavar="FILE", help="import a polyphonic-benchmark .mat/.json file instead")
     parser.add_argument("--force", action="store_true", help="rebuild even if an identical dataset exists")
     return parser.parse_args(argv)
 
@@ -82,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.benchmark:
-            result = records.build_benchmark_dataset(
-                args.benchmark, args.data_dir, args.name, force=args.force
-            )
+            result = records.build_benchmark_dataset(args.benchmark, args.data_dir, args.name, force=args.force)
         else:
             if args.midi_dir is None:
                 corpus.export_default_corpus(corpus.DEFAULT_CORPUS_DIR, workers=args.workers)

@@ -8,7 +8,8 @@ donation, traced under `sharding.activate` so the rule table's activation constr
 reports bytes per chip: arguments (train state + batch), outputs, temporaries (activations, gradients,
 optimizer scratch) and code. The libtpu runtime's own reserve is not counted, so treat a config within a few
 percent of the HBM as not fitting. A program over HBM is refused by XLA:TPU itself ("CompileTimeHbmOom"); the
-total its message gives is then reported, and the other parts are unknown.
+total its message gives is then reported, the arguments are counted from their shardings, and the rest is
+unknown.
 
 FLOPs come from XLA's HLO cost analysis of the same step. XLA counts a loop body once whatever its trip count,
 so the count is taken on a copy with the layer scan unrolled (`step_flops`), not from the compiled program.
@@ -27,6 +28,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -45,8 +47,10 @@ HBM_BYTES: dict[str, int] = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "
 _CHIP_CONFIG = {"v4": "megacore", "v5p": "megacore", "v5e": "default", "v6e": "default"}
 
 # XLA:TPU's refusal of a program over HBM; the two phrasings seen in libtpu releases.
-_OOM = (re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM"),
-        re.compile(r"Used ([\d.]+)([KMGT]?) of [\d.]+[KMGT]? hbm"))
+_OOM = (
+    re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM"),
+    re.compile(r"Used ([\d.]+)([KMGT]?) of [\d.]+[KMGT]? hbm"),
+)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": GIB, "T": 1024**4}
 
 
@@ -84,16 +88,17 @@ class AOTReport:
     def verdict(self) -> str:
         need, has = self.total_bytes / GIB, self.hbm_bytes / GIB
         fits = "fits" if self.fits else "does not fit"
-        return (f"{self.preset} on {self.topology}: needs {need:.2f} GiB per chip, the chip has {has:.0f} GiB"
-                f" — {fits}")
+        return f"{self.preset} on {self.topology}: needs {need:.2f} GiB per chip, the chip has {has:.0f} GiB — {fits}"
 
 
 def generation(topology: str) -> str:
     """'v5e:2x4' -> 'v5e'; an unknown generation is an AOTError."""
     name = topology.partition(":")[0].lower()
     if name not in HBM_BYTES or ":" not in topology:
-        raise AOTError(f"--topology {topology}: expected GENERATION:SHAPE with GENERATION in "
-                       f"{', '.join(HBM_BYTES)}, e.g. v5e:2x4 or v4:2x2x1")
+        raise AOTError(
+            f"--topology {topology}: expected GENERATION:SHAPE with GENERATION in "
+            f"{', '.join(HBM_BYTES)}, e.g. v5e:2x4 or v4:2x2x1"
+        )
     return name
 
 
@@ -122,8 +127,9 @@ def topology_devices(topology: str) -> list[jax.Device]:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         with _stderr_silenced():
-            desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,
-                                                chip_config_name=_CHIP_CONFIG[gen])
+            desc = topologies.get_topology_desc(
+                platform="tpu", topology_name=topology, chip_config_name=_CHIP_CONFIG[gen]
+            )
     except Exception as error:  # libtpu raises JaxRuntimeError (or RuntimeError when libtpu is missing)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise AOTError(f"--topology {topology}: {reason}") from None
@@ -133,10 +139,11 @@ def topology_devices(topology: str) -> list[jax.Device]:
 def abstract_batch(cfg: Config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch train.py feeds (`pipeline.window_example` rows), sharded as `train.global_batch`."""
     b, t, p = cfg.train.batch_size, cfg.model.max_len, cfg.model.num_pitches
-    shapes = {"inputs": ((b, t, p), jnp.int32), "targets": ((b, t, p), jnp.int32),
-              "mask": ((b, t), jnp.float32)}
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
-            for k, (shape, dtype) in shapes.items()}
+    shapes = {"inputs": ((b, t, p), jnp.int32), "targets": ((b, t, p), jnp.int32), "mask": ((b, t), jnp.float32)}
+    return {
+        k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+        for k, (shape, dtype) in shapes.items()
+    }
 
 
 def _bytes(value: str, unit: str) -> int:
@@ -155,8 +162,9 @@ def step_flops(cfg: Config) -> float:
     layer scan unrolled and gradient accumulation off (same frames, same matmuls): lowered, not compiled, on
     the host's backend.
     """
-    flat_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False),
-                                   train=dataclasses.replace(cfg.train, grad_accum=1))
+    flat_cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, scan_layers=False), train=dataclasses.replace(cfg.train, grad_accum=1)
+    )
     model = MusicTransformer(flat_cfg.model)
     tx = train.make_optimizer(flat_cfg.train)
     mesh = sharding.make_mesh("", jax.devices()[:1])  # global shapes: the count is for the whole step
@@ -177,8 +185,9 @@ def compile_train_step(cfg: Config, topology: str) -> AOTReport:
     dp = sharding.data_parallel_size(mesh)
     tcfg = cfg.train
     if tcfg.batch_size % (dp * tcfg.grad_accum):
-        raise AOTError(f"--batch_size {tcfg.batch_size} must be divisible by data*fsdp={dp} "
-                       f"times grad_accum={tcfg.grad_accum}")
+        raise AOTError(
+            f"--batch_size {tcfg.batch_size} must be divisible by data*fsdp={dp} times grad_accum={tcfg.grad_accum}"
+        )
 
     model = MusicTransformer(cfg.model)
     tx = train.make_optimizer(tcfg)
@@ -186,17 +195,28 @@ def compile_train_step(cfg: Config, topology: str) -> AOTReport:
     abstract_state = train.abstract_train_state(state_shardings, model, tx, cfg)
     batch = abstract_batch(cfg, mesh)
     # As in train.train_and_evaluate: the same step function, shardings and donation, traced under the rules.
-    train_step = jax.jit(train.make_train_step(model, tx, tcfg.grad_accum),
-                         in_shardings=(state_shardings, None), out_shardings=(state_shardings, None),
-                         donate_argnums=(0,))
+    train_step = jax.jit(
+        train.make_train_step(model, tx, tcfg.grad_accum),
+        in_shardings=(state_shardings, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
     start = time.perf_counter()
     with sharding.activate(mesh):
         lowered = train_step.lower(abstract_state, batch)
-    memory: dict[str, int | None] = {"argument": _shard_bytes((abstract_state, batch)), "output": None,
-                                     "alias": None, "temp": None, "code": None}
+    memory: dict[str, int | None] = {
+        "argument": _shard_bytes((abstract_state, batch)),
+        "output": None,
+        "alias": None,
+        "temp": None,
+        "code": None,
+    }
     tpu_flops = None
     try:
-        with _stderr_silenced():
+        with _stderr_silenced(), warnings.catch_warnings():
+            # JAX's persistent cache (if a process turned it on) stores compile-only executables but cannot load
+            # them back without a TPU client: it warns and compiles again, which is what happens anyway.
+            warnings.filterwarnings("ignore", "Error reading persistent compilation cache entry")
             compiled = lowered.compile()
     except Exception as error:  # XLA:TPU refuses a program over HBM; anything else is a real failure
         oom = next((m for m in (r.search(str(error)) for r in _OOM) if m), None)
@@ -207,11 +227,20 @@ def compile_train_step(cfg: Config, topology: str) -> AOTReport:
     else:
         compiled_ok = True
         stats = compiled.memory_analysis()
-        memory = {"argument": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
-                  "alias": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes,
-                  "code": stats.generated_code_size_in_bytes}
-        total = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-                 + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes)
+        memory = {
+            "argument": stats.argument_size_in_bytes,
+            "output": stats.output_size_in_bytes,
+            "alias": stats.alias_size_in_bytes,
+            "temp": stats.temp_size_in_bytes,
+            "code": stats.generated_code_size_in_bytes,
+        }
+        total = (
+            stats.argument_size_in_bytes
+            + stats.output_size_in_bytes
+            - stats.alias_size_in_bytes
+            + stats.temp_size_in_bytes
+            + stats.generated_code_size_in_bytes
+        )
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
         tpu_flops = float((cost or {}).get("flops", 0.0))
@@ -220,52 +249,80 @@ def compile_train_step(cfg: Config, topology: str) -> AOTReport:
     hbm = HBM_BYTES[gen]
     num_params = count_params(abstract_state.params)
     return AOTReport(
-        preset=cfg.preset, topology=topology, chips=len(devices), device_kind=devices[0].device_kind,
-        mesh=dict(mesh.shape), batch_size=tcfg.batch_size, seq_len=cfg.model.max_len, num_params=num_params,
-        compiled=compiled_ok, argument_bytes=memory["argument"],
-        output_bytes=memory["output"], alias_bytes=memory["alias"], temp_bytes=memory["temp"],
-        code_bytes=memory["code"], total_bytes=total, hbm_bytes=hbm, fits=compiled_ok and total <= hbm,
-        flops_per_step=flops, flops_per_chip=flops / len(devices),
+        preset=cfg.preset,
+        topology=topology,
+        chips=len(devices),
+        device_kind=devices[0].device_kind,
+        mesh=dict(mesh.shape),
+        batch_size=tcfg.batch_size,
+        seq_len=cfg.model.max_len,
+        num_params=num_params,
+        compiled=compiled_ok,
+        argument_bytes=memory["argument"],
+        output_bytes=memory["output"],
+        alias_bytes=memory["alias"],
+        temp_bytes=memory["temp"],
+        code_bytes=memory["code"],
+        total_bytes=total,
+        hbm_bytes=hbm,
+        fits=compiled_ok and total <= hbm,
+        flops_per_step=flops,
+        flops_per_chip=flops / len(devices),
         model_flops_per_step=flops_per_frame(cfg.model, num_params) * tcfg.batch_size * cfg.model.max_len,
-        tpu_program_flops_per_chip=tpu_flops, compile_seconds=compile_seconds)
+        tpu_program_flops_per_chip=tpu_flops,
+        compile_seconds=compile_seconds,
+    )
 
 
 def format_report(report: AOTReport) -> str:
     """Human-readable lines: the slice, memory per chip against HBM, FLOPs."""
+
     def gib(n: int | None) -> str:
         return f"{(n or 0) / GIB:8.3f} GiB"
 
     mesh = ",".join(f"{k}={v}" for k, v in report.mesh.items())
-    lines = [f"{report.preset} ({report.num_params / 1e6:.1f}M parameters), batch {report.batch_size} x "
-             f"{report.seq_len} frames, on {report.topology}: {report.chips} x {report.device_kind}, "
-             f"mesh {mesh}",
-             f"  arguments    {gib(report.argument_bytes)}  (train state + batch)"]
+    lines = [
+        f"{report.preset} ({report.num_params / 1e6:.1f}M parameters), batch {report.batch_size} x "
+        f"{report.seq_len} frames, on {report.topology}: {report.chips} x {report.device_kind}, "
+        f"mesh {mesh}",
+        f"  arguments    {gib(report.argument_bytes)}  (train state + batch)",
+    ]
     if report.compiled:
-        lines += [f"  outputs      {gib(report.output_bytes)}  ({gib(report.alias_bytes).strip()} of them "
-                  "in place of the donated state)",
-                  f"  temporaries  {gib(report.temp_bytes)}",
-                  f"  code         {gib(report.code_bytes)}"]
+        lines += [
+            f"  outputs      {gib(report.output_bytes)}  ({gib(report.alias_bytes).strip()} of them "
+            "in place of the donated state)",
+            f"  temporaries  {gib(report.temp_bytes)}",
+            f"  code         {gib(report.code_bytes)}",
+        ]
     else:
         lines.append("  (XLA:TPU refused to compile for lack of HBM; the total is from its message)")
-    lines += [f"  total        {gib(report.total_bytes)}  of {report.hbm_bytes / GIB:.0f} GiB HBM per chip "
-              f"({report.total_bytes / report.hbm_bytes:.0%})",
-              f"  FLOPs/step   {report.flops_per_step:.3e}  ({report.flops_per_chip:.3e} per chip; "
-              f"6N+12LdT estimate {report.model_flops_per_step:.3e})",
-              f"  compiled in {report.compile_seconds:.1f} s"]
+    lines += [
+        f"  total        {gib(report.total_bytes)}  of {report.hbm_bytes / GIB:.0f} GiB HBM per chip "
+        f"({report.total_bytes / report.hbm_bytes:.0%})",
+        f"  FLOPs/step   {report.flops_per_step:.3e}  ({report.flops_per_chip:.3e} per chip; "
+        f"6N+12LdT estimate {report.model_flops_per_step:.3e})",
+        f"  compiled in {report.compile_seconds:.1f} s",
+    ]
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m musicgpt_jax.aot", description=__doc__.splitlines()[0],
+        prog="python -m musicgpt_jax.aot",
+        description=__doc__.splitlines()[0],
         epilog="Any --config.SECTION.FIELD=VALUE overrides a preset field, e.g. --config.model.remat=false. "
-               "Exit status: 0 fits, 1 does not fit, 2 bad arguments.")
+        "Exit status: 0 fits, 1 does not fit, 2 bad arguments.",
+    )
     parser.add_argument("--config", default="tiny", help="preset name or a config .json (default: tiny)")
-    parser.add_argument("--topology", default="v5e:2x4",
-                        help="Cloud TPU topology GENERATION:SHAPE, GENERATION in v4, v5e, v5p, v6e "
-                             "(default: v5e:2x4)")
-    parser.add_argument("--mesh", help="data=D,fsdp=F,tensor=T over the topology's chips "
-                                       "(default: the config's, i.e. all chips on fsdp)")
+    parser.add_argument(
+        "--topology",
+        default="v5e:2x4",
+        help="Cloud TPU topology GENERATION:SHAPE, GENERATION in v4, v5e, v5p, v6e (default: v5e:2x4)",
+    )
+    parser.add_argument(
+        "--mesh",
+        help="data=D,fsdp=F,tensor=T over the topology's chips (default: the config's, i.e. all chips on fsdp)",
+    )
     parser.add_argument("--batch_size", type=int, help="global batch (default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args, rest = parser.parse_known_args(list(argv))
@@ -273,7 +330,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     for item in rest:
         if not item.startswith("--config."):
             parser.error(f"unrecognized argument: {item}")
-        overrides.append(item[len("--config."):])
+        overrides.append(item[len("--config.") :])
     return args, overrides
 
 
@@ -283,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Compile-only: this host's own backend is never used, so do not let JAX probe for a local TPU.
         with contextlib.suppress(RuntimeError):
             jax.config.update("jax_platforms", "cpu")
+    # Nothing to gain from a persistent compilation cache: a compile-only executable cannot be loaded back.
+    jax.config.update("jax_enable_compilation_cache", False)
     try:
         cfg = configs.resolve(args.config, overrides)
         if args.mesh is not None:
@@ -306,4 +365,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -45,13 +45,12 @@ def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
 class Checkpointer:
     """A thin layer over `ocp.CheckpointManager` with the project's three items and corruption fallback."""
 
-    def __init__(self, workdir: str | epath.Path, *, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False):
+    def __init__(self, workdir: str | epath.Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                               create=not read_only, read_only=read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data", "config"))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only, read_only=read_only
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "config"))
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -61,16 +60,21 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, state: Any, data_state: dict, config: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-            config=ocp.args.JsonSave(config)), force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)
+            ),
+            force=True,
+        )
 
     def read_config(self, step: int) -> dict:
         restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return dict(restored["config"])
 
-    def restore(self, abstract_state: Any, step: int | None = None,
-                on_fallback: Callable[[str], None] = _warn) -> tuple[Any, dict, int]:
+    def restore(
+        self, abstract_state: Any, step: int | None = None, on_fallback: Callable[[str], None] = _warn
+    ) -> tuple[Any, dict, int]:
         """(state, data_state, step) from `step`, or from the newest checkpoint that restores cleanly."""
         steps = self.steps()
         if step is not None:
@@ -83,18 +87,25 @@ class Checkpointer:
             raise CheckpointError(f"{self.directory}: no checkpoints")
         for i, candidate in enumerate(candidates):
             try:
-                restored = self.manager.restore(candidate, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                restored = self.manager.restore(
+                    candidate,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                    ),
+                )
                 return restored["state"], dict(restored["data"]), candidate
             except Exception as error:  # noqa: BLE001 - any failure to read means this checkpoint is unusable
                 reason = " ".join(str(error).split())[:300] or type(error).__name__
                 if i + 1 < len(candidates):
                     moved = self._quarantine(candidate)
-                    on_fallback(f"{self.directory / str(candidate)}: checkpoint unreadable ({reason}); "
-                                f"moved to {moved}; falling back to step {candidates[i + 1]}")
+                    on_fallback(
+                        f"{self.directory / str(candidate)}: checkpoint unreadable ({reason}); "
+                        f"moved to {moved}; falling back to step {candidates[i + 1]}"
+                    )
                 else:
-                    raise CheckpointError(f"{self.directory / str(candidate)}: checkpoint unreadable "
-                                          f"({reason})") from error
+                    raise CheckpointError(
+                        f"{self.directory / str(candidate)}: checkpoint unreadable ({reason})"
+                    ) from error
         raise AssertionError("unreachable")
 
     def _quarantine(self, step: int) -> epath.Path:
@@ -107,6 +118,7 @@ class Checkpointer:
             (self.directory / str(step)).rename(target)
         if jax.process_count() > 1:  # the others must not reload before process 0 has moved it
             from jax.experimental import multihost_utils
+
             multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
         self.manager.reload()
         return target
@@ -123,8 +135,9 @@ def load_config_dict(workdir: str | epath.Path, step: int | None = None) -> tupl
     """The resolved config saved with a checkpoint (the latest, or `step`), and that step."""
     directory = checkpoint_dir(workdir)
     if not directory.exists():
-        raise CheckpointError(f"{workdir}: no checkpoints (expected {directory}); train first: "
-                              f"python train.py --workdir {workdir}")
+        raise CheckpointError(
+            f"{workdir}: no checkpoints (expected {directory}); train first: python train.py --workdir {workdir}"
+        )
     ckpt = Checkpointer(workdir, read_only=True, async_save=False)
     steps = ckpt.steps()
     if not steps:

@@ -42,7 +42,7 @@ class ModelConfig:
 class DataConfig:
     data_dir: str = "data/records"
     dataset: str = "bach_chorales"
-    transpose: int = 5  # random transposition in [-transpose, +transpose] semitones (128-pitch data only)
+    transpose: int = 5  # training-time random transposition in [-transpose, +transpose] semitones; 0 = off
     seed: int = 0
 
 
@@ -100,18 +100,20 @@ def tiny() -> Config:
     """The CPU demo: a few minutes on 2 cores, loss clearly falling."""
     return Config(
         model=ModelConfig(num_layers=3, d_model=128, num_heads=4, mlp_dim=384, max_len=128, dropout=0.1),
-        train=TrainConfig(steps=300, batch_size=16, learning_rate=2e-3, warmup_steps=30,
-                          eval_every=100, checkpoint_every=100),
+        train=TrainConfig(
+            steps=300, batch_size=16, learning_rate=2e-3, warmup_steps=30, eval_every=100, checkpoint_every=100
+        ),
         preset="tiny",
     )
 
 
 def small() -> Config:
-    """A workstation / single-GPU model (~20M parameters)."""
+    """A workstation / single-GPU model (27.7M parameters)."""
     return Config(
         model=ModelConfig(num_layers=8, d_model=512, num_heads=8, mlp_dim=1536, max_len=512),
-        train=TrainConfig(steps=20_000, batch_size=64, learning_rate=6e-4, warmup_steps=500,
-                          eval_every=1000, checkpoint_every=1000),
+        train=TrainConfig(
+            steps=20_000, batch_size=64, learning_rate=6e-4, warmup_steps=500, eval_every=1000, checkpoint_every=1000
+        ),
         preset="small",
     )
 
@@ -119,10 +121,19 @@ def small() -> Config:
 def base() -> Config:
     """~100M parameters: one TPU v4-8 / v5e-8 or one H100."""
     return Config(
-        model=ModelConfig(num_layers=12, d_model=768, num_heads=12, mlp_dim=3072, max_len=1024,
-                          dtype="bfloat16", remat=True, scan_layers=True),
-        train=TrainConfig(steps=100_000, batch_size=128, learning_rate=3e-4, warmup_steps=2000,
-                          eval_every=2000, checkpoint_every=2000),
+        model=ModelConfig(
+            num_layers=12,
+            d_model=768,
+            num_heads=12,
+            mlp_dim=3072,
+            max_len=1024,
+            dtype="bfloat16",
+            remat=True,
+            scan_layers=True,
+        ),
+        train=TrainConfig(
+            steps=100_000, batch_size=128, learning_rate=3e-4, warmup_steps=2000, eval_every=2000, checkpoint_every=2000
+        ),
         preset="base",
     )
 
@@ -130,10 +141,19 @@ def base() -> Config:
 def large() -> Config:
     """~400M+ parameters, for pod slices."""
     return Config(
-        model=ModelConfig(num_layers=24, d_model=1280, num_heads=20, mlp_dim=5120, max_len=2048,
-                          dtype="bfloat16", remat=True, scan_layers=True),
-        train=TrainConfig(steps=200_000, batch_size=256, learning_rate=2e-4, warmup_steps=4000,
-                          eval_every=5000, checkpoint_every=2000),
+        model=ModelConfig(
+            num_layers=24,
+            d_model=1280,
+            num_heads=20,
+            mlp_dim=5120,
+            max_len=2048,
+            dtype="bfloat16",
+            remat=True,
+            scan_layers=True,
+        ),
+        train=TrainConfig(
+            steps=200_000, batch_size=256, learning_rate=2e-4, warmup_steps=4000, eval_every=5000, checkpoint_every=2000
+        ),
         preset="large",
     )
 
@@ -144,11 +164,27 @@ def _benchmark(dataset: str, steps: int, max_len: int, batch_size: int, **overri
     `overrides` are "section.field" keys with "__" for "." (e.g. model__d_model=128).
     """
     cfg = Config(
-        model=ModelConfig(num_pitches=88, num_states=2, num_layers=4, d_model=192, num_heads=4, mlp_dim=576,
-                          max_len=max_len, dropout=0.3),
+        model=ModelConfig(
+            num_pitches=88,
+            num_states=2,
+            num_layers=4,
+            d_model=192,
+            num_heads=4,
+            mlp_dim=576,
+            max_len=max_len,
+            dropout=0.3,
+        ),
         data=DataConfig(dataset=dataset, transpose=0),
-        train=TrainConfig(steps=steps, batch_size=batch_size, learning_rate=1e-3, warmup_steps=100,
-                          weight_decay=0.1, eval_every=250, eval_batches=16, checkpoint_every=500),
+        train=TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            learning_rate=1e-3,
+            warmup_steps=100,
+            weight_decay=0.1,
+            eval_every=250,
+            eval_batches=16,
+            checkpoint_every=500,
+        ),
         preset=dataset,
     )
     for key, value in overrides.items():
@@ -166,9 +202,20 @@ def jsb() -> Config:
     d_model 64, dropout 0.3 / 0.4: 8.38 / 8.37 (window 32: 8.33); 2 layers, d_model 96, dropout 0.5: 8.28
     (window 32: 8.31; dropout 0.6: 8.34). A 64-frame window holds most chorales whole.
     """
-    return _benchmark("jsb_chorales", steps=400, max_len=64, batch_size=32, model__num_layers=2,
-                      model__d_model=96, model__mlp_dim=288, model__dropout=0.5, train__learning_rate=3e-3,
-                      train__warmup_steps=50, train__eval_every=25, train__checkpoint_every=25)
+    return _benchmark(
+        "jsb_chorales",
+        steps=400,
+        max_len=64,
+        batch_size=32,
+        model__num_layers=2,
+        model__d_model=96,
+        model__mlp_dim=288,
+        model__dropout=0.5,
+        train__learning_rate=3e-3,
+        train__warmup_steps=50,
+        train__eval_every=25,
+        train__checkpoint_every=25,
+    )
 
 
 def nottingham() -> Config:
@@ -184,8 +231,14 @@ def piano_midi() -> Config:
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
-    "tiny": tiny, "small": small, "base": base, "large": large,
-    "jsb": jsb, "nottingham": nottingham, "musedata": musedata, "piano_midi": piano_midi,
+    "tiny": tiny,
+    "small": small,
+    "base": base,
+    "large": large,
+    "jsb": jsb,
+    "nottingham": nottingham,
+    "musedata": musedata,
+    "piano_midi": piano_midi,
 }
 
 
@@ -228,8 +281,9 @@ def resolve(name_or_path: str = "tiny", overrides: Sequence[str] = ()) -> Config
         with open(name_or_path) as f:
             cfg = Config.from_dict(json.load(f))
     else:
-        raise ConfigError(f"--config {name_or_path}: unknown preset (known: {', '.join(PRESETS)}) "
-                          "and not an existing .json file")
+        raise ConfigError(
+            f"--config {name_or_path}: unknown preset (known: {', '.join(PRESETS)}) and not an existing .json file"
+        )
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:

@@ -88,8 +88,7 @@ def format_card(card: Mapping[str, Any]) -> str:
         f"{files['skipped']} skipped{f' ({skipped})' if skipped else ''}, {files['duplicate']} duplicates",
         "  splits: "
         + ", ".join(
-            f"{name} {s['sequences']} sequences / {s['frames']:,} frames"
-            for name, s in card["splits"].items()
+            f"{name} {s['sequences']} sequences / {s['frames']:,} frames" for name, s in card["splits"].items()
         ),
         f"  {card['hours']:.2f} hours, {card['frames']:,} frames, {card['notes']:,} notes; "
         f"mean polyphony {card['mean_polyphony']:.2f}; "
@@ -101,9 +100,7 @@ def format_card(card: Mapping[str, Any]) -> str:
         used = np.flatnonzero(counts)
         pitch = lambda column: _pitch_name(lowest + int(column))
         octaves = np.bincount((lowest + np.arange(counts.size)) // 12, weights=counts)
-        share = ", ".join(
-            f"{_pitch_name(12 * o)} {100 * w / counts.sum():.0f}%" for o, w in enumerate(octaves) if w
-        )
+        share = ", ".join(f"{_pitch_name(12 * o)} {100 * w / counts.sum():.0f}%" for o, w in enumerate(octaves) if w)
         lines.append(
             f"  pitches {pitch(used[0])} to {pitch(used[-1])}, most sounding {pitch(counts.argmax())}; "
             f"by octave: {share}"

@@ -62,8 +62,9 @@ def _constrain_state(state: DecodeState, mesh: Mesh | None) -> DecodeState:
     return DecodeState(cache, _constrain(state.window, mesh, ("batch", None, None)), state.index)
 
 
-def prefill(params: Any, cfg: ModelConfig, context: jax.Array, mesh: Mesh | None = None,
-            cache_len: int | None = None) -> tuple[jax.Array, DecodeState]:
+def prefill(
+    params: Any, cfg: ModelConfig, context: jax.Array, mesh: Mesh | None = None, cache_len: int | None = None
+) -> tuple[jax.Array, DecodeState]:
     """Run `context` (B, T, P) into an empty cache: (logits of every position, state).
 
     The cache has `cache_len` positions (default `max_len`); one shorter than `max_len` never slides, so it
@@ -72,8 +73,7 @@ def prefill(params: Any, cfg: ModelConfig, context: jax.Array, mesh: Mesh | None
     batch, length, pitches = context.shape
     cache_len = cache_len or cfg.max_len
     if not length <= cache_len <= cfg.max_len:
-        raise ValueError(f"prefill of {length} frames into a {cache_len}-position cache "
-                         f"(context {cfg.max_len})")
+        raise ValueError(f"prefill of {length} frames into a {cache_len}-position cache (context {cfg.max_len})")
     model = MusicTransformer(cfg)
     cache = init_cache(cfg, batch, cache_len)
     positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
@@ -90,13 +90,15 @@ def _slide(params: Any, cfg: ModelConfig, state: DecodeState) -> DecodeState:
     window = jnp.roll(state.window, -(length - half), axis=1)
     batch = window.shape[0]
     positions = jnp.broadcast_to(jnp.arange(half), (batch, half))
-    _, cache = MusicTransformer(cfg).apply({"params": params}, window[:, :half], positions,
-                                           cache=state.cache, cache_index=0)
+    _, cache = MusicTransformer(cfg).apply(
+        {"params": params}, window[:, :half], positions, cache=state.cache, cache_index=0
+    )
     return DecodeState(cache, window, jnp.asarray(half, jnp.int32))
 
 
-def decode_step(params: Any, cfg: ModelConfig, state: DecodeState, frame: jax.Array,
-                mesh: Mesh | None = None) -> tuple[jax.Array, DecodeState]:
+def decode_step(
+    params: Any, cfg: ModelConfig, state: DecodeState, frame: jax.Array, mesh: Mesh | None = None
+) -> tuple[jax.Array, DecodeState]:
     """Feed one frame (B, P): (logits (B, P, S) of the frame after it, new state). Slides when full."""
     if state.window.shape[1] == cfg.max_len:  # a shorter cache is never full (see `prefill`)
         state = jax.lax.cond(state.index >= cfg.max_len, lambda s: _slide(params, cfg, s), lambda s: s, state)
@@ -104,8 +106,9 @@ def decode_step(params: Any, cfg: ModelConfig, state: DecodeState, frame: jax.Ar
     index = state.index
     window = jax.lax.dynamic_update_slice(state.window, frame[:, None].astype(jnp.int32), (0, index, 0))
     positions = jnp.full((frame.shape[0], 1), index)
-    logits, cache = MusicTransformer(cfg).apply({"params": params}, frame[:, None], positions,
-                                                cache=state.cache, cache_index=index)
+    logits, cache = MusicTransformer(cfg).apply(
+        {"params": params}, frame[:, None], positions, cache=state.cache, cache_index=index
+    )
     return logits[:, 0], _constrain_state(DecodeState(cache, window, index + 1), mesh)
 
 
@@ -114,8 +117,7 @@ def _generate(params, primer, rng, temperature, *, cfg: ModelConfig, num_frames:
     context = _constrain(context_of(primer, cfg.max_len), mesh, ("batch", None, None))
     fed = context.shape[1] + num_frames - 1  # the last sampled frame is never fed
     logits, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed))
-    first = sample_frame(logits[:, -1], jax.random.fold_in(rng, 0), temperature, context[:, -1],
-                         cfg.num_states)
+    first = sample_frame(logits[:, -1], jax.random.fold_in(rng, 0), temperature, context[:, -1], cfg.num_states)
 
     def step(carry, t):
         state, frame = carry
@@ -160,8 +162,10 @@ def _check(cfg: ModelConfig, states: Any, mesh: Mesh | None) -> None:
     if np.ndim(states) != 3 or np.shape(states)[2] != cfg.num_pitches:
         raise ValueError(f"frames of shape {np.shape(states)}: expected (batch, time, {cfg.num_pitches})")
     if mesh is not None and np.shape(states)[0] % sharding.data_parallel_size(mesh):
-        raise ValueError(f"batch {np.shape(states)[0]} is not divisible by the mesh's data*fsdp = "
-                         f"{sharding.data_parallel_size(mesh)}")
+        raise ValueError(
+            f"batch {np.shape(states)[0]} is not divisible by the mesh's data*fsdp = "
+            f"{sharding.data_parallel_size(mesh)}"
+        )
 
 
 def _run(fn: Callable, mesh: Mesh | None, *args) -> jax.Array:
@@ -171,8 +175,15 @@ def _run(fn: Callable, mesh: Mesh | None, *args) -> jax.Array:
         return fn(*args)
 
 
-def generate(params: Any, cfg: ModelConfig, primer_states: Any, num_frames: int, rng: jax.Array,
-             temperature: float = 1.0, mesh: Mesh | None = None) -> jax.Array:
+def generate(
+    params: Any,
+    cfg: ModelConfig,
+    primer_states: Any,
+    num_frames: int,
+    rng: jax.Array,
+    temperature: float = 1.0,
+    mesh: Mesh | None = None,
+) -> jax.Array:
     """Sample `num_frames` frames (B, num_frames, P) int32 that follow `primer_states` (B, Tp, P).
 
     `Tp` may be 0 (start from the empty frame alone). Frame k is sampled with `fold_in(rng, k)`, so the same
@@ -186,8 +197,9 @@ def generate(params: Any, cfg: ModelConfig, primer_states: Any, num_frames: int,
     return _run(fn, mesh, params, primer, rng, jnp.asarray(temperature, jnp.float32))
 
 
-def decode_logits(params: Any, cfg: ModelConfig, frames: Any, prefill_len: int = 1,
-                  mesh: Mesh | None = None) -> jax.Array:
+def decode_logits(
+    params: Any, cfg: ModelConfig, frames: Any, prefill_len: int = 1, mesh: Mesh | None = None
+) -> jax.Array:
     """Teacher forcing through the decode path: logits (B, T, P, S) for a given sequence (B, T, P).
 
     The first `prefill_len` frames go through one prefill, the rest one decode step each (sliding the window

@@ -56,8 +56,10 @@ def _check_port_free(port: int) -> None:
         try:
             probe.bind(("", port))
         except OSError as error:
-            raise DistributedError(f"process 0 cannot serve the coordinator on port {port} "
-                                   f"({error.strerror or error}); is another run using it?") from None
+            raise DistributedError(
+                f"process 0 cannot serve the coordinator on port {port} "
+                f"({error.strerror or error}); is another run using it?"
+            ) from None
 
 
 def _wait_for_coordinator(host: str, port: int, address: str, timeout_s: int, deadline: float) -> None:
@@ -70,13 +72,19 @@ def _wait_for_coordinator(host: str, port: int, address: str, timeout_s: int, de
         except OSError as error:
             reason = error.strerror or str(error) or type(error).__name__
         if time.monotonic() >= deadline:
-            raise DistributedError(f"could not reach the coordinator at {address} within {timeout_s} s "
-                                   f"({reason}); is process 0 running there?")
+            raise DistributedError(
+                f"could not reach the coordinator at {address} within {timeout_s} s "
+                f"({reason}); is process 0 running there?"
+            )
         time.sleep(0.25)
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int | None = None) -> bool:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    timeout_s: int | None = None,
+) -> bool:
     """Start the multi-controller runtime if this is a multi-process run; True when it was started."""
     import jax
 
@@ -92,8 +100,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             return True
         return False
     if any(v is None for v in explicit):
-        raise DistributedError("multi-host needs all of --coordinator_address, --num_processes and "
-                               f"--process_id (got {coordinator_address!r}, {num_processes!r}, {process_id!r})")
+        raise DistributedError(
+            "multi-host needs all of --coordinator_address, --num_processes and "
+            f"--process_id (got {coordinator_address!r}, {num_processes!r}, {process_id!r})"
+        )
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise DistributedError(f"--process_id {process_id} is not in [0, --num_processes {num_processes})")
     host, port = _split_address(coordinator_address)
@@ -107,14 +117,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id,
-                                   initialization_timeout=max(1, round(deadline - time.monotonic())))
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=max(1, round(deadline - time.monotonic())),
+        )
     except Exception as error:  # noqa: BLE001 - the runtime raises several types; all mean the same here
         reason = " ".join(str(error).split())[:200]
-        raise DistributedError(f"could not join the coordinator at {coordinator_address} as process "
-                               f"{process_id} of {num_processes} within {timeout_s} s ({reason})") from None
+        raise DistributedError(
+            f"could not join the coordinator at {coordinator_address} as process "
+            f"{process_id} of {num_processes} within {timeout_s} s ({reason})"
+        ) from None
     if jax.process_count() != num_processes:
-        raise DistributedError(f"--num_processes {num_processes} does not match the "
-                               f"{jax.process_count()} processes that joined")
+        raise DistributedError(
+            f"--num_processes {num_processes} does not match the {jax.process_count()} processes that joined"
+        )
     return True

@@ -87,8 +87,9 @@ def make_window_nll(model_cfg: ModelConfig) -> Callable:
     return window_nll
 
 
-def evaluate_nll(params: Any, model_cfg: ModelConfig, sequences: Iterable[Any], batch_size: int = 16,
-                 stride: int | None = None) -> dict[str, Any]:
+def evaluate_nll(
+    params: Any, model_cfg: ModelConfig, sequences: Iterable[Any], batch_size: int = 16, stride: int | None = None
+) -> dict[str, Any]:
     """Nats per frame over `sequences` ((T, P) state arrays, or dicts with "states"), pooled Σ NLL / Σ frames.
 
     Returns {"nats_per_frame", "nll_sum", "frames", "sequences", "windows", "window", "stride"} (module doc).
@@ -115,18 +116,25 @@ def evaluate_nll(params: Any, model_cfg: ModelConfig, sequences: Iterable[Any], 
 
     total = 0.0
     for b in range(0, len(plan), batch_size):
-        rows = plan[b:b + batch_size]
+        rows = plan[b : b + batch_size]
         states = np.zeros((batch_size, window + 1, model_cfg.num_pitches), np.int32)
         mask = np.zeros((batch_size, window), np.float32)
         for r, (seq, start, first, end) in enumerate(rows):
-            piece = padded[seq][start:start + window + 1]
-            states[r, :piece.shape[0]] = piece
+            piece = padded[seq][start : start + window + 1]
+            states[r, : piece.shape[0]] = piece
             mask[r, first:end] = 1.0
         sums = window_nll(params, states[:, :-1], states[:, 1:], mask)
-        total += float(np.sum(np.asarray(sums, np.float64)[:len(rows)]))
+        total += float(np.sum(np.asarray(sums, np.float64)[: len(rows)]))
     frames = sum(lengths)
-    return {"nats_per_frame": total / frames if frames else float("nan"), "nll_sum": total, "frames": frames,
-            "sequences": len(seqs), "windows": len(plan), "window": window, "stride": stride}
+    return {
+        "nats_per_frame": total / frames if frames else float("nan"),
+        "nll_sum": total,
+        "frames": frames,
+        "sequences": len(seqs),
+        "windows": len(plan),
+        "window": window,
+        "stride": stride,
+    }
 
 
 def restore_params(workdir: str, cfg: Config, step: int) -> Any:
@@ -147,8 +155,15 @@ def restore_params(workdir: str, cfg: Config, step: int) -> Any:
     return state.params
 
 
-def evaluate_run(workdir: str, step: int | None = None, data_dir: str | None = None, dataset: str | None = None,
-                 split: str = "test", batch_size: int = 16, stride: int | None = None) -> dict[str, Any]:
+def evaluate_run(
+    workdir: str,
+    step: int | None = None,
+    data_dir: str | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    batch_size: int = 16,
+    stride: int | None = None,
+) -> dict[str, Any]:
     """Restore a run's checkpoint (latest or `step`) and evaluate it on a split of its dataset (or another)."""
     from musicgpt_jax import records
     from musicgpt_jax.checkpoint import load_config_dict
@@ -162,22 +177,32 @@ def evaluate_run(workdir: str, step: int | None = None, data_dir: str | None = N
     dataset = dataset or cfg.data.dataset
     info = records.load_info(data_dir, dataset)
     if (info.num_pitches, info.num_states) != (cfg.model.num_pitches, cfg.model.num_states):
-        raise EvaluationError(f"--dataset {dataset}: {info.num_pitches} pitches x {info.num_states} states, but "
-                              f"the model in {workdir} has {cfg.model.num_pitches} x {cfg.model.num_states}")
+        raise EvaluationError(
+            f"--dataset {dataset}: {info.num_pitches} pitches x {info.num_states} states, but "
+            f"the model in {workdir} has {cfg.model.num_pitches} x {cfg.model.num_states}"
+        )
     if not info.split_sizes.get(split):
         raise EvaluationError(f"--split {split}: dataset {dataset} in {data_dir} has no sequences in it")
     sequences = records.load_split(data_dir, dataset, split)
     params = restore_params(workdir, cfg, step)
     result = evaluate_nll(params, cfg.model, [sequences[i] for i in range(len(sequences))], batch_size, stride)
-    return {**result, "step": step, "dataset": dataset, "split": split, "data_dir": str(data_dir),
-            "workdir": str(workdir), "max_len": cfg.model.max_len}
+    return {
+        **result,
+        "step": step,
+        "dataset": dataset,
+        "split": split,
+        "data_dir": str(data_dir),
+        "workdir": str(workdir),
+        "max_len": cfg.model.max_len,
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m musicgpt_jax.evaluate",
         description="Frame NLL (nats per frame, pooled over every frame of a split) of a trained run; prints JSON.",
-        epilog="Errors print one line on stderr and exit with status 2.")
+        epilog="Errors print one line on stderr and exit with status 2.",
+    )
     parser.add_argument("--workdir", required=True, help="the run's directory (holds checkpoints/)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--data_dir", help="records directory (default: the one the run trained on)")
@@ -194,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     from musicgpt_jax.checkpoint import CheckpointError
 
     try:
-        result = evaluate_run(args.workdir, args.step, args.data_dir, args.dataset, args.split, args.batch_size,
-                              args.stride)
+        result = evaluate_run(
+            args.workdir, args.step, args.data_dir, args.dataset, args.split, args.batch_size, args.stride
+        )
     except (EvaluationError, CheckpointError, records.DatasetNotFoundError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

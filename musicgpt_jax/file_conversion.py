@@ -29,8 +29,7 @@ def frames_seconds(frames: Frames) -> float:
     tempos = [(step, bpm) for step, bpm in frames.tempos if step < frames.num_frames] or [(0, 120.0)]
     ends = [step for step, _ in tempos[1:]] + [frames.num_frames]
     return sum(
-        (end - step) * 60.0 / (bpm * frames.steps_per_quarter)
-        for (step, bpm), end in zip(tempos, ends, strict=True)
+        (end - step) * 60.0 / (bpm * frames.steps_per_quarter) for (step, bpm), end in zip(tempos, ends, strict=True)
     )
 
 

@@ -350,8 +350,7 @@ def frames_to_midi(frames: Frames, *, program: int = 0, default_velocity: int = 
     steps = [step for step, _ in tempos]
     microseconds = [round(6e7 / qpm) for _, qpm in tempos]
     pm._tick_scales = [
-        (step * ticks_per_step, (us + 0.25) * 1e-6 / resolution)
-        for step, us in zip(steps, microseconds, strict=True)
+        (step * ticks_per_step, (us + 0.25) * 1e-6 / resolution) for step, us in zip(steps, microseconds, strict=True)
     ]
     sig_steps = [step for step, _, _ in frames.time_signatures]
     last_step = max([int(offsets.max()) if len(offsets) else 0, *steps, *sig_steps])
@@ -361,9 +360,7 @@ def frames_to_midi(frames: Frames, *, program: int = 0, default_velocity: int = 
 
     piano = pretty_midi.Instrument(program=program)
     columns = (pitches.tolist(), velocities.tolist(), seconds(onsets).tolist(), seconds(offsets).tolist())
-    piano.notes = [
-        pretty_midi.Note(velocity=v, pitch=p, start=s, end=e) for p, v, s, e in zip(*columns, strict=True)
-    ]
+    piano.notes = [pretty_midi.Note(velocity=v, pitch=p, start=s, end=e) for p, v, s, e in zip(*columns, strict=True)]
     pm.instruments.append(piano)
     pm.time_signature_changes = [
         pretty_midi.TimeSignature(n, d, t)

@@ -9,9 +9,17 @@ import jax.numpy as jnp
 
 # Dense bf16 peak per chip (FLOP/s), from vendor datasheets.
 _PEAK_BF16 = {
-    "h100": 989e12, "h200": 989e12, "a100": 312e12, "l4": 121e12,
-    "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v5": 459e12,
-    "tpu v6 lite": 918e12, "tpu v6e": 918e12,
+    "h100": 989e12,
+    "h200": 989e12,
+    "a100": 312e12,
+    "l4": 121e12,
+    "tpu v4": 275e12,
+    "tpu v5 lite": 197e12,
+    "tpu v5e": 197e12,
+    "tpu v5p": 459e12,
+    "tpu v5": 459e12,
+    "tpu v6 lite": 918e12,
+    "tpu v6e": 918e12,
 }
 
 

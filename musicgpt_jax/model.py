@@ -43,8 +43,9 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                           (x.shape[-1],), jnp.float32)
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32
+        )
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (normed * scale).astype(self.dtype)
@@ -69,8 +70,9 @@ class Attention(nn.Module):
         qkv_shape = (cfg.num_heads, cfg.head_dim)
 
         def proj(name):
-            kernel = self.param(name, _init(0.02, ("embed", "heads", "head_dim")), (cfg.d_model,) + qkv_shape,
-                                jnp.float32)
+            kernel = self.param(
+                name, _init(0.02, ("embed", "heads", "head_dim")), (cfg.d_model,) + qkv_shape, jnp.float32
+            )
             return jnp.einsum("btd,dnh->btnh", x, kernel.astype(dtype))
 
         q, k, v = proj("query"), proj("key"), proj("value")
@@ -82,17 +84,22 @@ class Attention(nn.Module):
         if layer_cache is None:
             out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
         else:
-            k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
-                                                 (0, cache_index, 0, 0))
-            v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
-                                                 (0, cache_index, 0, 0))
+            k_all = jax.lax.dynamic_update_slice(
+                layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, cache_index, 0, 0)
+            )
+            v_all = jax.lax.dynamic_update_slice(
+                layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, cache_index, 0, 0)
+            )
             new_cache = {"k": k_all, "v": v_all}
             query_pos = cache_index + jnp.arange(x.shape[1])
             mask = jnp.arange(k_all.shape[1])[None, :] <= query_pos[:, None]  # (T, S), causal over the cache
-            out = jax.nn.dot_product_attention(q, k_all.astype(dtype), v_all.astype(dtype),
-                                               mask=mask[None, None])
-        out_kernel = self.param("out", _init(0.02 / (2 * cfg.num_layers) ** 0.5, ("heads", "head_dim", "embed")),
-                                qkv_shape + (cfg.d_model,), jnp.float32)
+            out = jax.nn.dot_product_attention(q, k_all.astype(dtype), v_all.astype(dtype), mask=mask[None, None])
+        out_kernel = self.param(
+            "out",
+            _init(0.02 / (2 * cfg.num_layers) ** 0.5, ("heads", "head_dim", "embed")),
+            qkv_shape + (cfg.d_model,),
+            jnp.float32,
+        )
         return jnp.einsum("btnh,nhd->btd", out, out_kernel.astype(dtype)), new_cache
 
 
@@ -120,8 +127,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, layer_cache, positions, cache_index, deterministic: bool):
         cfg, dtype = self.cfg, compute_dtype(self.cfg)
-        h, new_cache = Attention(cfg, name="attention")(RMSNorm(dtype, name="attention_norm")(x), positions,
-                                                        layer_cache, cache_index)
+        h, new_cache = Attention(cfg, name="attention")(
+            RMSNorm(dtype, name="attention_norm")(x), positions, layer_cache, cache_index
+        )
         x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
         h = GatedMLP(cfg, name="mlp")(RMSNorm(dtype, name="mlp_norm")(x))
         x = x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
@@ -137,8 +145,12 @@ class FrameEmbed(nn.Module):
     @nn.compact
     def __call__(self, states: jax.Array) -> jax.Array:
         cfg = self.cfg
-        table = self.param("table", _init(0.02, ("pitch", "state", "embed")),
-                           (cfg.num_pitches, cfg.num_states, cfg.d_model), jnp.float32)
+        table = self.param(
+            "table",
+            _init(0.02, ("pitch", "state", "embed")),
+            (cfg.num_pitches, cfg.num_states, cfg.d_model),
+            jnp.float32,
+        )
         one_hot = jax.nn.one_hot(states, cfg.num_states, dtype=compute_dtype(cfg))
         return jnp.einsum("btps,psd->btd", one_hot, table.astype(compute_dtype(cfg)))
 
@@ -152,10 +164,10 @@ class FrameHead(nn.Module):
     def __call__(self, h: jax.Array) -> jax.Array:
         cfg = self.cfg
         shape = (cfg.num_pitches, cfg.num_states)
-        kernel = self.param("kernel", _init(0.02, ("embed", "pitch", "state")), (cfg.d_model,) + shape,
-                            jnp.float32)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("pitch", "state")),
-                          shape, jnp.float32)
+        kernel = self.param("kernel", _init(0.02, ("embed", "pitch", "state")), (cfg.d_model,) + shape, jnp.float32)
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("pitch", "state")), shape, jnp.float32
+        )
         logits = jnp.einsum("btd,dps->btps", h, kernel.astype(compute_dtype(self.cfg)))
         return logits.astype(jnp.float32) + bias
 
@@ -166,8 +178,15 @@ class MusicTransformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, states: jax.Array, positions: jax.Array | None = None, *, deterministic: bool = True,
-                 cache: Cache | None = None, cache_index: jax.Array | int = 0):
+    def __call__(
+        self,
+        states: jax.Array,
+        positions: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        cache: Cache | None = None,
+        cache_index: jax.Array | int = 0,
+    ):
         cfg = self.cfg
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(states.shape[1]), states.shape[:2])
@@ -177,9 +196,14 @@ class MusicTransformer(nn.Module):
         if cfg.remat:
             block = nn.remat(block, static_argnums=(5,), prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
-            stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
             x, new_cache = stack(cfg, name="layers")(x, cache, positions, cache_index, deterministic)
         else:
             per_layer = []
@@ -187,8 +211,11 @@ class MusicTransformer(nn.Module):
                 layer_cache = None if cache is None else {"k": cache["k"][i], "v": cache["v"][i]}
                 x, c = block(cfg, name=f"layer_{i}")(x, layer_cache, positions, cache_index, deterministic)
                 per_layer.append(c)
-            new_cache = None if cache is None else {
-                "k": jnp.stack([c["k"] for c in per_layer]), "v": jnp.stack([c["v"] for c in per_layer])}
+            new_cache = (
+                None
+                if cache is None
+                else {"k": jnp.stack([c["k"] for c in per_layer]), "v": jnp.stack([c["v"] for c in per_layer])}
+            )
         x = RMSNorm(compute_dtype(cfg), name="final_norm")(x)
         logits = FrameHead(cfg, name="head")(x)
         return logits, new_cache
@@ -218,8 +245,9 @@ def frame_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[j
     return (nll * mask).sum(), mask.sum()
 
 
-def sample_frame(logits: jax.Array, rng: jax.Array, temperature: float | jax.Array,
-                 previous: jax.Array, num_states: int) -> jax.Array:
+def sample_frame(
+    logits: jax.Array, rng: jax.Array, temperature: float | jax.Array, previous: jax.Array, num_states: int
+) -> jax.Array:
     """Sample each pitch's state from logits (B, P, S) and keep states consistent with the previous frame.
 
     With 3 states a HOLD only continues a sounding note: a sampled HOLD on a pitch that was off becomes OFF.

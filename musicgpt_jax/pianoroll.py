@@ -34,16 +34,24 @@ def draw_piano_roll(frames: Frames, path: str | os.PathLike, title: str = "", pr
     low = max(0, (sounding.min() if sounding.size else 0) - PITCH_MARGIN)
     high = min(states.shape[1] - 1, (sounding.max() if sounding.size else states.shape[1] - 1) + PITCH_MARGIN)
     # 0 off, 1 sounding, 2 note start: onsets (or, sustain-only, the start of each run) stand out.
-    image = (states[:, low:high + 1] != OFF).astype(np.float32)
+    image = (states[:, low : high + 1] != OFF).astype(np.float32)
     before = np.zeros_like(image)
     before[1:] = image[:-1]
-    starts = (image > 0) & ((before == 0) if frames.num_states == 2 else (states[:, low:high + 1] == ONSET))
+    starts = (image > 0) & ((before == 0) if frames.num_states == 2 else (states[:, low : high + 1] == ONSET))
     image[starts] = 2.0
 
     width = float(np.clip(length / 24, 6, 40))
     fig, ax = plt.subplots(figsize=(width, 4.5), dpi=100)
-    ax.imshow(image.T, origin="lower", aspect="auto", interpolation="nearest", cmap="Blues", vmin=0, vmax=2.2,
-              extent=(0, length, frames.lowest_pitch + low - 0.5, frames.lowest_pitch + high + 0.5))
+    ax.imshow(
+        image.T,
+        origin="lower",
+        aspect="auto",
+        interpolation="nearest",
+        cmap="Blues",
+        vmin=0,
+        vmax=2.2,
+        extent=(0, length, frames.lowest_pitch + low - 0.5, frames.lowest_pitch + high + 0.5),
+    )
     for step in bar_lines(frames, length):
         ax.axvline(step, color="0.3", linewidth=0.7, zorder=3)
     if prime_frames:

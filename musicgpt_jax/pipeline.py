@@ -25,10 +25,10 @@ def _with_start_frame(states: np.ndarray) -> np.ndarray:
 
 def window_example(states: np.ndarray, start: int, seq_len: int) -> Example:
     """Window [start, start + seq_len + 1) of `states` (start frame already prepended), padded and masked."""
-    window = states[start:start + seq_len + 1]
+    window = states[start : start + seq_len + 1]
     valid = window.shape[0] - 1
     padded = np.zeros((seq_len + 1, states.shape[1]), np.int32)
-    padded[:window.shape[0]] = window
+    padded[: window.shape[0]] = window
     mask = np.zeros((seq_len,), np.float32)
     mask[:valid] = 1.0
     return {"inputs": padded[:-1], "targets": padded[1:], "mask": mask}
@@ -64,9 +64,17 @@ def sequence_lengths(source: Sequence[dict]) -> list[int]:
     return [int(source[i]["states"].shape[0]) for i in range(len(source))]
 
 
-def train_dataset(source: Sequence[dict], *, seq_len: int, batch_size: int, seed: int, transpose: int = 0,
-                  process_index: int = 0, process_count: int = 1,
-                  lengths: Sequence[int] | None = None) -> grain.MapDataset:
+def train_dataset(
+    source: Sequence[dict],
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    transpose: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    lengths: Sequence[int] | None = None,
+) -> grain.MapDataset:
     """An endless, shuffled MapDataset of this process's batches of `batch_size` windows (the local batch).
 
     Each batch also carries `source_index` (which sequence each row came from) and `window_index` (the flat
@@ -125,8 +133,15 @@ def eval_examples(source: Sequence[dict], *, seq_len: int) -> list[Example]:
     return examples
 
 
-def eval_batches(source: Sequence[dict], *, seq_len: int, batch_size: int, max_batches: int | None = None,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[Example]:
+def eval_batches(
+    source: Sequence[dict],
+    *,
+    seq_len: int,
+    batch_size: int,
+    max_batches: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[Example]:
     """Fixed evaluation batches (local share of each global batch), padded with fully masked rows."""
     examples = eval_examples(source, seq_len=seq_len)
     global_batch = batch_size * process_count
@@ -134,10 +149,9 @@ def eval_batches(source: Sequence[dict], *, seq_len: int, batch_size: int, max_b
     if max_batches is not None:
         num_batches = min(num_batches, max_batches)
     for b in range(num_batches):
-        rows = examples[b * global_batch:(b + 1) * global_batch]
+        rows = examples[b * global_batch : (b + 1) * global_batch]
         if len(rows) < global_batch:
             empty = {k: np.zeros_like(v) for k, v in rows[0].items()}
             rows = rows + [empty] * (global_batch - len(rows))
-        local = rows[process_index * batch_size:(process_index + 1) * batch_size]
+        local = rows[process_index * batch_size : (process_index + 1) * batch_size]
         yield {k: np.stack([r[k] for r in local]) for k in ("inputs", "targets", "mask")}
-

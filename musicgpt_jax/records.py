@@ -197,9 +197,7 @@ def load_split(data_dir: epath.PathLike, name: str, split: str) -> Sequence[dict
 
 def _check_name(name: str) -> None:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise InputError(
-            f"--name {name!r}: use lowercase letters, digits and underscores, starting with a letter"
-        )
+        raise InputError(f"--name {name!r}: use lowercase letters, digits and underscores, starting with a letter")
 
 
 def dataset_name_for(directory: str | os.PathLike) -> str:
@@ -335,9 +333,7 @@ def _staging(data_dir: Path, name: str) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _write_json(
-    path: Path, entries: Iterable[Mapping[str, Any]] | Mapping[str, Any], lines: bool = False
-) -> None:
+def _write_json(path: Path, entries: Iterable[Mapping[str, Any]] | Mapping[str, Any], lines: bool = False) -> None:
     if lines:
         path.write_text("".join(json.dumps(entry, sort_keys=True) + "\n" for entry in entries))
     else:
@@ -352,9 +348,7 @@ def _hash_inputs(midi_dir: Path, paths: Sequence[Path]) -> list[dict[str, Any]]:
         try:
             entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError as error:
-            entry.update(
-                sha256=None, status="skipped", reason="unreadable", detail=f"{path}: {error.strerror}"
-            )
+            entry.update(sha256=None, status="skipped", reason="unreadable", detail=f"{path}: {error.strerror}")
         entries.append(entry)
     return entries
 
@@ -426,9 +420,7 @@ def build_midi_dataset(
     """
     _check_name(name)
     if not (val_percent >= 0 and test_percent >= 0 and val_percent + test_percent < 100):
-        raise InputError(
-            f"--val_percent {val_percent}, --test_percent {test_percent}: need 0 <= each, sum < 100"
-        )
+        raise InputError(f"--val_percent {val_percent}, --test_percent {test_percent}: need 0 <= each, sum < 100")
     if steps_per_quarter < 1 or max_frames < 1 or timeout_s <= 0 or (workers is not None and workers < 1):
         raise InputError("--steps_per_quarter, --max_frames, --timeout and --workers must be positive")
     midi_dir, data_dir = Path(midi_dir), Path(data_dir)
@@ -466,15 +458,11 @@ def build_midi_dataset(
         scratch = stage / "frames"
         scratch.mkdir()
         tasks = [(str(midi_dir / e["path"]), str(scratch / f"{e['sha256']}.npz"), conversion) for e in todo]
-        results = _convert_all(
-            tasks, workers or os.cpu_count() or 1, timeout_s, f"{name}: converting", progress
-        )
+        results = _convert_all(tasks, workers or os.cpu_count() or 1, timeout_s, f"{name}: converting", progress)
         stats, kept = _record_results(todo, results, val_percent, test_percent)
         if not stats:
             reasons = sorted({e.get("reason", "duplicate") for e in manifest})
-            raise InputError(
-                f"{midi_dir}: none of the {len(manifest)} files could be converted ({', '.join(reasons)})"
-            )
+            raise InputError(f"{midi_dir}: none of the {len(manifest)} files could be converted ({', '.join(reasons)})")
         shape = {k: stats[0][k] for k in ("num_pitches", "num_states", "lowest_pitch")}
 
         def examples(entries: list[dict[str, Any]]) -> Iterator[dict]:

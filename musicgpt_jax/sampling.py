@@ -48,8 +48,12 @@ from musicgpt_jax.frames import (
 
 DEFAULT_VELOCITY = 80
 DEFAULT_BPM = 120.0
-SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/soundfonts/FluidR3_GM.sf2",
-              "/usr/share/soundfonts/default.sf2", "/usr/share/sounds/sf2/default-GM.sf2")
+SOUNDFONTS = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
+    "/usr/share/soundfonts/default.sf2",
+    "/usr/share/sounds/sf2/default-GM.sf2",
+)
 
 
 class SampleError(ValueError):
@@ -145,6 +149,7 @@ def grid_of(cfg: Config) -> Grid:
     model = cfg.model
     try:
         from musicgpt_jax import records
+
         info = records.load_info(cfg.data.data_dir, cfg.data.dataset)
         if (info.num_pitches, info.num_states) == (model.num_pitches, model.num_states):
             return Grid(info.steps_per_quarter, info.lowest_pitch, model.num_pitches, model.num_states)
@@ -152,6 +157,7 @@ def grid_of(cfg: Config) -> Grid:
         pass
     if model.num_pitches == 88:
         from musicgpt_jax import corpus
+
         return Grid(corpus.benchmark_steps_per_quarter(cfg.data.dataset), 21, 88, model.num_states)
     return Grid(8, 0, model.num_pitches, model.num_states)
 
@@ -223,17 +229,25 @@ def read_primer(path: str, grid: Grid, prime_bars: int, context: int) -> Primer:
         aligned = _bar_start(frames, start, steps_per_bar)
         if aligned < start and aligned + steps_per_bar < end:
             start = aligned + steps_per_bar
-    states, velocities = to_grid(dataclasses.replace(frames, states=frames.states[start:end],
-                                                     velocities=frames.velocities[start:end]), grid)
-    return Primer(states, velocities, _from_step(frames.tempos, start),
-                  _from_step(frames.time_signatures, start), steps_per_bar, cut)
+    states, velocities = to_grid(
+        dataclasses.replace(frames, states=frames.states[start:end], velocities=frames.velocities[start:end]), grid
+    )
+    return Primer(
+        states,
+        velocities,
+        _from_step(frames.tempos, start),
+        _from_step(frames.time_signatures, start),
+        steps_per_bar,
+        cut,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
 
 
-def output_frames(generated: np.ndarray, grid: Grid, primer: Primer | None, include_prime: bool,
-                  bpm: float | None) -> Frames:
+def output_frames(
+    generated: np.ndarray, grid: Grid, primer: Primer | None, include_prime: bool, bpm: float | None
+) -> Frames:
     """The frames one sample file holds: the generated frames, after the primer when it is included."""
     prime_states = primer.states if primer is not None and include_prime else generated[:0]
     states = np.concatenate([prime_states, generated]).astype(np.int32)
@@ -243,7 +257,7 @@ def output_frames(generated: np.ndarray, grid: Grid, primer: Primer | None, incl
         states = np.where((states == HOLD) & (before == OFF), ONSET, states)
     velocities = np.zeros(states.shape, np.uint8)
     if len(prime_states):
-        velocities[:len(prime_states)] = primer.velocities
+        velocities[: len(prime_states)] = primer.velocities
     # every note start gets a velocity: the primer's own, else the default (generated notes, cut notes)
     velocities = np.where(velocities > 0, velocities, DEFAULT_VELOCITY)
     velocities = np.where(note_starts(states, grid.num_states), velocities, 0)
@@ -255,9 +269,15 @@ def output_frames(generated: np.ndarray, grid: Grid, primer: Primer | None, incl
     else:
         tempos = ((0, bpm or primer.tempos[-1][1]),)
         signatures = ((0, *primer.time_signatures[-1][1:]),)
-    return Frames(states, velocities, steps_per_quarter=grid.steps_per_quarter,
-                  lowest_pitch=grid.lowest_pitch, num_states=grid.num_states, tempos=tempos,
-                  time_signatures=signatures)
+    return Frames(
+        states,
+        velocities,
+        steps_per_quarter=grid.steps_per_quarter,
+        lowest_pitch=grid.lowest_pitch,
+        num_states=grid.num_states,
+        tempos=tempos,
+        time_signatures=signatures,
+    )
 
 
 def _soundfont() -> str | None:
@@ -279,8 +299,10 @@ def summary_line(name: str, frames: Frames, seconds: float) -> str:
     silence = stats.silence_summary(frames)
     fraction, longest = silence["silent_fraction"], silence["longest_silence_bars"]
     fraction_text = "n/a" if fraction is None else f"{fraction:.1%}"
-    return (f"{name}: {len(notes_of(frames))} notes, {seconds:.1f} s, {fraction_text} silent frames, "
-            f"longest silence {longest:.2f} bars")
+    return (
+        f"{name}: {len(notes_of(frames))} notes, {seconds:.1f} s, {fraction_text} silent frames, "
+        f"longest silence {longest:.2f} bars"
+    )
 
 
 def _write_sample(frames: Frames, folder: Path, name: str, title: str, prime_frames: int) -> float:
@@ -317,16 +339,19 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
     if options.prime is not None:
         primer = read_primer(options.prime, grid, options.prime_bars, model.max_len)
         if primer.cut_to_context:
-            print(f"note: --prime {options.prime}: the last {options.prime_bars} bars exceed the model's "
-                  f"{model.max_len}-frame context; using its last {len(primer.states)} frames",
-                  file=sys.stderr)
+            print(
+                f"note: --prime {options.prime}: the last {options.prime_bars} bars exceed the model's "
+                f"{model.max_len}-frame context; using its last {len(primer.states)} frames",
+                file=sys.stderr,
+            )
     steps_per_bar = primer.steps_per_bar if primer else 4 * grid.steps_per_quarter
     num_frames = num_frames_of(options, steps_per_bar)
     params = restore_params(options.workdir, cfg, step)
     prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
     batch = np.broadcast_to(prime_states, (options.num_samples, *prime_states.shape))
-    generated = np.asarray(decode.generate(params, model, batch, num_frames, jax.random.key(options.seed),
-                                           options.temperature))
+    generated = np.asarray(
+        decode.generate(params, model, batch, num_frames, jax.random.key(options.seed), options.temperature)
+    )
 
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -337,8 +362,9 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
             name = f"sample_{i:02d}"
             frames = output_frames(states, grid, primer, options.include_prime, options.bpm)
             prime_frames = len(primer.states) if primer is not None and options.include_prime else 0
-            title = (f"{name} · {options.workdir} step {step} · temperature {options.temperature:g} · "
-                     f"seed {options.seed}")
+            title = (
+                f"{name} · {options.workdir} step {step} · temperature {options.temperature:g} · seed {options.seed}"
+            )
             seconds = _write_sample(frames, staging, name, title, prime_frames)
             samples.append(Sample(name, frames, states, prime_frames, summary_line(name, frames, seconds)))
         _move_into(staging, out)

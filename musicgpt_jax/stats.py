@@ -172,9 +172,7 @@ def _piece_counts(frames: Frames) -> dict:
         "sounding_frames": int(np.count_nonzero(in_extent)),
         "polyphony_sum": int(in_extent.sum()),
         "polyphony_max": int(polyphony.max(initial=0)),
-        "polyphony_counts": np.bincount(
-            np.minimum(in_extent, MAX_POLYPHONY_BIN), minlength=MAX_POLYPHONY_BIN + 1
-        ),
+        "polyphony_counts": np.bincount(np.minimum(in_extent, MAX_POLYPHONY_BIN), minlength=MAX_POLYPHONY_BIN + 1),
         "pitch_min": int(pitches.min()) if pitches.size else None,
         "pitch_max": int(pitches.max()) if pitches.size else None,
         "pitch_class_counts": np.bincount(pitches % 12, weights=onsets_per_column[columns], minlength=12),
@@ -228,9 +226,7 @@ def _aggregate(names: Sequence[str], pieces: Sequence[dict]) -> dict:
         "pieces_without_notes": sum(1 for p in pieces if p["onsets"] == 0),
         "silent_fraction": _ratio(total("silent_frames"), total("frames")),
         "longest_silence_bars": max(longest) if longest else None,
-        "pieces_with_long_silence_fraction": _ratio(
-            sum(b >= LONG_SILENCE_BARS for b in longest), len(pieces)
-        ),
+        "pieces_with_long_silence_fraction": _ratio(sum(b >= LONG_SILENCE_BARS for b in longest), len(pieces)),
         "notes_per_bar": _ratio(total("onsets"), total("bars")),
         "polyphony_mean_sounding": _ratio(total("polyphony_sum"), total("sounding_frames")),
         "polyphony_mean_all": _ratio(total("polyphony_sum"), total("frames")),

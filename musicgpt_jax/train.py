@@ -26,10 +26,10 @@ import numpy as np
 import optax
 from etils import epath
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from musicgpt_jax import sharding
-from musicgpt_jax.configs import Config, ModelConfig, TrainConfig
+from musicgpt_jax.configs import Config, TrainConfig
 from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame, frame_nll
 
 
@@ -47,44 +47,49 @@ class TrainState:
 
 def _decay_mask(params: Any) -> Any:
     """Weight decay on matmul kernels only: not on norms, biases or the frame embedding."""
+
     def decays(path, _leaf) -> bool:
         return getattr(path[-1], "key", "") not in ("scale", "bias", "table")
+
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     total = cfg.schedule_steps or cfg.steps
     warmup = max(1, min(cfg.warmup_steps, total - 1))
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(total, warmup + 1),
-                                              end_value=cfg.learning_rate * cfg.min_lr_ratio)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, warmup, max(total, warmup + 1), end_value=cfg.learning_rate * cfg.min_lr_ratio
+    )
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
-                    mask=_decay_mask),
+        optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=_decay_mask),
     )
 
 
-def train_state_shardings(model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config,
-                          mesh: Mesh) -> TrainState:
+def train_state_shardings(
+    model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config, mesh: Mesh
+) -> TrainState:
     """The NamedSharding of every TrainState leaf, from the rule table; traces shapes, allocates nothing."""
     dummy = jnp.zeros((1, min(8, cfg.model.max_len), cfg.model.num_pitches), jnp.int32)
-    abstract_boxed = jax.eval_shape(lambda rng: model.init(rng, dummy)["params"],
-                                    jax.random.PRNGKey(cfg.train.seed))
+    abstract_boxed = jax.eval_shape(lambda rng: model.init(rng, dummy)["params"], jax.random.PRNGKey(cfg.train.seed))
     param_specs = nn.get_partition_spec(abstract_boxed)
     param_shardings = sharding.tree_shardings(mesh, param_specs)
     abstract_params = nn.meta.unbox(abstract_boxed)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
-                                          transform_non_params=lambda _: sharding.replicated(mesh))
-    return TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings,
-                      rng=sharding.replicated(mesh))
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: sharding.replicated(mesh)
+    )
+    return TrainState(
+        step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings, rng=sharding.replicated(mesh)
+    )
 
 
-def create_train_state(model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config,
-                       mesh: Mesh) -> tuple[TrainState, Any]:
+def create_train_state(
+    model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config, mesh: Mesh
+) -> tuple[TrainState, Any]:
     """(state, state shardings), with every parameter and optimizer leaf created already sharded."""
     mcfg = cfg.model
     dummy = jnp.zeros((1, min(8, mcfg.max_len), mcfg.num_pitches), jnp.int32)
@@ -92,35 +97,39 @@ def create_train_state(model: MusicTransformer, tx: optax.GradientTransformation
 
     def init_state(seed_key):
         params = nn.meta.unbox(model.init(seed_key, dummy)["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 1)))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 1)),
+        )
 
     # No rule context here: out_shardings place the parameters (and DenseGeneral's init reshapes would trip it).
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(cfg.train.seed))
     return state, state_shardings
 
 
-def abstract_train_state(state_shardings: Any, model: MusicTransformer, tx: optax.GradientTransformation,
-                         cfg: Config) -> Any:
+def abstract_train_state(
+    state_shardings: Any, model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config
+) -> Any:
     """ShapeDtypeStructs with shardings: the restore target for Orbax."""
     dummy = jnp.zeros((1, min(8, cfg.model.max_len), cfg.model.num_pitches), jnp.int32)
 
     def init_state(rng):
         params = nn.meta.unbox(model.init(rng, dummy)["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=jax.random.key_data(rng))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=jax.random.key_data(rng)
+        )
 
     shapes = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-                        state_shardings)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings)
 
 
 def make_train_step(model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int) -> Callable:
     """train_step(state, batch) -> (state, metrics); `batch` leaves are (global_batch, ...)."""
 
     def loss_sums(params, micro, rng):
-        logits, _ = model.apply({"params": params}, micro["inputs"], deterministic=False,
-                                rngs={"dropout": rng})
+        logits, _ = model.apply({"params": params}, micro["inputs"], deterministic=False, rngs={"dropout": rng})
         return frame_nll(logits, micro["targets"], micro["mask"])
 
     grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
@@ -131,7 +140,8 @@ def make_train_step(model: MusicTransformer, tx: optax.GradientTransformation, g
             (nll_sum, frames), grads = grad_fn(state.params, batch, rng)
         else:
             micro_batches = jax.tree.map(
-                lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+                lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch
+            )
 
             def accumulate(carry, xs):
                 micro, i = xs
@@ -141,7 +151,8 @@ def make_train_step(model: MusicTransformer, tx: optax.GradientTransformation, g
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             (nll_sum, frames, grads), _ = jax.lax.scan(
-                accumulate, (jnp.zeros(()), jnp.zeros(()), zeros), (micro_batches, jnp.arange(grad_accum)))
+                accumulate, (jnp.zeros(()), jnp.zeros(()), zeros), (micro_batches, jnp.arange(grad_accum))
+            )
         frames = jnp.maximum(frames, 1.0)
         grads = jax.tree.map(lambda g: g / frames, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -157,13 +168,15 @@ def make_eval_step(model: MusicTransformer) -> Callable:
         logits, _ = model.apply({"params": params}, batch["inputs"], deterministic=True)
         nll_sum, frames = frame_nll(logits, batch["targets"], batch["mask"])
         return {"nll_sum": nll_sum, "frames": frames}
+
     return eval_step
 
 
 def global_batch(local: dict, mesh: Mesh) -> dict:
     """Each process's rows -> one global jax.Array per key, batch axis split over ("data", "fsdp")."""
-    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
-            for k, v in local.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v) for k, v in local.items()
+    }
 
 
 def apply_dataset_shape(cfg: Config, num_pitches: int, num_states: int) -> None:
@@ -179,8 +192,9 @@ def check_compatible(saved: dict, cfg: Config, workdir: str) -> None:
     shape_keys = ("num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers")
     diffs = [f"{k}={saved_model.get(k)!r} (now {ours[k]!r})" for k in shape_keys if saved_model.get(k) != ours[k]]
     if diffs:
-        raise TrainingError(f"{workdir}: holds checkpoints of an incompatible model: {', '.join(diffs)}; "
-                            "use another --workdir")
+        raise TrainingError(
+            f"{workdir}: holds checkpoints of an incompatible model: {', '.join(diffs)}; use another --workdir"
+        )
 
 
 class _StopFlag:
@@ -217,6 +231,7 @@ def _tensorboard_writer(logdir: epath.Path) -> Any:
     """
     try:
         from tensorboardX import SummaryWriter
+
         if not is_local(logdir):
             if not str(logdir).startswith("gs://"):
                 raise ImportError("tensorboardX: only local and gs:// logdirs are supported here")
@@ -281,8 +296,9 @@ def evaluate_split(params: Any, eval_step: Callable, batches, mesh: Mesh) -> tup
     return (total / frames if frames else float("nan")), frames
 
 
-def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
-                       data_log: str | None = None) -> dict[str, float]:
+def train_and_evaluate(
+    cfg: Config, workdir: str, *, progress: bool = True, data_log: str | None = None
+) -> dict[str, float]:
     """Train `cfg` in `workdir` (resuming from its latest checkpoint), returning the final metrics.
 
     `data_log`, if given, is a local file each process appends one line per local batch to, with each row's
@@ -297,15 +313,15 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
     workdir_path = epath.Path(workdir)
     info = records.load_info(cfg.data.data_dir, cfg.data.dataset)
     apply_dataset_shape(cfg, info.num_pitches, info.num_states)
-    if info.num_states == 2 and cfg.data.transpose:
-        cfg.data.transpose = 0  # benchmark data: transposition would change what is measured
 
     mesh = sharding.make_mesh(cfg.mesh)
     dp = sharding.data_parallel_size(mesh)
     tcfg = cfg.train
     if tcfg.batch_size % (dp * tcfg.grad_accum) or tcfg.batch_size % jax.process_count():
-        raise TrainingError(f"--config.train.batch_size={tcfg.batch_size} must be divisible by data*fsdp={dp} "
-                            f"times grad_accum={tcfg.grad_accum} and by the {jax.process_count()} processes")
+        raise TrainingError(
+            f"--config.train.batch_size={tcfg.batch_size} must be divisible by data*fsdp={dp} "
+            f"times grad_accum={tcfg.grad_accum} and by the {jax.process_count()} processes"
+        )
     local_batch = tcfg.batch_size // jax.process_count()
 
     model = MusicTransformer(cfg.model)
@@ -314,14 +330,21 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
     resume_step = checkpointer.latest_step()
     if resume_step is not None:
         from musicgpt_jax.checkpoint import load_config_dict
+
         saved, _ = load_config_dict(workdir_path, resume_step)
         check_compatible(saved, cfg, workdir)
 
     state, state_shardings = create_train_state(model, tx, cfg, mesh)
     train_source = records.load_split(cfg.data.data_dir, cfg.data.dataset, "train")
-    dataset = pipeline.train_dataset(train_source, seq_len=cfg.model.max_len, batch_size=local_batch,
-                                     seed=cfg.data.seed, transpose=cfg.data.transpose,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
+    dataset = pipeline.train_dataset(
+        train_source,
+        seq_len=cfg.model.max_len,
+        batch_size=local_batch,
+        seed=cfg.data.seed,
+        transpose=cfg.data.transpose,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     data_iter = iter(dataset.to_iter_dataset())
     start_step = 0
     if resume_step is not None:
@@ -335,15 +358,22 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
     except (KeyError, ValueError, FileNotFoundError):
         val_source = []
 
-    train_step = jax.jit(make_train_step(model, tx, tcfg.grad_accum), in_shardings=(state_shardings, None),
-                         out_shardings=(state_shardings, None), donate_argnums=(0,))
+    train_step = jax.jit(
+        make_train_step(model, tx, tcfg.grad_accum),
+        in_shardings=(state_shardings, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
     eval_step = jax.jit(make_eval_step(model))
     num_params = count_params(state.params)
     flops_frame = flops_per_frame(cfg.model, num_params)
     from musicgpt_jax.hardware import peak_flops_per_device
+
     peak, peak_source = peak_flops_per_device()
-    _log(f"model: {num_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; {jax.device_count()} devices; "
-         f"MFU against the {peak_source} ({peak / 1e12:.2f} TFLOP/s per device)")
+    _log(
+        f"model: {num_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; {jax.device_count()} devices; "
+        f"MFU against the {peak_source} ({peak / 1e12:.2f} TFLOP/s per device)"
+    )
 
     writer = MetricsWriter(workdir_path, enabled=jax.process_index() == 0)
     stop = _StopFlag()
@@ -361,36 +391,54 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
     bar = None
     if progress and jax.process_index() == 0:
         from tqdm import tqdm
+
         bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", dynamic_ncols=True)
     last = {"loss": float("nan")}
     step = start_step
     window_start, window_frames = time.perf_counter(), 0.0
     out_of_time = False  # the time budget (train.max_seconds) is spent: evaluate, save and stop
+    terminated = False  # SIGTERM (preemption) on any process: save and stop
     try:
         with sharding.activate(mesh):
             while step < tcfg.steps:
                 local = next(data_iter)
                 if data_log is not None:
                     with open(data_log, "a") as f:
-                        f.write(" ".join(f"{int(s)}:{int(w)}" for s, w in
-                                         zip(local["source_index"], local["window_index"], strict=True)) + "\n")
+                        f.write(
+                            " ".join(
+                                f"{int(s)}:{int(w)}"
+                                for s, w in zip(local["source_index"], local["window_index"], strict=True)
+                            )
+                            + "\n"
+                        )
                 batch = global_batch({k: local[k] for k in ("inputs", "targets", "mask")}, mesh)
                 state, metrics = train_step(state, batch)
                 step += 1
                 window_frames += tcfg.batch_size * cfg.model.max_len
-                out_of_time = deadline is not None and _stop_requested(time.monotonic() > deadline)
-                stopping = out_of_time or _stop_requested(stop.requested)
+                # Multi-host: agree on stopping only at log steps, so there is no host sync on every step.
+                if jax.process_count() == 1 or step % tcfg.log_every == 0 or step == tcfg.steps:
+                    out_of_time, terminated = _agreed_flags(
+                        deadline is not None and time.monotonic() > deadline, stop.requested
+                    )
+                stopping = out_of_time or terminated
                 saving = step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stopping
                 if step % tcfg.log_every == 0 or step == tcfg.steps or saving:
                     loss = float(metrics["loss"])
                     if not math.isfinite(loss):
-                        raise TrainingError(f"step {step}: loss is {loss}; stopping without saving "
-                                            f"(last good checkpoint: step {checkpointer.latest_step()})")
+                        raise TrainingError(
+                            f"step {step}: loss is {loss}; stopping without saving "
+                            f"(last good checkpoint: step {checkpointer.latest_step()})"
+                        )
                     elapsed = time.perf_counter() - window_start
                     frames_per_s = window_frames / max(elapsed, 1e-9)
                     mfu = frames_per_s * flops_frame / (peak * jax.device_count())
-                    last = {"loss": loss, "grad_norm": float(metrics["grad_norm"]), "frames_per_s": frames_per_s,
-                            "mfu": mfu, "learning_rate": float(learning_rate_schedule(tcfg)(step))}
+                    last = {
+                        "loss": loss,
+                        "grad_norm": float(metrics["grad_norm"]),
+                        "frames_per_s": frames_per_s,
+                        "mfu": mfu,
+                        "learning_rate": float(learning_rate_schedule(tcfg)(step)),
+                    }
                     writer.write(step, last)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", fps=f"{frames_per_s:,.0f}", mfu=f"{mfu:.1%}")
@@ -398,10 +446,19 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
                 if bar is not None:
                     bar.update(1)
                 if val_source and (step % tcfg.eval_every == 0 or step == tcfg.steps or out_of_time):
-                    val_nll, _ = evaluate_split(state.params, eval_step, pipeline.eval_batches(
-                        val_source, seq_len=cfg.model.max_len, batch_size=local_batch,
-                        max_batches=tcfg.eval_batches, process_index=jax.process_index(),
-                        process_count=jax.process_count()), mesh)
+                    val_nll, _ = evaluate_split(
+                        state.params,
+                        eval_step,
+                        pipeline.eval_batches(
+                            val_source,
+                            seq_len=cfg.model.max_len,
+                            batch_size=local_batch,
+                            max_batches=tcfg.eval_batches,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count(),
+                        ),
+                        mesh,
+                    )
                     last["val_nll"] = val_nll
                     writer.write(step, {"val_nll": val_nll})
                     _log(f"step {step}: validation NLL {val_nll:.4f} nats/frame")
@@ -422,20 +479,11 @@ def train_and_evaluate(cfg: Config, workdir: str, *, progress: bool = True,
     return last
 
 
-def _stop_requested(flag: bool) -> bool:
-    """True when `flag` is set on any process, so that all processes stop at the same step."""
+def _agreed_flags(*flags: bool) -> tuple[bool, ...]:
+    """Each flag is True when it is set on any process, so that all processes stop at the same step."""
     if jax.process_count() == 1:
-        return flag
+        return tuple(bool(f) for f in flags)
     from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
-    return bool(np.max(flags))
 
-
-def model_config_from_dict(d: dict) -> ModelConfig:
-    return Config.from_dict({"model": d}).model
-
-
-def describe_sharding(state_shardings: Any) -> dict[str, str]:
-    """Path -> PartitionSpec string for every parameter (for logs and tests)."""
-    flat = jax.tree_util.tree_flatten_with_path(state_shardings.params)[0]
-    return {jax.tree_util.keystr(path): str(s.spec) for path, s in flat if isinstance(s, NamedSharding)}
+    gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
+    return tuple(bool(v) for v in np.max(np.asarray(gathered).reshape(-1, len(flags)), axis=0))

@@ -15,8 +15,12 @@ from musicgpt_jax.model import MusicTransformer
 REPO = Path(__file__).resolve().parents[1]
 
 # One layer 8192 wide with a 65536-wide MLP: ~1.9G parameters, 4 x 7 GiB of state and gradients on one chip.
-OVERSIZED = ["--config.model.num_layers=1", "--config.model.d_model=8192", "--config.model.mlp_dim=65536",
-             "--config.model.num_heads=8"]
+OVERSIZED = [
+    "--config.model.num_layers=1",
+    "--config.model.d_model=8192",
+    "--config.model.mlp_dim=65536",
+    "--config.model.num_heads=8",
+]
 
 
 def test_abstract_state_matches_the_state_training_creates():
@@ -57,27 +61,30 @@ def test_scanned_layers_are_counted_once_per_layer():
 
 def test_oversized_config_does_not_fit_one_line_nonzero_exit():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "musicgpt_jax.aot", "--config", "tiny", "--topology", "v5e:1x1",
-               "--json"]
+    command = [sys.executable, "-m", "musicgpt_jax.aot", "--config", "tiny", "--topology", "v5e:1x1", "--json"]
     proc = subprocess.run(command + OVERSIZED, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("aot: tiny on v5e:1x1: needs ") and lines[0].endswith(
-        "GiB per chip, the chip has 16 GiB — does not fit")
+        "GiB per chip, the chip has 16 GiB — does not fit"
+    )
     report = json.loads(proc.stdout)
     assert not report["fits"] and report["total_bytes"] > 16 * aot.GIB and report["num_params"] > 1e9
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--topology", "v9x:2x2"], "--topology v9x:2x2: expected GENERATION:SHAPE"),
-    (["--topology", "v5e"], "--topology v5e: expected GENERATION:SHAPE"),
-    (["--topology", "v5e:3x3"], "--topology v5e:3x3: INVALID_ARGUMENT"),
-    (["--config", "huge"], "--config huge: unknown preset"),
-    (["--config.model.widht=3"], "--config.model.widht: unknown key"),
-    (["--topology", "v5e:2x2", "--mesh", "data=3,fsdp=-1"], "--mesh data=3,fsdp=-1: 3 does not divide"),
-    (["--topology", "v5e:2x2", "--batch_size", "6"], "--batch_size 6 must be divisible by data*fsdp=4"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--topology", "v9x:2x2"], "--topology v9x:2x2: expected GENERATION:SHAPE"),
+        (["--topology", "v5e"], "--topology v5e: expected GENERATION:SHAPE"),
+        (["--topology", "v5e:3x3"], "--topology v5e:3x3: INVALID_ARGUMENT"),
+        (["--config", "huge"], "--config huge: unknown preset"),
+        (["--config.model.widht=3"], "--config.model.widht: unknown key"),
+        (["--topology", "v5e:2x2", "--mesh", "data=3,fsdp=-1"], "--mesh data=3,fsdp=-1: 3 does not divide"),
+        (["--topology", "v5e:2x2", "--batch_size", "6"], "--batch_size 6 must be divisible by data*fsdp=4"),
+    ],
+)
 def test_bad_arguments_are_one_line_and_exit_2(args, message, capsys):
     assert aot.main(args) == 2
     err = capsys.readouterr().err.strip()

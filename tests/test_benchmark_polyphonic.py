@@ -17,8 +17,12 @@ def load_benchmark_module():
 
 def test_best_validation_step(tmp_path):
     bench = load_benchmark_module()
-    lines = [{"step": 10, "loss": 9.0}, {"step": 50, "val_nll": 9.1}, {"step": 100, "val_nll": 8.4},
-             {"step": 150, "val_nll": 8.7}]
+    lines = [
+        {"step": 10, "loss": 9.0},
+        {"step": 50, "val_nll": 9.1},
+        {"step": 100, "val_nll": 8.4},
+        {"step": 150, "val_nll": 8.7},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     step, nll, history = bench.best_validation_step(tmp_path)
     assert (step, nll) == (100, 8.4) and len(history) == 3
@@ -30,9 +34,19 @@ def test_results_section_is_replaced_in_place(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "RESULTS_MD", tmp_path / "RESULTS.md")
     md = "# Results\n\n## Speed\n\nfast\n\n## Polyphonic benchmark\n\nold\n\n## Other\n\nkept\n"
     (tmp_path / "RESULTS.md").write_text(md)
-    result = {"set": "jsb_chorales", "test_nll": 8.123, "val_nll": 8.2, "command": "python benchmarks/polyphonic.py",
-              "budget_s": 600.0, "steps_reached": 400, "steps_planned": 450, "best_step": 350, "train_wall_s": 590.0,
-              "eval_wall_s": 9.0, "machine": "cpu"}
+    result = {
+        "set": "jsb_chorales",
+        "test_nll": 8.123,
+        "val_nll": 8.2,
+        "command": "python benchmarks/polyphonic.py",
+        "budget_s": 600.0,
+        "steps_reached": 400,
+        "steps_planned": 450,
+        "best_step": 350,
+        "train_wall_s": 590.0,
+        "eval_wall_s": 9.0,
+        "machine": "cpu",
+    }
     bench.write_results([result])
     text = (tmp_path / "RESULTS.md").read_text()
     assert "old" not in text and "fast" in text and "## Other\n\nkept" in text

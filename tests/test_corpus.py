@@ -57,9 +57,7 @@ def test_other_sets_have_their_published_sizes(file, sequences, frames):
 
 
 def test_benchmark_names_and_resolutions():
-    assert [
-        corpus.benchmark_name(POLY / f) for f in ("JSB_Chorales.mat", "Piano_midi.mat", "MuseData.mat")
-    ] == [
+    assert [corpus.benchmark_name(POLY / f) for f in ("JSB_Chorales.mat", "Piano_midi.mat", "MuseData.mat")] == [
         "jsb_chorales",
         "piano_midi",
         "musedata",

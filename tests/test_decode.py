@@ -12,16 +12,18 @@ from flax import linen as nn
 from musicgpt_jax import configs, decode, sharding
 from musicgpt_jax.model import CACHE_LOGICAL_AXES, MusicTransformer, sample_frame
 
-CFG = configs.ModelConfig(num_pitches=12, num_states=3, num_layers=2, d_model=32, num_heads=2, mlp_dim=64,
-                          max_len=8, dropout=0.0)
+CFG = configs.ModelConfig(
+    num_pitches=12, num_states=3, num_layers=2, d_model=32, num_heads=2, mlp_dim=64, max_len=8, dropout=0.0
+)
 
 
 def init_params(cfg: configs.ModelConfig, seed: int = 0, scale: float = 0.3):
     """Random parameters of the model's shapes, drawn in numpy (compiling `init` costs seconds on CPU).
 
     Weights well above the init scale make the logits differ clearly between contexts."""
-    shapes = jax.eval_shape(MusicTransformer(cfg).init, jax.random.key(0),
-                            jnp.zeros((1, 4, cfg.num_pitches), jnp.int32))["params"]
+    shapes = jax.eval_shape(
+        MusicTransformer(cfg).init, jax.random.key(0), jnp.zeros((1, 4, cfg.num_pitches), jnp.int32)
+    )["params"]
     rng = np.random.default_rng(seed)
     draw = lambda s: jnp.asarray(rng.normal(0.0, scale, s.shape), s.dtype)
     return jax.tree.map(draw, nn.meta.unbox(shapes))
@@ -44,7 +46,7 @@ def reference_logits(params, cfg, frames: np.ndarray, prefill_len: int) -> np.nd
     padded = np.pad(frames, ((0, 0), (0, cfg.max_len), (0, 0)))  # one window shape, one compile
     for start in np.unique(starts):
         # Causal: the logits at t over frames[start:start+max_len] are those of frames[start:t+1].
-        logits = np.asarray(forward(jnp.asarray(padded[:, start:start + cfg.max_len])))
+        logits = np.asarray(forward(jnp.asarray(padded[:, start : start + cfg.max_len])))
         steps = np.flatnonzero(starts == start)
         out[:, steps] = logits[:, steps - start]
     return out
@@ -78,7 +80,7 @@ def test_generation_continues_right_after_the_primer(params, primer_len):
     assert out.shape == (2, 20, CFG.num_pitches) and out.dtype == np.int32
     context = np.asarray(decode.context_of(jnp.asarray(primer), CFG.max_len))
     if primer_len + 1 > CFG.max_len:  # a primer longer than the context: its last window, no start frame
-        np.testing.assert_array_equal(context, primer[:, -CFG.max_len:])
+        np.testing.assert_array_equal(context, primer[:, -CFG.max_len :])
     else:
         np.testing.assert_array_equal(context[:, 1:], primer)
         assert not context[:, 0].any()
@@ -97,8 +99,7 @@ def test_generation_is_deterministic_and_compiles_once(params):
     traces = dict(decode.TRACE_COUNTS)
     b = np.asarray(decode.generate(params, CFG, primer, 20, jax.random.key(1)))
     c = np.asarray(decode.generate(params, CFG, primer + 0, 20, jax.random.key(2), temperature=0.7))
-    greedy = [np.asarray(decode.generate(params, CFG, primer, 20, jax.random.key(k), temperature=0.0))
-              for k in (3, 4)]
+    greedy = [np.asarray(decode.generate(params, CFG, primer, 20, jax.random.key(k), temperature=0.0)) for k in (3, 4)]
     np.testing.assert_array_equal(a, b)
     assert np.any(a != c)
     np.testing.assert_array_equal(*greedy)  # temperature 0 is argmax: the key does not matter
@@ -127,7 +128,8 @@ def test_sharded_cache_gives_the_same_logits_and_music(params):
     primer = frames[:, :5]
     np.testing.assert_array_equal(
         np.asarray(decode.generate(sharded_params, CFG, primer, 20, jax.random.key(5), mesh=mesh)),
-        np.asarray(decode.generate(params, CFG, primer, 20, jax.random.key(5))))
+        np.asarray(decode.generate(params, CFG, primer, 20, jax.random.key(5))),
+    )
 
 
 def test_bad_arguments_are_refused(params):
@@ -136,5 +138,11 @@ def test_bad_arguments_are_refused(params):
     with pytest.raises(ValueError, match="expected"):
         decode.generate(params, CFG, random_frames((1, 2, 5)), 4, jax.random.key(0))
     with pytest.raises(ValueError, match="divisible"):
-        decode.generate(params, CFG, random_frames((3, 2, CFG.num_pitches)), 4, jax.random.key(0),
-                        mesh=sharding.make_mesh("data=2,fsdp=2,tensor=2"))
+        decode.generate(
+            params,
+            CFG,
+            random_frames((3, 2, CFG.num_pitches)),
+            4,
+            jax.random.key(0),
+            mesh=sharding.make_mesh("data=2,fsdp=2,tensor=2"),
+        )

@@ -21,8 +21,9 @@ from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 from musicgpt_jax.train import train_and_evaluate
 
 JSB = SHARED / "polyphonic" / "JSB_Chorales.mat"
-TINY_MODEL = ModelConfig(num_pitches=88, num_states=2, num_layers=1, d_model=16, num_heads=2, mlp_dim=32,
-                         max_len=32, dropout=0.0)
+TINY_MODEL = ModelConfig(
+    num_pitches=88, num_states=2, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_len=32, dropout=0.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def reference_nll(params, cfg: ModelConfig, states: np.ndarray, context_start) -
     padded = np.concatenate([np.zeros((1, cfg.num_pitches), np.int32), states.astype(np.int32)])
     total = 0.0
     for t in range(1, states.shape[0] + 1):
-        inputs = padded[context_start(t):t][None]
+        inputs = padded[context_start(t) : t][None]
         logits, _ = model.apply({"params": params}, jnp.asarray(inputs))
         total -= float(frame_log_likelihood(logits[:, -1:], jnp.asarray(padded[t][None, None]))[0, 0])
     return total
@@ -133,18 +134,35 @@ def test_bad_sequences():
 @pytest.fixture(scope="module")
 def tiny_run(jsb_data, tmp_path_factory) -> str:
     workdir = tmp_path_factory.mktemp("run")
-    cfg = configs.resolve("jsb", ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64",
-                                  "model.max_len=32", "train.steps=2", "train.batch_size=8", "train.warmup_steps=1",
-                                  "train.eval_every=1000", "train.async_checkpoints=false"])
+    cfg = configs.resolve(
+        "jsb",
+        [
+            "model.num_layers=1",
+            "model.d_model=32",
+            "model.num_heads=2",
+            "model.mlp_dim=64",
+            "model.max_len=32",
+            "train.steps=2",
+            "train.batch_size=8",
+            "train.warmup_steps=1",
+            "train.eval_every=1000",
+            "train.async_checkpoints=false",
+        ],
+    )
     cfg.data.data_dir = jsb_data
     train_and_evaluate(cfg, str(workdir), progress=False)
     return str(workdir)
 
 
 def test_cli_prints_json(tiny_run, jsb_data):
-    out = subprocess.run([sys.executable, "-m", "musicgpt_jax.evaluate", "--workdir", tiny_run, "--batch_size", "8"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    out = subprocess.run(
+        [sys.executable, "-m", "musicgpt_jax.evaluate", "--workdir", tiny_run, "--batch_size", "8"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     info = records.load_info(jsb_data, "jsb_chorales")
@@ -159,11 +177,14 @@ def test_cli_library_matches(tiny_run, jsb_data):
     assert result["frames"] == 4602 and result["sequences"] == 76
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--split", "dev"], "--split 'dev': unknown split"),
-    (["--dataset", "nope"], "nope: no dataset here"),
-    (["--step", "7"], "no checkpoint at step 7"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--split", "dev"], "--split 'dev': unknown split"),
+        (["--dataset", "nope"], "nope: no dataset here"),
+        (["--step", "7"], "no checkpoint at step 7"),
+    ],
+)
 def test_cli_bad_input(tiny_run, jsb_data, capsys, args, needle):
     assert evaluate.main(["--workdir", tiny_run, "--data_dir", jsb_data, *args]) == 2
     err = capsys.readouterr().err
@@ -178,9 +199,21 @@ def test_cli_workdir_without_checkpoints(tmp_path, capsys):
 
 def test_train_time_budget(jsb_data, tmp_path):
     """train.max_seconds: the loop evaluates, saves and stops once the budget is spent."""
-    cfg = configs.resolve("jsb", ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64",
-                                  "model.max_len=32", "train.steps=50", "train.batch_size=8", "train.eval_every=1000",
-                                  "train.eval_batches=1", "train.max_seconds=0.001"])
+    cfg = configs.resolve(
+        "jsb",
+        [
+            "model.num_layers=1",
+            "model.d_model=32",
+            "model.num_heads=2",
+            "model.mlp_dim=64",
+            "model.max_len=32",
+            "train.steps=50",
+            "train.batch_size=8",
+            "train.eval_every=1000",
+            "train.eval_batches=1",
+            "train.max_seconds=0.001",
+        ],
+    )
     cfg.data.data_dir = jsb_data
     out = train_and_evaluate(cfg, str(tmp_path), progress=False)
     assert out["step"] == 1 and "val_nll" in out

@@ -25,9 +25,20 @@ from musicgpt_jax import records
 from musicgpt_jax import train as train_lib
 
 JSB = SHARED / "polyphonic" / "JSB_Chorales.mat"
-TINY = ["model.num_layers=2", "model.d_model=32", "model.num_heads=4", "model.mlp_dim=64", "model.max_len=32",
-        "model.dropout=0.0", "train.batch_size=8", "train.log_every=1", "train.eval_every=1000",
-        "train.eval_batches=1", "train.warmup_steps=2", "train.schedule_steps=50"]
+TINY = [
+    "model.num_layers=2",
+    "model.d_model=32",
+    "model.num_heads=4",
+    "model.mlp_dim=64",
+    "model.max_len=32",
+    "model.dropout=0.0",
+    "train.batch_size=8",
+    "train.log_every=1",
+    "train.eval_every=1000",
+    "train.eval_batches=1",
+    "train.warmup_steps=2",
+    "train.schedule_steps=50",
+]
 TIMEOUT_S = 600
 
 
@@ -46,15 +57,36 @@ def free_port() -> int:
 
 def launch(devices: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """train.py in a fresh process with `devices` fake CPU devices."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
-           **(env or {})}
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def train_args(workdir: Path, data_dir: str, steps: int, data_log: Path) -> list[str]:
-    return ["--config", "jsb", "--workdir", str(workdir), "--data_dir", data_dir, "--steps", str(steps),
-            "--no_progress", "--data_log", str(data_log), *[f"--config.{o}" for o in TINY]]
+    return [
+        "--config",
+        "jsb",
+        "--workdir",
+        str(workdir),
+        "--data_dir",
+        data_dir,
+        "--steps",
+        str(steps),
+        "--no_progress",
+        "--data_log",
+        str(data_log),
+        *[f"--config.{o}" for o in TINY],
+    ]
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -83,9 +115,19 @@ def batches(log: Path) -> list[list[str]]:
 def test_two_processes_then_one_resumes_like_an_uninterrupted_run(jsb_data, tmp_path):
     port = free_port()
     shared, straight = tmp_path / "two_then_one", tmp_path / "straight"
-    workers = [launch(2, *train_args(shared, jsb_data, 4, tmp_path / "two.log"),
-                      "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i))
-               for i in range(2)]
+    workers = [
+        launch(
+            2,
+            *train_args(shared, jsb_data, 4, tmp_path / "two.log"),
+            "--coordinator_address",
+            f"127.0.0.1:{port}",
+            "--num_processes",
+            "2",
+            "--process_id",
+            str(i),
+        )
+        for i in range(2)
+    ]
     reference = launch(4, *train_args(straight, jsb_data, 8, tmp_path / "one.log"))
     errors = [finish(p) for p in workers]
     finish(reference)
@@ -112,18 +154,38 @@ def test_two_processes_then_one_resumes_like_an_uninterrupted_run(jsb_data, tmp_
     assert batches(tmp_path / "resumed.log.process_0") == single[4:]
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["--num_processes", "2"], {}, "multi-host needs all of --coordinator_address"),
-    (["--coordinator_address", "127.0.0.1:{port}", "--num_processes", "2", "--process_id", "3"], {},
-     "--process_id 3 is not in [0, --num_processes 2)"),
-    (["--coordinator_address", "127.0.0.1:{port}", "--num_processes", "2", "--process_id", "1"],
-     {"MUSICGPT_INIT_TIMEOUT": "5"}, "could not reach the coordinator at 127.0.0.1:"),
-], ids=["missing_coordinator", "process_id_out_of_range", "unreachable_coordinator"])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--num_processes", "2"], {}, "multi-host needs all of --coordinator_address"),
+        (
+            ["--coordinator_address", "127.0.0.1:{port}", "--num_processes", "2", "--process_id", "3"],
+            {},
+            "--process_id 3 is not in [0, --num_processes 2)",
+        ),
+        (
+            ["--coordinator_address", "127.0.0.1:{port}", "--num_processes", "2", "--process_id", "1"],
+            {"MUSICGPT_INIT_TIMEOUT": "5"},
+            "could not reach the coordinator at 127.0.0.1:",
+        ),
+    ],
+    ids=["missing_coordinator", "process_id_out_of_range", "unreachable_coordinator"],
+)
 def test_bad_multihost_settings_fail_fast_with_one_line(tmp_path, args, env, message):
     port = free_port()  # nothing listens on it
     start = time.monotonic()
-    proc = launch(2, "--workdir", str(tmp_path), "--data_dir", str(tmp_path), "--steps", "1", "--no_progress",
-                  *[a.format(port=port) for a in args], env=env)
+    proc = launch(
+        2,
+        "--workdir",
+        str(tmp_path),
+        "--data_dir",
+        str(tmp_path),
+        "--steps",
+        "1",
+        "--no_progress",
+        *[a.format(port=port) for a in args],
+        env=env,
+    )
     try:
         _, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:

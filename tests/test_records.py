@@ -50,9 +50,7 @@ def mixed(tmp_path_factory):
     (tmp / "in").mkdir()
     for sub in ("real", "edge"):
         (tmp / "in" / sub).symlink_to(MIDI / sub)
-    result = records.build_midi_dataset(
-        tmp / "in", tmp / "out", "mixed", workers=2, max_frames=30_000, progress=False
-    )
+    result = records.build_midi_dataset(tmp / "in", tmp / "out", "mixed", workers=2, max_frames=30_000, progress=False)
     return tmp / "out", result
 
 
@@ -80,18 +78,14 @@ def test_every_input_is_accounted_for(mixed):
     assert status["edge/jazzsoft_test-empty.mid"]["reason"] == "no notes"
     assert status["edge/jazzsoft_test-all-gm-percussion.mid"]["reason"] == "no notes"  # drums dropped
     assert status["real/miditok_Maestro_6.mid"]["reason"] == "too long"  # 37,473 frames > 30,000
-    assert all(
-        status[p]["status"] == "converted" for p in inputs if p.startswith("real/") and "Maestro_6" not in p
-    )
+    assert all(status[p]["status"] == "converted" for p in inputs if p.startswith("real/") and "Maestro_6" not in p)
 
     converted = [e for e in manifest if e["status"] == "converted"]
     info = records.load_info(str(data_dir), "mixed")
     assert (info.num_pitches, info.num_states, info.lowest_pitch, info.steps_per_quarter) == (128, 3, 0, 8)
     for split in records.SPLITS:
         in_split = [e for e in converted if e["split"] == split]
-        assert (
-            info.split_sizes[split] == len(records.load_split(str(data_dir), "mixed", split)) == len(in_split)
-        )
+        assert info.split_sizes[split] == len(records.load_split(str(data_dir), "mixed", split)) == len(in_split)
         assert info.split_frames[split] == sum(e["frames"] for e in in_split)
     assert result.card["frames"] == sum(e["frames"] for e in converted)
 
@@ -101,9 +95,7 @@ def test_records_equal_what_the_codec_produces(mixed):
     items = read_split_by_name(data_dir, "mixed")
     converted = [e for e in read_manifest(result.path) if e["status"] == "converted"]
     assert sorted(items) == sorted(e["path"] for e in converted)
-    sample = [e for e in converted if e["path"].startswith("edge/")] + converted[
-        ::6
-    ]  # decoding all takes 20 s
+    sample = [e for e in converted if e["path"].startswith("edge/")] + converted[::6]  # decoding all takes 20 s
     for entry in sample:
         frames = midi_to_frames(MIDI / entry["path"])
         item = items[entry["path"]]
@@ -152,12 +144,8 @@ def test_same_inputs_give_identical_shards_and_adding_files_moves_none(tmp_path)
 
 
 def test_a_file_past_its_time_limit_is_skipped_and_the_run_goes_on(tmp_path):
-    folder = link_folder(
-        tmp_path / "in", [MIDI / "real/miditok_Maestro_6.mid", MIDI / "real/nott_ashover1.mid"]
-    )
-    result = records.build_midi_dataset(
-        folder, tmp_path / "out", "t", workers=1, timeout_s=0.2, progress=False
-    )
+    folder = link_folder(tmp_path / "in", [MIDI / "real/miditok_Maestro_6.mid", MIDI / "real/nott_ashover1.mid"])
+    result = records.build_midi_dataset(folder, tmp_path / "out", "t", workers=1, timeout_s=0.2, progress=False)
     status = {e["path"]: e for e in read_manifest(result.path)}
     assert status["miditok_Maestro_6.mid"]["reason"] == "timed out"  # takes about 0.6 s
     assert status["nott_ashover1.mid"]["status"] == "converted"
@@ -185,6 +173,7 @@ def test_gs_data_dir_goes_through_epath():
     """A gs:// data dir reaches the storage layer intact (pathlib would turn it into "gs:/bucket/...")."""
     try:
         import gcsfs  # noqa: F401
+
         pytest.skip("gcsfs is installed: this would reach the network")
     except ImportError:
         pass
@@ -220,9 +209,7 @@ def test_an_interrupted_build_never_reads_as_a_dataset(mixed, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert list(tmp_path.glob(".cut.incomplete-*")), "the build ended before it could be interrupted"
-    with pytest.raises(
-        records.DatasetNotFoundError, match=r"cut: no dataset here; run: python data/prepare.py"
-    ):
+    with pytest.raises(records.DatasetNotFoundError, match=r"cut: no dataset here; run: python data/prepare.py"):
         records.load_info(str(tmp_path), "cut")
     with pytest.raises(records.DatasetNotFoundError):
         records.load_split(str(tmp_path), "cut", "train")

@@ -25,8 +25,10 @@ _spec = importlib.util.spec_from_file_location("sample_cli", REPO / "sample.py")
 sample_cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sample_cli)
 
-SUMMARY = re.compile(r"^sample_\d\d: \d+ notes, [\d.]+ s, ([\d.]+%|n/a) silent frames, "
-                     r"longest silence [\d.]+ bars$")
+SUMMARY = re.compile(
+    r"^sample_\d\d: \d+ notes, [\d.]+ s, ([\d.]+%|n/a) silent frames, "
+    r"longest silence [\d.]+ bars$"
+)
 
 
 def save_checkpoints(workdir: Path, model: configs.ModelConfig, dataset: str, steps=(1, 2)) -> None:
@@ -34,15 +36,21 @@ def save_checkpoints(workdir: Path, model: configs.ModelConfig, dataset: str, st
     cfg = configs.Config(model=model)
     cfg.data.data_dir, cfg.data.dataset = str(workdir / "no-records"), dataset
     tx = make_optimizer(cfg.train)
-    boxed = jax.eval_shape(MusicTransformer(model).init, jax.random.key(0),
-                           jnp.zeros((1, 4, model.num_pitches), jnp.int32))["params"]
+    boxed = jax.eval_shape(
+        MusicTransformer(model).init, jax.random.key(0), jnp.zeros((1, 4, model.num_pitches), jnp.int32)
+    )["params"]
     checkpointer = Checkpointer(workdir, async_save=False)
     for step in steps:
         rng = np.random.default_rng(step)
-        params = jax.tree.map(lambda s, rng=rng: jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype),
-                              nn.meta.unbox(boxed))
-        state = TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=tx.init(params),
-                           rng=jax.random.key_data(jax.random.PRNGKey(0)))
+        params = jax.tree.map(
+            lambda s, rng=rng: jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype), nn.meta.unbox(boxed)
+        )
+        state = TrainState(
+            step=jnp.asarray(step, jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(jax.random.PRNGKey(0)),
+        )
         checkpointer.save(step, state, data_state={}, config=cfg.to_dict())
     checkpointer.close()
 
@@ -63,7 +71,7 @@ def primer_file(path: Path, num_frames: int) -> Path:
     states[:, 48], states[0, 48], velocities[0, 48] = HOLD, ONSET, 40
     for k, onset in enumerate(range(0, num_frames, 8)):
         pitch = (60, 64, 67, 72)[k % 4]
-        states[onset:onset + 8, pitch] = HOLD
+        states[onset : onset + 8, pitch] = HOLD
         states[onset, pitch] = ONSET
         velocities[onset, pitch] = 50 + k
     write_midi(Frames(states, velocities, tempos=((0, 100.0),)), path)
@@ -105,13 +113,18 @@ def assert_decodes_back(path: Path, frames: Frames) -> None:
 def test_same_seed_same_midi_other_seed_or_step_other_music(run_dir, tmp_path, capsys):
     def midi_bytes(name: str, *flags: str) -> list[bytes]:
         out = tmp_path / name
-        code, stdout, _ = run_cli(["--workdir", str(run_dir), "--out", str(out), "--num_samples", "2",
-                                   "--bars", "1", *flags], capsys)
+        code, stdout, _ = run_cli(
+            ["--workdir", str(run_dir), "--out", str(out), "--num_samples", "2", "--bars", "1", *flags], capsys
+        )
         assert code == 0
         lines = stdout.strip().splitlines()
         assert len(lines) == 2 and all(SUMMARY.match(line) for line in lines), stdout
         assert sorted(p.name for p in out.iterdir() if p.suffix != ".wav") == [
-            "sample_00.mid", "sample_00.png", "sample_01.mid", "sample_01.png"]
+            "sample_00.mid",
+            "sample_00.png",
+            "sample_01.mid",
+            "sample_01.png",
+        ]
         return [(out / f"sample_0{i}.mid").read_bytes() for i in range(2)]
 
     first = midi_bytes("a", "--seed", "0")
@@ -142,9 +155,15 @@ def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
     primer_states, primer_velocities = on_grid(primer, grid)
 
     def run(include: bool) -> list[sampling.Sample]:
-        options = sampling.SampleOptions(workdir=str(run_dir), out=str(tmp_path / f"out{include}"),
-                                         num_samples=2, bars=1, prime=str(primer), prime_bars=1,
-                                         include_prime=include)
+        options = sampling.SampleOptions(
+            workdir=str(run_dir),
+            out=str(tmp_path / f"out{include}"),
+            num_samples=2,
+            bars=1,
+            prime=str(primer),
+            prime_bars=1,
+            include_prime=include,
+        )
         return sampling.sample_run(options, log=lambda _: None)
 
     without, with_prime = run(False), run(True)
@@ -171,9 +190,19 @@ def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
 
 def test_primer_longer_than_the_context_is_cut_to_its_last_window(run_dir, tmp_path, capsys):
     primer = primer_file(tmp_path / "long.mid", 124)  # 4 bars less 4 steps, the context is 32 frames
-    samples = sampling.sample_run(sampling.SampleOptions(
-        workdir=str(run_dir), out=str(tmp_path / "out"), num_samples=2, bars=1, prime=str(primer),
-        prime_bars=4, include_prime=True, bpm=90), log=lambda _: None)
+    samples = sampling.sample_run(
+        sampling.SampleOptions(
+            workdir=str(run_dir),
+            out=str(tmp_path / "out"),
+            num_samples=2,
+            bars=1,
+            prime=str(primer),
+            prime_bars=4,
+            include_prime=True,
+            bpm=90,
+        ),
+        log=lambda _: None,
+    )
     states, _ = on_grid(primer, sampling.Grid(8, 0, 128, 3))
     assert "context" in capsys.readouterr().err
     for sample in samples:
@@ -185,11 +214,18 @@ def test_primer_longer_than_the_context_is_cut_to_its_last_window(run_dir, tmp_p
 
 def test_benchmark_model_uses_its_own_grid(tmp_path):
     workdir = tmp_path / "jsb"
-    save_checkpoints(workdir, configs.ModelConfig(num_pitches=88, num_states=2, num_layers=1, d_model=32,
-                                                  num_heads=2, mlp_dim=64, max_len=16, dropout=0.0),
-                     "jsb_chorales", steps=(5,))
-    [sample] = sampling.sample_run(sampling.SampleOptions(workdir=str(workdir), out=str(tmp_path / "out"),
-                                                          num_samples=1, bars=2), log=lambda _: None)
+    save_checkpoints(
+        workdir,
+        configs.ModelConfig(
+            num_pitches=88, num_states=2, num_layers=1, d_model=32, num_heads=2, mlp_dim=64, max_len=16, dropout=0.0
+        ),
+        "jsb_chorales",
+        steps=(5,),
+    )
+    [sample] = sampling.sample_run(
+        sampling.SampleOptions(workdir=str(workdir), out=str(tmp_path / "out"), num_samples=1, bars=2),
+        log=lambda _: None,
+    )
     frames = sample.frames
     assert (frames.steps_per_quarter, frames.lowest_pitch, frames.num_states) == (1, 21, 2)  # quarter notes
     assert frames.num_frames == 8 and frames.num_pitches == 88
@@ -209,8 +245,18 @@ def test_no_arguments_sample_runs_default_into_samples(run_dir, tmp_path, monkey
     assert frames.num_frames <= 8 * 32  # 8 bars of 4/4 at 8 steps per quarter
 
 
-@pytest.mark.parametrize("case", ["no_checkpoints", "missing_step", "zero_bars", "not_a_number",
-                                  "unreadable_primer", "note_free_primer", "missing_primer"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no_checkpoints",
+        "missing_step",
+        "zero_bars",
+        "not_a_number",
+        "unreadable_primer",
+        "note_free_primer",
+        "missing_primer",
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(case, run_dir, tmp_path, capsys):
     empty_midi = tmp_path / "empty.mid"
     write_midi(Frames(np.zeros((0, 128)), np.zeros((0, 128))), empty_midi)
@@ -248,8 +294,9 @@ def test_a_failure_while_writing_leaves_out_untouched(run_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(sampling.pianoroll, "draw_piano_roll", draw_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        sampling.sample_run(sampling.SampleOptions(workdir=str(run_dir), out=str(out), num_samples=2, bars=1),
-                            log=lambda _: None)
+        sampling.sample_run(
+            sampling.SampleOptions(workdir=str(run_dir), out=str(out), num_samples=2, bars=1), log=lambda _: None
+        )
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

