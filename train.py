@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+from musicgpt_jax import configs
+
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
@@ -40,12 +42,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--data_log", help=argparse.SUPPRESS)  # diagnostic: FILE.process_I gets each batch's rows
     args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for item in rest:
-        if not item.startswith("--config."):
-            parser.error(f"unrecognized argument: {item}")
-        overrides.append(item[len("--config.") :])
-    return args, overrides
+    try:
+        return args, configs.split_overrides(rest)
+    except configs.ConfigError as error:
+        parser.error(str(error))
 
 
 def _dataset_ready(records, data_dir: str, name: str) -> bool:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: {error}", file=sys.stderr)
         return 2
 
-    from musicgpt_jax import configs, records
+    from musicgpt_jax import records
     from musicgpt_jax.checkpoint import CheckpointError
     from musicgpt_jax.sharding import MeshError
     from musicgpt_jax.train import TrainingError, train_and_evaluate

@@ -326,12 +326,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--batch_size", type=int, help="global batch (default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args, rest = parser.parse_known_args(list(argv))
-    overrides = []
-    for item in rest:
-        if not item.startswith("--config."):
-            parser.error(f"unrecognized argument: {item}")
-        overrides.append(item[len("--config.") :])
-    return args, overrides
+    try:
+        return args, configs.split_overrides(rest)
+    except configs.ConfigError as error:
+        parser.error(str(error))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

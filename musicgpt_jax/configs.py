@@ -273,6 +273,16 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         raise ConfigError(f"--config.{key}: expected {kind.__name__}, got {value!r}") from None
 
 
+def split_overrides(extra_args: Sequence[str]) -> list[str]:
+    """`--config.SECTION.FIELD=VALUE` command-line words -> "SECTION.FIELD=VALUE"; anything else is an error."""
+    overrides = []
+    for item in extra_args:
+        if not item.startswith("--config."):
+            raise ConfigError(f"unrecognized argument: {item}")
+        overrides.append(item[len("--config.") :])
+    return overrides
+
+
 def resolve(name_or_path: str = "tiny", overrides: Sequence[str] = ()) -> Config:
     """A preset name or a JSON config path, then `section.field=value` overrides applied in order."""
     if name_or_path in PRESETS:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -42,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musicgpt_jax import train
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 
@@ -137,24 +137,6 @@ def evaluate_nll(
     }
 
 
-def restore_params(workdir: str, cfg: Config, step: int) -> Any:
-    """The parameters of checkpoint `step` on one device (the optimizer state is read and dropped)."""
-    from musicgpt_jax import sharding, train
-    from musicgpt_jax.checkpoint import Checkpointer
-
-    mesh = sharding.make_mesh("", devices=jax.devices()[:1])
-    model, tx = MusicTransformer(cfg.model), train.make_optimizer(cfg.train)
-    shapes = jax.eval_shape(lambda: train.create_train_state(model, tx, cfg, mesh)[0])
-    on_device = sharding.replicated(mesh)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_device), shapes)
-    checkpointer = Checkpointer(os.path.abspath(workdir), read_only=True, async_save=False)  # Orbax: absolute
-    try:
-        state, _, _ = checkpointer.restore(target, step)
-    finally:
-        checkpointer.close()
-    return state.params
-
-
 def evaluate_run(
     workdir: str,
     step: int | None = None,
@@ -171,7 +153,7 @@ def evaluate_run(
 
     if split not in SPLITS:
         raise EvaluationError(f"--split {split!r}: unknown split (known: {', '.join(SPLITS)})")
-    config_dict, step = load_config_dict(os.path.abspath(workdir), step)
+    config_dict, step = load_config_dict(workdir, step)
     cfg = Config.from_dict(config_dict)
     data_dir = data_dir or cfg.data.data_dir
     dataset = dataset or cfg.data.dataset
@@ -184,7 +166,7 @@ def evaluate_run(
     if not info.split_sizes.get(split):
         raise EvaluationError(f"--split {split}: dataset {dataset} in {data_dir} has no sequences in it")
     sequences = records.load_split(data_dir, dataset, split)
-    params = restore_params(workdir, cfg, step)
+    params = train.restore_params(workdir, cfg, step)
     result = evaluate_nll(params, cfg.model, [sequences[i] for i in range(len(sequences))], batch_size, stride)
     return {
         **result,

@@ -27,13 +27,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 
-from musicgpt_jax import decode, pianoroll, sharding, stats
-from musicgpt_jax.checkpoint import Checkpointer, CheckpointError, load_config_dict
+from musicgpt_jax import decode, pianoroll, stats, train
+from musicgpt_jax.checkpoint import CheckpointError, load_config_dict
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frames import (
     HOLD,
@@ -124,24 +123,6 @@ def load_config(workdir: str, step: int | None = None) -> tuple[Config, int]:
     """The config saved with the workdir's latest checkpoint (or `step`'s), and that step."""
     config_dict, step = load_config_dict(workdir, step)
     return Config.from_dict(config_dict), step
-
-
-def restore_params(workdir: str, cfg: Config, step: int) -> Any:
-    """The parameters of checkpoint `step`, on one device (the optimizer state is read and dropped)."""
-    from musicgpt_jax import train
-    from musicgpt_jax.model import MusicTransformer
-
-    mesh = sharding.make_mesh("", devices=jax.devices()[:1])
-    model, tx = MusicTransformer(cfg.model), train.make_optimizer(cfg.train)
-    shapes = jax.eval_shape(lambda: train.create_train_state(model, tx, cfg, mesh)[0])
-    on_device = sharding.replicated(mesh)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_device), shapes)
-    checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
-    try:
-        state, _, _ = checkpointer.restore(target, step)
-    finally:
-        checkpointer.close()
-    return state.params
 
 
 def grid_of(cfg: Config) -> Grid:
@@ -346,7 +327,7 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
             )
     steps_per_bar = primer.steps_per_bar if primer else 4 * grid.steps_per_quarter
     num_frames = num_frames_of(options, steps_per_bar)
-    params = restore_params(options.workdir, cfg, step)
+    params = train.restore_params(options.workdir, cfg, step)
     prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
     batch = np.broadcast_to(prime_states, (options.num_samples, *prime_states.shape))
     generated = np.asarray(

@@ -125,6 +125,21 @@ def abstract_train_state(
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings)
 
 
+def restore_params(workdir: str, cfg: Config, step: int | None = None) -> Any:
+    """The parameters of a checkpoint (the latest, or `step`) on one device; the optimizer state is dropped."""
+    from musicgpt_jax.checkpoint import Checkpointer
+
+    mesh = sharding.make_mesh("", devices=jax.devices()[:1])
+    model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
+    target = abstract_train_state(train_state_shardings(model, tx, cfg, mesh), model, tx, cfg)
+    checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
+    try:
+        state, _, _ = checkpointer.restore(target, step)
+    finally:
+        checkpointer.close()
+    return state.params
+
+
 def make_train_step(model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int) -> Callable:
     """train_step(state, batch) -> (state, metrics); `batch` leaves are (global_batch, ...)."""
 
