@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, SHARED
+from conftest import JSB, REPO
 from flax import linen as nn
 
 from musicgpt_jax import configs, corpus, evaluate, records
@@ -20,7 +20,6 @@ from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 from musicgpt_jax.train import train_and_evaluate
 
-JSB = SHARED / "polyphonic" / "JSB_Chorales.mat"
 TINY_MODEL = ModelConfig(
     num_pitches=88, num_states=2, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_len=32, dropout=0.0
 )
@@ -29,13 +28,6 @@ TINY_MODEL = ModelConfig(
 @pytest.fixture(scope="module")
 def jsb_test() -> list[np.ndarray]:
     return corpus.load_benchmark(JSB)["test"]
-
-
-@pytest.fixture(scope="module")
-def jsb_data(tmp_path_factory) -> str:
-    data_dir = tmp_path_factory.mktemp("records")
-    records.build_benchmark_dataset(JSB, data_dir)
-    return str(data_dir)
 
 
 def init_params(cfg: ModelConfig, seed: int = 0):

@@ -18,35 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED
+from conftest import REPO, TINY_OVERRIDES
 from etils import epath
 
-from musicgpt_jax import records
 from musicgpt_jax import train as train_lib
 
-JSB = SHARED / "polyphonic" / "JSB_Chorales.mat"
-TINY = [
-    "model.num_layers=2",
-    "model.d_model=32",
-    "model.num_heads=4",
-    "model.mlp_dim=64",
-    "model.max_len=32",
-    "model.dropout=0.0",
-    "train.batch_size=8",
-    "train.log_every=1",
-    "train.eval_every=1000",
-    "train.eval_batches=1",
-    "train.warmup_steps=2",
-    "train.schedule_steps=50",
-]
+TINY = [*TINY_OVERRIDES, "model.dropout=0.0", "train.eval_batches=1"]
 TIMEOUT_S = 600
-
-
-@pytest.fixture(scope="module")
-def jsb_data(tmp_path_factory) -> str:
-    data_dir = tmp_path_factory.mktemp("records")
-    records.build_benchmark_dataset(JSB, data_dir)
-    return str(data_dir)
 
 
 def free_port() -> int:

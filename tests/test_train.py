@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, SHARED
+from conftest import REPO, TINY_OVERRIDES
 from jax.sharding import PartitionSpec as P
 
 from musicgpt_jax import configs, pipeline, records, sharding
@@ -31,30 +31,9 @@ from musicgpt_jax.train import (
     train_and_evaluate,
 )
 
-JSB = SHARED / "polyphonic" / "JSB_Chorales.mat"
-TINY = [
-    "model.num_layers=2",
-    "model.d_model=32",
-    "model.num_heads=4",
-    "model.mlp_dim=64",
-    "model.max_len=32",
-    "train.batch_size=8",
-    "train.log_every=1",
-    "train.eval_every=1000",
-    "train.warmup_steps=2",
-    "train.schedule_steps=50",
-]
-
-
-@pytest.fixture(scope="session")
-def jsb_data(tmp_path_factory) -> str:
-    data_dir = tmp_path_factory.mktemp("records")
-    records.build_benchmark_dataset(JSB, data_dir)
-    return str(data_dir)
-
 
 def tiny_config(data_dir: str, *overrides: str) -> configs.Config:
-    cfg = configs.resolve("jsb", [*TINY, *overrides])
+    cfg = configs.resolve("jsb", [*TINY_OVERRIDES, *overrides])
     cfg.data.data_dir = data_dir
     return cfg
 
@@ -174,7 +153,7 @@ def run_train(workdir: Path, data_dir: str, *args: str, **popen) -> subprocess.P
         "--data_dir",
         data_dir,
         "--no_progress",
-        *[f"--config.{o}" for o in TINY],
+        *[f"--config.{o}" for o in TINY_OVERRIDES],
         *args,
     ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
