@@ -209,7 +209,7 @@ def jsb() -> Config:
 
 
 def nottingham() -> Config:
-    return _benchmark("nottingham", steps=2400, max_len=256, batch_size=16)  # ~1800 s on a 2-core CPU
+    return _benchmark("nottingham", steps=1200, max_len=256, batch_size=16)  # ~1800 s on a 2-core CPU
 
 
 def musedata() -> Config:
