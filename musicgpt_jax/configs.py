@@ -213,11 +213,11 @@ def nottingham() -> Config:
 
 
 def musedata() -> Config:
-    return _benchmark("musedata", steps=3000, max_len=256, batch_size=16)
+    return _benchmark("musedata", steps=1200, max_len=256, batch_size=16)
 
 
 def piano_midi() -> Config:
-    return _benchmark("piano_midi", steps=3000, max_len=256, batch_size=16)
+    return _benchmark("piano_midi", steps=1000, max_len=256, batch_size=16)
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
