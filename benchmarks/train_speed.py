@@ -2,54 +2,63 @@
 
     JAX_PLATFORMS=cpu python benchmarks/train_speed.py [--presets tiny small] [--steps 5] [--batch_size N]
     python benchmarks/train_speed.py --presets base --batch_size 0 --dtype bfloat16    # on a GPU / TPU
+    python benchmarks/train_speed.py --presets base base:model.remat=false,model.attention=xla \\
+        --batch_size 0 --dtype bfloat16 [--config.model.dropout=0]      # variants; overrides for all of them
 
-For each preset the real jitted train step (train.py's optimizer, shardings and donation, on one device) runs on
-a batch of random frames; FLOPs per step come from XLA's cost analysis of the compiled step. The matmul rate is
-measured in the same run (best of several float32 N×N products), so the ratio — the fraction of this machine's
-dense matmul speed the train step achieves, an MFU against a measured peak — is robust to a noisy machine.
-Goal: ≥ 0.5. `--batch_size` shrinks the preset's batch so that `small` finishes in a minute on a laptop CPU.
+For each preset the real jitted train step (`train.jit_train_step`: train.py's optimizer, shardings and donation,
+on one device) runs on a batch of random frames. Two FLOP counts per step are reported:
+- XLA: the cost analysis of the compiled step. It counts what is executed, remat recompute included, and does not
+  see inside fused custom calls (cuDNN attention).
+- model: nanoGPT's 6·N + 12·L·d·T per frame (`model.flops_per_frame`), the convention for MFU: no recompute.
+The matmul rate is measured in the same run (best of several N×N products in the compute dtype), so the ratio —
+the fraction of this machine's dense matmul speed the train step achieves — is robust to a noisy machine.
+Goal on CPU: ratio ≥ 0.5. On an accelerator MFU is model FLOP/s over the datasheet peak (goal ≥ 50% on an H100).
+`--batch_size` sets the batch (0: the preset's own); the CPU default of 16 keeps `small` to about a minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musicgpt_jax import configs, sharding
-from musicgpt_jax.hardware import measure_matmul_flops, peak_flops_per_device
-from musicgpt_jax.model import MusicTransformer
-from musicgpt_jax.train import create_train_state, global_batch, make_optimizer, make_train_step
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from musicgpt_jax import configs, sharding  # noqa: E402
+from musicgpt_jax.hardware import measure_matmul_flops, peak_flops_per_device  # noqa: E402
+from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame  # noqa: E402
+from musicgpt_jax.train import create_train_state, global_batch, jit_train_step, make_optimizer  # noqa: E402
 
 
-def measure(preset: str, batch_size: int | None, steps: int, dtype: str) -> dict:
-    cfg = configs.resolve(preset)
+def measure(variant: str, batch_size: int | None, steps: int, dtype: str, overrides: list[str]) -> dict:
+    """`variant` is PRESET or PRESET:section.field=value,... (applied after `overrides`)."""
+    preset, _, own = variant.partition(":")
+    cfg = configs.resolve(preset, [f"model.dtype={dtype}", *overrides, *filter(None, own.split(","))])
     if batch_size:
         cfg.train.batch_size = batch_size
-    cfg.model.dtype = dtype
     mesh = sharding.make_mesh("", jax.devices()[:1])
     model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
     state, shardings = create_train_state(model, tx, cfg, mesh)
+    num_params = count_params(state.params)
     b, t, p = cfg.train.batch_size, cfg.model.max_len, cfg.model.num_pitches
     rng = np.random.default_rng(0)
     frames = rng.integers(0, cfg.model.num_states, (b, t + 1, p)).astype(np.int32)
     batch = global_batch(
         {"inputs": frames[:, :-1], "targets": frames[:, 1:], "mask": np.ones((b, t), np.float32)}, mesh
     )
-    step = jax.jit(
-        make_train_step(model, tx, cfg.train.grad_accum),
-        in_shardings=(shardings, None),
-        out_shardings=(shardings, None),
-        donate_argnums=(0,),
-    )
+    step = jit_train_step(model, tx, cfg.train.grad_accum, shardings)
     with sharding.activate(mesh):
+        start = time.perf_counter()
         compiled = step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - start
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
-        flops = float(cost["flops"])
+        memory = compiled.memory_analysis()
         state, metrics = step(state, batch)  # warm-up
         jax.block_until_ready(metrics)
         times = []
@@ -59,46 +68,65 @@ def measure(preset: str, batch_size: int | None, steps: int, dtype: str) -> dict
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
     seconds = float(np.median(times))
+    temp_bytes = getattr(memory, "temp_size_in_bytes", 0) if memory is not None else 0
     return {
-        "preset": preset,
+        "variant": variant,
+        "params": num_params,
         "batch": b,
         "frames": t,
+        "compile_s": compile_s,
         "step_s": seconds,
         "frames_per_s": b * t / seconds,
-        "flops_per_step": flops,
-        "flop_rate": flops / seconds,
+        "xla_flops_per_step": float(cost.get("flops", 0.0)),
+        "model_flops_per_step": flops_per_frame(cfg.model, num_params) * b * t,
+        "temp_gib": temp_bytes / 2**30,
+        "loss": float(metrics["loss"]),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], help="PRESET or PRESET:key=value,...")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per preset (median reported)")
-    parser.add_argument("--batch_size", type=int, default=4, help="batch per step (0: the preset's own)")
+    parser.add_argument("--batch_size", type=int, default=16, help="batch per step (0: the preset's own)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
-    args = parser.parse_args()
-    size = 1024 if jax.devices()[0].platform == "cpu" else 8192  # big enough to reach a GPU's peak
-    matmul = measure_matmul_flops(size=size, dtype=jnp.dtype(args.dtype), repeats=10)
+    args, extra = parser.parse_known_args()
+    try:
+        overrides = configs.split_overrides(extra)
+    except configs.ConfigError as e:
+        sys.exit(f"train_speed: {e}")
     on_cpu = jax.devices()[0].platform == "cpu"
+    size = 1024 if on_cpu else 8192  # big enough to reach a GPU's peak
+    matmul = measure_matmul_flops(size=size, dtype=jnp.dtype(args.dtype), repeats=10)
     peak, source = (matmul, "the measured matmul rate") if on_cpu else peak_flops_per_device()
     print(
-        f"device: {jax.devices()[0].device_kind}; dense {args.dtype} {size}² matmul rate "
+        f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}; dense {args.dtype} {size}² matmul rate "
         f"{matmul / 1e12:.2f} TFLOP/s; peak {peak / 1e12:.1f} TFLOP/s ({source})"
+        + (f"; overrides: {' '.join(overrides)}" if overrides else ""),
+        flush=True,
     )
+    width = max(8, *map(len, args.presets))
     print(
-        f"{'preset':8} {'batch×frames':>13} {'step s':>8} {'frames/s':>10} {'GFLOP/step':>11} "
-        f"{'GFLOP/s':>9} {'ratio':>6}"
+        f"{'variant':{width}} {'params':>7} {'batch×frames':>13} {'compile s':>9} {'step s':>8} {'frames/s':>10} "
+        f"{'XLA GFLOP/s':>12} {'model GFLOP/s':>14} {'ratio':>6} {'MFU':>6} {'temp GiB':>8}",
+        flush=True,
     )
-    for preset in args.presets:
-        r = measure(preset, args.batch_size or None, args.steps, args.dtype)
+    for variant in args.presets:
+        try:
+            r = measure(variant, args.batch_size or None, args.steps, args.dtype, overrides)
+        except Exception as e:  # noqa: BLE001 - one variant out of memory must not hide the others
+            print(f"{variant:{width}} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
+            continue
+        xla_rate, model_rate = r["xla_flops_per_step"] / r["step_s"], r["model_flops_per_step"] / r["step_s"]
         print(
-            f"{preset:8} {r['batch']:>6}×{r['frames']:<6} {r['step_s']:8.3f} {r['frames_per_s']:10,.0f} "
-            f"{r['flops_per_step'] / 1e9:11.1f} {r['flop_rate'] / 1e9:9.1f} {r['flop_rate'] / matmul:6.2f}"
-            f"  MFU {r['flop_rate'] / peak:.1%}"
+            f"{variant:{width}} {r['params'] / 1e6:6.1f}M {r['batch']:>6}×{r['frames']:<6} {r['compile_s']:9.1f} "
+            f"{r['step_s']:8.3f} {r['frames_per_s']:10,.0f} {xla_rate / 1e9:12.1f} {model_rate / 1e9:14.1f} "
+            f"{xla_rate / matmul:6.2f} {model_rate / peak:6.1%} {r['temp_gib']:8.2f}",
+            flush=True,
         )
     print(
-        "ratio = the train step's FLOP rate / this machine's dense matmul rate, both measured in this run"
-        " (goal ≥ 0.5); MFU = FLOP rate / peak"
+        "ratio = XLA-counted FLOP rate of the train step / this machine's dense matmul rate, both measured in this "
+        "run (goal on CPU >= 0.5); MFU = model FLOP rate (6N + 12LdT per frame) / peak (goal >= 50% on an H100)"
     )
 
 

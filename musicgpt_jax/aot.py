@@ -195,12 +195,7 @@ def compile_train_step(cfg: Config, topology: str) -> AOTReport:
     abstract_state = train.abstract_train_state(state_shardings, model, tx, cfg)
     batch = abstract_batch(cfg, mesh)
     # As in train.train_and_evaluate: the same step function, shardings and donation, traced under the rules.
-    train_step = jax.jit(
-        train.make_train_step(model, tx, tcfg.grad_accum),
-        in_shardings=(state_shardings, None),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
-    )
+    train_step = train.jit_train_step(model, tx, tcfg.grad_accum, state_shardings)
     start = time.perf_counter()
     with sharding.activate(mesh):
         lowered = train_step.lower(abstract_state, batch)

@@ -31,7 +31,12 @@ class ModelConfig:
     rope_base: float = 10_000.0
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: bool = False
+    # What a rematerialised layer keeps for the backward pass, a `jax.checkpoint_policies` name:
+    # "nothing_saveable" (recompute the whole layer; least memory) or e.g. "dots_with_no_batch_dims_saveable".
+    remat_policy: str = "nothing_saveable"
     scan_layers: bool = False
+    # Attention kernel: "auto" (cuDNN's fused flash attention on a GPU in bf16/fp16, XLA elsewhere), "xla", "cudnn".
+    attention: str = "auto"
 
     @property
     def head_dim(self) -> int:
@@ -241,7 +246,13 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
     if parts[1] not in fields:
         raise ConfigError(f"--config.{dotted}: unknown key; {parts[0]} has: {', '.join(sorted(fields))}")
     current = getattr(section, parts[1])
-    setattr(section, parts[1], _coerce(dotted, value, type(current)))
+    value = _coerce(dotted, value, type(current))
+    if dotted in _CHOICES and value not in _CHOICES[dotted]:
+        raise ConfigError(f"--config.{dotted}: {value!r} is not one of {', '.join(_CHOICES[dotted])}")
+    setattr(section, parts[1], value)
+
+
+_CHOICES = {"model.attention": ("auto", "xla", "cudnn"), "model.dtype": ("float32", "bfloat16", "float16")}
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

@@ -61,6 +61,16 @@ def apply_rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def attention_implementation(cfg: ModelConfig) -> str | None:
+    """The `jax.nn.dot_product_attention` implementation for training-time (cache-free) attention."""
+    if cfg.attention not in ("auto", "xla", "cudnn"):
+        raise ValueError(f"model.attention={cfg.attention!r}: expected auto, xla or cudnn")
+    if cfg.attention != "auto":
+        return cfg.attention
+    fused_ok = cfg.dtype in ("bfloat16", "float16") and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128
+    return "cudnn" if fused_ok and jax.default_backend() == "gpu" else "xla"
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
@@ -82,7 +92,7 @@ class Attention(nn.Module):
 
         new_cache = None
         if layer_cache is None:
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=attention_implementation(cfg))
         else:
             k_all = jax.lax.dynamic_update_slice(
                 layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, cache_index, 0, 0)
@@ -194,7 +204,10 @@ class MusicTransformer(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         block = Block
         if cfg.remat:
-            block = nn.remat(block, static_argnums=(5,), prevent_cse=not cfg.scan_layers)
+            policy = getattr(jax.checkpoint_policies, cfg.remat_policy, None)
+            if policy is None:
+                raise ValueError(f"model.remat_policy={cfg.remat_policy!r}: not a jax.checkpoint_policies name")
+            block = nn.remat(block, static_argnums=(5,), prevent_cse=not cfg.scan_layers, policy=policy)
         if cfg.scan_layers:
             stack = nn.scan(
                 block,

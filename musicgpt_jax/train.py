@@ -178,6 +178,19 @@ def make_train_step(model: MusicTransformer, tx: optax.GradientTransformation, g
     return train_step
 
 
+def jit_train_step(
+    model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int, state_shardings: Any
+) -> Callable:
+    """The train step as training runs it: state sharded by the rule table (in and out) and donated.
+    Trace and call it inside `sharding.activate(mesh)`."""
+    return jax.jit(
+        make_train_step(model, tx, grad_accum),
+        in_shardings=(state_shardings, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+
 def make_eval_step(model: MusicTransformer) -> Callable:
     def eval_step(params, batch) -> dict:
         logits, _ = model.apply({"params": params}, batch["inputs"], deterministic=True)
@@ -373,12 +386,7 @@ def train_and_evaluate(
     except (KeyError, ValueError, FileNotFoundError):
         val_source = []
 
-    train_step = jax.jit(
-        make_train_step(model, tx, tcfg.grad_accum),
-        in_shardings=(state_shardings, None),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
-    )
+    train_step = jit_train_step(model, tx, tcfg.grad_accum, state_shardings)
     eval_step = jax.jit(make_eval_step(model))
     num_params = count_params(state.params)
     flops_frame = flops_per_frame(cfg.model, num_params)
