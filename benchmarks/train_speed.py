@@ -108,7 +108,7 @@ def main() -> None:
     width = max(8, *map(len, args.presets))
     print(
         f"{'variant':{width}} {'params':>7} {'batch×frames':>13} {'compile s':>9} {'step s':>8} {'frames/s':>10} "
-        f"{'XLA GFLOP/s':>12} {'model GFLOP/s':>14} {'ratio':>6} {'MFU':>6} {'temp GiB':>8}",
+        f"{'XLA TFLOP/s':>12} {'model TFLOP/s':>14} {'ratio':>6} {'MFU':>6} {'temp GiB':>8}",
         flush=True,
     )
     for variant in args.presets:
@@ -120,7 +120,7 @@ def main() -> None:
         xla_rate, model_rate = r["xla_flops_per_step"] / r["step_s"], r["model_flops_per_step"] / r["step_s"]
         print(
             f"{variant:{width}} {r['params'] / 1e6:6.1f}M {r['batch']:>6}×{r['frames']:<6} {r['compile_s']:9.1f} "
-            f"{r['step_s']:8.3f} {r['frames_per_s']:10,.0f} {xla_rate / 1e9:12.1f} {model_rate / 1e9:14.1f} "
+            f"{r['step_s']:8.3f} {r['frames_per_s']:10,.0f} {xla_rate / 1e12:12.3f} {model_rate / 1e12:14.3f} "
             f"{xla_rate / matmul:6.2f} {model_rate / peak:6.1%} {r['temp_gib']:8.2f}",
             flush=True,
         )

@@ -252,7 +252,16 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
     setattr(section, parts[1], value)
 
 
-_CHOICES = {"model.attention": ("auto", "xla", "cudnn"), "model.dtype": ("float32", "bfloat16", "float16")}
+_CHOICES = {
+    "model.attention": ("auto", "xla", "cudnn"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.remat_policy": (  # names in jax.checkpoint_policies
+        "nothing_saveable",
+        "dots_saveable",
+        "dots_with_no_batch_dims_saveable",
+        "everything_saveable",
+    ),
+}
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
