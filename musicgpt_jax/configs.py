@@ -28,6 +28,9 @@ class ModelConfig:
     mlp_dim: int = 768
     max_len: int = 256  # context window in frames (training crop and decode window)
     dropout: float = 0.1
+    # Training only: each (frame, pitch) input is hidden with this probability — its embedding vector is left out
+    # of the frame's sum, so the model must infer that note from context. 0 = off.
+    input_dropout: float = 0.0
     rope_base: float = 10_000.0
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: bool = False
@@ -65,6 +68,10 @@ class TrainConfig:
     b1: float = 0.9
     b2: float = 0.95
     clip_norm: float = 1.0
+    # Exponential moving average of the parameters, kept in the optimizer state; when > 0, validation, `evaluate`
+    # and `sample.py` use the average instead of the raw parameters. 0 = off. Its decay ramps up as
+    # min(ema_decay, (1 + step) / (10 + step)), so early averages are not dominated by the initialisation.
+    ema_decay: float = 0.0
     seed: int = 0
     eval_every: int = 200
     eval_batches: int = 8

@@ -168,7 +168,7 @@ class FrameEmbed(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, states: jax.Array) -> jax.Array:
+    def __call__(self, states: jax.Array, deterministic: bool = True) -> jax.Array:
         cfg = self.cfg
         table = self.param(
             "table",
@@ -177,6 +177,9 @@ class FrameEmbed(nn.Module):
             jnp.float32,
         )
         one_hot = jax.nn.one_hot(states, cfg.num_states, dtype=compute_dtype(cfg))
+        if cfg.input_dropout > 0 and not deterministic:
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.input_dropout, states.shape)
+            one_hot = one_hot * keep[..., None].astype(one_hot.dtype)
         return token_matmul(one_hot, table.astype(compute_dtype(cfg)), contract=2)
 
 
@@ -215,7 +218,7 @@ class MusicTransformer(nn.Module):
         cfg = self.cfg
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(states.shape[1]), states.shape[:2])
-        x = FrameEmbed(cfg, name="embed")(states)
+        x = FrameEmbed(cfg, name="embed")(states, deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         block = Block
         if cfg.remat:

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -62,11 +62,44 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     )
 
 
+class ParamsEmaState(NamedTuple):
+    count: jax.Array
+    ema: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+    """Last in a chain: passes the updates through and keeps an exponential moving average of the parameters
+    they produce, with the decay ramped up as min(decay, (1 + n) / (10 + n))."""
+
+    def init(params):
+        return ParamsEmaState(count=jnp.zeros((), jnp.int32), ema=jax.tree.map(jnp.copy, params))
+
+    def update(updates, state, params):
+        new_params = optax.apply_updates(params, updates)
+        rate = jnp.minimum(decay, (1.0 + state.count) / (10.0 + state.count))
+        ema = jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, state.ema, new_params)
+        return updates, ParamsEmaState(count=state.count + 1, ema=ema)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    return optax.chain(
+    parts = [
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=_decay_mask),
-    )
+    ]
+    if cfg.ema_decay > 0:
+        parts.append(params_ema(cfg.ema_decay))
+    return optax.chain(*parts)
+
+
+def evaluation_params(state: TrainState) -> Any:
+    """The parameters to evaluate and sample with: the moving average when the optimizer keeps one."""
+    found = [
+        x for x in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, ParamsEmaState))
+        if isinstance(x, ParamsEmaState)
+    ]  # fmt: skip
+    return found[0].ema if found else state.params
 
 
 def train_state_shardings(
@@ -126,7 +159,8 @@ def abstract_train_state(
 
 
 def restore_params(workdir: str, cfg: Config, step: int | None = None) -> Any:
-    """The parameters of a checkpoint (the latest, or `step`) on one device; the optimizer state is dropped."""
+    """The parameters of a checkpoint (the latest, or `step`) on one device — their moving average when training
+    kept one (`train.ema_decay`); the rest of the optimizer state is dropped."""
     from musicgpt_jax.checkpoint import Checkpointer
 
     mesh = sharding.make_mesh("", devices=jax.devices()[:1])
@@ -137,7 +171,7 @@ def restore_params(workdir: str, cfg: Config, step: int | None = None) -> Any:
         state, _, _ = checkpointer.restore(target, step)
     finally:
         checkpointer.close()
-    return state.params
+    return evaluation_params(state)
 
 
 def make_train_step(model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int) -> Callable:
@@ -470,7 +504,7 @@ def train_and_evaluate(
                     bar.update(1)
                 if val_source and (step % tcfg.eval_every == 0 or step == tcfg.steps or out_of_time):
                     val_nll, _ = evaluate_split(
-                        state.params,
+                        evaluation_params(state),
                         eval_step,
                         pipeline.eval_batches(
                             val_source,

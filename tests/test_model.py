@@ -64,3 +64,21 @@ def test_unknown_choices_are_refused_with_the_options(key):
 def test_every_offered_remat_policy_exists_in_jax():
     for name in configs._CHOICES["model.remat_policy"]:
         assert callable(getattr(jax.checkpoint_policies, name))
+
+
+def test_input_dropout_hides_notes_in_training_only(chorale_batch):
+    cfg = configs.ModelConfig(
+        num_pitches=88, num_states=2, num_layers=1, d_model=32, num_heads=4, mlp_dim=64, max_len=32, dropout=0.0,
+        input_dropout=1.0,
+    )  # fmt: skip
+    model = MusicTransformer(cfg)
+    frames = chorale_batch[:, :-1]
+    params = model.init(jax.random.key(0), frames)["params"]
+    plain = MusicTransformer(configs.ModelConfig(**{**cfg.__dict__, "input_dropout": 0.0}))
+    evaluated, _ = model.apply({"params": params}, frames)
+    np.testing.assert_array_equal(evaluated, plain.apply({"params": params}, frames)[0])  # evaluation: no effect
+    rngs = {"dropout": jax.random.key(1)}
+    hidden_a, _ = model.apply({"params": params}, frames, deterministic=False, rngs=rngs)
+    hidden_b, _ = model.apply({"params": params}, 1 - frames, deterministic=False, rngs=rngs)
+    np.testing.assert_allclose(hidden_a, hidden_b, atol=1e-6)  # every note hidden: the input no longer matters
+    assert not np.allclose(evaluated, hidden_a, atol=1e-3)

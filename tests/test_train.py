@@ -25,9 +25,11 @@ from musicgpt_jax.train import (
     TrainingError,
     abstract_train_state,
     create_train_state,
+    evaluation_params,
     global_batch,
     make_optimizer,
     make_train_step,
+    restore_params,
     train_and_evaluate,
 )
 
@@ -275,6 +277,10 @@ def test_incompatible_workdir_is_refused(jsb_data, tmp_path):
         train_and_evaluate(wider, str(tmp_path), progress=False)
 
 
+def trees_close(a, b) -> bool:
+    return all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
 def test_grad_accumulation_matches_one_big_batch(jsb_data):
     cfg = tiny_config(jsb_data, "model.dropout=0.0")
     source = records.load_split(jsb_data, "jsb_chorales", "train")
@@ -294,3 +300,34 @@ def test_grad_accumulation_matches_one_big_batch(jsb_data):
     assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-5)
     for a, b in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1]), strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
+def test_parameter_average_follows_its_recurrence_and_is_what_evaluation_uses(jsb_data, tmp_path):
+    decay = 0.9
+    cfg = tiny_config(jsb_data, f"train.ema_decay={decay}", "train.steps=4", "train.checkpoint_every=4")
+    source = records.load_split(jsb_data, "jsb_chorales", "train")
+    batches = pipeline.train_dataset(source, seq_len=32, batch_size=8, seed=1)
+    mesh = sharding.make_mesh("fsdp=8")  # the average is sharded like the parameters
+    model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
+    state, shardings = create_train_state(model, tx, cfg, mesh)
+    for ema_sharding, param_sharding in zip(
+        jax.tree.leaves(shardings.opt_state[-1].ema), jax.tree.leaves(shardings.params), strict=True
+    ):
+        assert ema_sharding == param_sharding
+    expected = jax.tree.map(np.asarray, state.params)
+    step = jax.jit(make_train_step(model, tx, 1))
+    with sharding.activate(mesh):
+        for n in range(4):
+            batch = {k: jnp.asarray(v) for k, v in batches[n].items() if k in ("inputs", "targets", "mask")}
+            state, _ = step(state, global_batch(batch, mesh))
+            rate = min(decay, (1 + n) / (10 + n))
+            expected = jax.tree.map(lambda e, p, r=rate: r * e + (1 - r) * np.asarray(p), expected, state.params)
+    average = evaluation_params(state)
+    for got, want in zip(jax.tree.leaves(average), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+    assert not trees_close(average, state.params)
+    # A trained workdir hands `evaluate` and `sample.py` the average, not the raw parameters.
+    train_and_evaluate(cfg, str(tmp_path), progress=False)
+    saved, _, _ = restore_state(tmp_path, cfg)
+    assert_trees_equal(restore_params(str(tmp_path), cfg), evaluation_params(saved))
+    assert not trees_close(saved.params, evaluation_params(saved))
