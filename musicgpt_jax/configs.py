@@ -38,6 +38,11 @@ class ModelConfig:
     # "nothing_saveable" (recompute the whole layer; least memory) or e.g. "dots_with_no_batch_dims_saveable".
     remat_policy: str = "nothing_saveable"
     scan_layers: bool = False
+    # Frame head: "independent" (per pitch, the next state's logits from the hidden state alone) or "nade" (the
+    # pitches of the next frame one after another, low to high, each given the hidden state and the states already
+    # chosen below it, through a NADE layer of `nade_hidden` units; Boulanger-Lewandowski et al. 2012).
+    head: str = "independent"
+    nade_hidden: int = 32
     # Attention kernel: "auto" (cuDNN's fused flash attention on a GPU in bf16/fp16, XLA elsewhere), "xla", "cudnn".
     attention: str = "auto"
 
@@ -261,6 +266,7 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
 
 _CHOICES = {
     "model.attention": ("auto", "xla", "cudnn"),
+    "model.head": ("independent", "nade"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.remat_policy": (  # names in jax.checkpoint_policies
         "nothing_saveable",

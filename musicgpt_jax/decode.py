@@ -99,7 +99,8 @@ def _slide(params: Any, cfg: ModelConfig, state: DecodeState) -> DecodeState:
 def decode_step(
     params: Any, cfg: ModelConfig, state: DecodeState, frame: jax.Array, mesh: Mesh | None = None
 ) -> tuple[jax.Array, DecodeState]:
-    """Feed one frame (B, P): (logits (B, P, S) of the frame after it, new state). Slides when full."""
+    """Feed one frame (B, P): (the head's output for the frame after it — logits (B, P, S) or the NADE context
+    (B, H) —, new state). Slides when full."""
     if state.window.shape[1] == cfg.max_len:  # a shorter cache is never full (see `prefill`)
         state = jax.lax.cond(state.index >= cfg.max_len, lambda s: _slide(params, cfg, s), lambda s: s, state)
         state = _constrain_state(state, mesh)
@@ -117,12 +118,14 @@ def _generate(params, primer, rng, temperature, *, cfg: ModelConfig, num_frames:
     context = _constrain(context_of(primer, cfg.max_len), mesh, ("batch", None, None))
     fed = context.shape[1] + num_frames - 1  # the last sampled frame is never fed
     logits, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed))
-    first = sample_frame(logits[:, -1], jax.random.fold_in(rng, 0), temperature, context[:, -1], cfg.num_states)
+    first = sample_frame(
+        logits[:, -1], jax.random.fold_in(rng, 0), temperature, context[:, -1], cfg.num_states, cfg, params
+    )
 
     def step(carry, t):
         state, frame = carry
         logits, state = decode_step(params, cfg, state, frame, mesh)
-        following = sample_frame(logits, jax.random.fold_in(rng, t), temperature, frame, cfg.num_states)
+        following = sample_frame(logits, jax.random.fold_in(rng, t), temperature, frame, cfg.num_states, cfg, params)
         return (state, following), following
 
     _, rest = jax.lax.scan(step, (state, first), jnp.arange(1, num_frames))

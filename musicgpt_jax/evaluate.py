@@ -80,8 +80,8 @@ def make_window_nll(model_cfg: ModelConfig) -> Callable:
 
     @jax.jit
     def window_nll(params, inputs, targets, mask):
-        logits, _ = model.apply({"params": params}, inputs, deterministic=True)
-        nll = -frame_log_likelihood(logits, targets)
+        out, _ = model.apply({"params": params}, inputs, deterministic=True)
+        nll = -frame_log_likelihood(out, targets, model_cfg, params)
         return jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1)
 
     return window_nll

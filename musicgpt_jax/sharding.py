@@ -34,6 +34,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("pitch", None),
     ("state", None),
+    ("nade", None),
     ("norm", None),
     ("layers", None),
     # decode cache

@@ -178,8 +178,8 @@ def make_train_step(model: MusicTransformer, tx: optax.GradientTransformation, g
     """train_step(state, batch) -> (state, metrics); `batch` leaves are (global_batch, ...)."""
 
     def loss_sums(params, micro, rng):
-        logits, _ = model.apply({"params": params}, micro["inputs"], deterministic=False, rngs={"dropout": rng})
-        return frame_nll(logits, micro["targets"], micro["mask"])
+        out, _ = model.apply({"params": params}, micro["inputs"], deterministic=False, rngs={"dropout": rng})
+        return frame_nll(out, micro["targets"], micro["mask"], model.cfg, params)
 
     grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
 
@@ -227,8 +227,8 @@ def jit_train_step(
 
 def make_eval_step(model: MusicTransformer) -> Callable:
     def eval_step(params, batch) -> dict:
-        logits, _ = model.apply({"params": params}, batch["inputs"], deterministic=True)
-        nll_sum, frames = frame_nll(logits, batch["targets"], batch["mask"])
+        out, _ = model.apply({"params": params}, batch["inputs"], deterministic=True)
+        nll_sum, frames = frame_nll(out, batch["targets"], batch["mask"], model.cfg, params)
         return {"nll_sum": nll_sum, "frames": frames}
 
     return eval_step
@@ -251,8 +251,10 @@ def check_compatible(saved: dict, cfg: Config, workdir: str) -> None:
     """A workdir's checkpoints must have been written by the same model shape."""
     saved_model = saved.get("model", {})
     ours = dataclasses.asdict(cfg.model)
-    shape_keys = ("num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers")
-    diffs = [f"{k}={saved_model.get(k)!r} (now {ours[k]!r})" for k in shape_keys if saved_model.get(k) != ours[k]]
+    shape_keys = ("num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers", "head")
+    defaults = dataclasses.asdict(type(cfg.model)())  # keys added since the checkpoint was written
+    saved_shape = {k: saved_model.get(k, defaults[k]) for k in shape_keys}
+    diffs = [f"{k}={saved_shape[k]!r} (now {ours[k]!r})" for k in shape_keys if saved_shape[k] != ours[k]]
     if diffs:
         raise TrainingError(
             f"{workdir}: holds checkpoints of an incompatible model: {', '.join(diffs)}; use another --workdir"

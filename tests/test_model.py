@@ -8,7 +8,14 @@ from conftest import JSB
 from flax import linen as nn
 
 from musicgpt_jax import configs, corpus
-from musicgpt_jax.model import MusicTransformer, attention_implementation, frame_nll
+from musicgpt_jax.model import (
+    MusicTransformer,
+    attention_implementation,
+    frame_log_likelihood,
+    frame_nll,
+    nade_logits,
+    sample_frame,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +89,69 @@ def test_input_dropout_hides_notes_in_training_only(chorale_batch):
     hidden_b, _ = model.apply({"params": params}, 1 - frames, deterministic=False, rngs=rngs)
     np.testing.assert_allclose(hidden_a, hidden_b, atol=1e-6)  # every note hidden: the input no longer matters
     assert not np.allclose(evaluated, hidden_a, atol=1e-3)
+
+
+def nade_model(num_pitches: int, num_states: int) -> tuple[configs.ModelConfig, dict]:
+    cfg = configs.ModelConfig(
+        num_pitches=num_pitches, num_states=num_states, num_layers=1, d_model=16, num_heads=2, mlp_dim=32,
+        max_len=8, dropout=0.0, head="nade", nade_hidden=8,
+    )  # fmt: skip
+    params = MusicTransformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4, num_pitches), jnp.int32))["params"]
+    # Larger output weights than the initialisation's, so that the conditionals differ visibly between frames.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 60 if "weights" in jax.tree_util.keystr(path) else x, nn.meta.unbox(params)
+    )
+    return cfg, params
+
+
+@pytest.mark.parametrize("num_states", [2, 3])
+def test_nade_head_probabilities_of_all_frames_sum_to_one(num_states):
+    cfg, params = nade_model(num_pitches=4, num_states=num_states)
+    history = jnp.asarray([[[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]]])[..., : cfg.num_pitches] % num_states
+    out, _ = MusicTransformer(cfg).apply({"params": params}, history)
+    frames = np.array(np.meshgrid(*[range(num_states)] * cfg.num_pitches, indexing="ij")).reshape(cfg.num_pitches, -1).T
+    for t in range(history.shape[1]):  # every position's distribution over the next frame is normalised
+        context = jnp.broadcast_to(out[:, t : t + 1], (1, len(frames), out.shape[-1]))
+        log_p = frame_log_likelihood(context, jnp.asarray(frames)[None], cfg, params)
+        assert float(jax.nn.logsumexp(log_p)) == pytest.approx(0.0, abs=1e-5)
+        assert float(jnp.exp(log_p).max()) < 0.9  # not a degenerate distribution
+
+
+def test_nade_sampler_draws_from_the_distribution_the_likelihood_scores():
+    cfg, params = nade_model(num_pitches=3, num_states=2)
+    out, _ = MusicTransformer(cfg).apply({"params": params}, jnp.asarray([[[1, 0, 1]]]))
+    context = out[:, -1]  # (1, H)
+    draws = 20_000
+    sample = jax.jit(
+        jax.vmap(lambda key: sample_frame(context, key, 1.0, jnp.zeros((1, 3), jnp.int32), 2, cfg, params)[0])
+    )
+    frames = np.asarray(sample(jax.random.split(jax.random.key(7), draws)))
+    codes = frames @ np.array([4, 2, 1])
+    observed = np.bincount(codes, minlength=8) / draws
+    every = np.array([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
+    expected = np.exp(
+        frame_log_likelihood(jnp.broadcast_to(context, (8, context.shape[-1])), jnp.asarray(every), cfg, params)
+    )
+    np.testing.assert_allclose(observed, expected, atol=4 * np.sqrt(0.25 / draws))
+    greedy = sample_frame(context, jax.random.key(0), 0.0, jnp.zeros((1, 3), jnp.int32), 2, cfg, params)
+    conditionals = nade_logits(params["head"], context, greedy)  # each pitch given the greedy choices below it
+    np.testing.assert_array_equal(np.argmax(conditionals, axis=-1), greedy)
+
+
+def test_nade_head_generates_through_the_decode_cache():
+    from musicgpt_jax import decode
+
+    cfg, params = nade_model(num_pitches=6, num_states=3)
+    primer = np.array([[[1, 0, 0, 1, 0, 0], [2, 0, 1, 2, 0, 0]]] * 2, np.int32)
+    frames = np.asarray(decode.generate(params, cfg, primer, 20, jax.random.key(3)))
+    assert frames.shape == (2, 20, 6) and set(np.unique(frames)) <= {0, 1, 2}
+    previous = np.concatenate([primer[:, -1:], frames[:, :-1]], axis=1)
+    assert not np.any((frames == 2) & (previous == 0))  # a HOLD only continues a sounding note
+    assert len(np.unique(frames.reshape(-1, 6), axis=0)) > 3  # not one frame repeated
+    np.testing.assert_array_equal(frames, decode.generate(params, cfg, primer, 20, jax.random.key(3)))
+    # Teacher forcing through the decode path scores the same as the full forward pass (the head sees the same
+    # context either way).
+    sequence = jnp.asarray(np.concatenate([primer[:1], frames[:1, :6]], axis=1))  # one window: 8 frames
+    full, _ = MusicTransformer(cfg).apply({"params": params}, sequence)
+    cached = decode.decode_logits(params, cfg, sequence, prefill_len=3)
+    np.testing.assert_allclose(cached, full, atol=1e-5)
