@@ -85,7 +85,9 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cfg.train.checkpoint_every = cfg.train.eval_every  # every evaluated step can be selected
     cfg.train.keep_checkpoints = 10_000
     cfg.train.eval_batches = 1_000_000  # the whole validation split
-    workdir = Path(args.workdir_root).resolve() / name
+    head = cfg.model.head
+    key = result_key(name, head)
+    workdir = Path(args.workdir_root).resolve() / key.replace("/", "_")
     if workdir.exists():
         shutil.rmtree(workdir)
     print(
@@ -101,6 +103,8 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     val = evaluate.evaluate_run(str(workdir), step, split="validation", batch_size=args.batch_size)
     result: dict[str, Any] = {
         "set": name,
+        "head": head,
+        "key": key,
         "preset": preset,
         "overrides": list(args.override),
         "budget_s": budget,
@@ -122,6 +126,14 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+HEADS = {"independent": "independent per-pitch", "nade": "notes within a frame modelled jointly (NADE head)"}
+
+
+def result_key(name: str, head: str) -> str:
+    """Results of the default (independent) head are keyed by set name; other heads by "set/head"."""
+    return name if head == "independent" else f"{name}/{head}"
+
+
 def command_line(name: str, args: argparse.Namespace) -> str:
     parts = ["python benchmarks/polyphonic.py", "--sets", name]
     if args.budget_s is not None:
@@ -136,7 +148,6 @@ def _fmt(x: float | None) -> str:
 
 
 def render_section(results: dict[str, dict[str, Any]]) -> str:
-    ours = [results.get(s, {}).get("test_nll") for s in ORDER]
     titles = [SETS[s][3] for s in ORDER]
     lines = [
         SECTION,
@@ -150,11 +161,15 @@ def render_section(results: dict[str, dict[str, Any]]) -> str:
         "| model | output | " + " | ".join(titles) + " |",
         "|---|---|" + "---|" * len(titles),
     ]
-    lines.append(
-        "| **musicgpt-jax (this repo)** | independent per-pitch | "
-        + " | ".join(f"**{_fmt(x)}**" if x is not None else "not run" for x in ours)
-        + " |"
-    )
+    for head, output in HEADS.items():
+        ours = [results.get(result_key(s, head), {}).get("test_nll") for s in ORDER]
+        if head != "independent" and all(x is None for x in ours):
+            continue
+        lines.append(
+            f"| **musicgpt-jax (this repo)** | {output} | "
+            + " | ".join(f"**{_fmt(x)}**" if x is not None else "not run" for x in ours)
+            + " |"
+        )
     for kind, model, numbers in PUBLISHED:
         lines.append(f"| {model} | {kind} | " + " | ".join(n or "–" for n in numbers) + " |")
     lines += [
@@ -167,16 +182,16 @@ def render_section(results: dict[str, dict[str, Any]]) -> str:
         "set-up, compilation and in-loop validation included; the run stops, evaluates and saves when it is "
         "spent):",
         "",
-        "| set | test NLL | validation NLL | command | budget | steps reached / planned | best step | "
+        "| set | head | test NLL | validation NLL | command | budget | steps reached / planned | best step | "
         "train wall | eval wall | machine |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in ORDER:
-        r = results.get(s)
+    for s, head in ((s, h) for h in HEADS for s in ORDER):
+        r = results.get(result_key(s, head))
         if r is None or "test_nll" not in r:
             continue
         lines.append(
-            f"| {SETS[s][3]} | {r['test_nll']:.3f} | {r['val_nll']:.3f} | `{r['command']}` | "
+            f"| {SETS[s][3]} | {head} | {r['test_nll']:.3f} | {r['val_nll']:.3f} | `{r['command']}` | "
             f"{r['budget_s']:g} s | {r['steps_reached']} / {r['steps_planned']} | {r['best_step']} | "
             f"{r['train_wall_s']:.0f} s | {r['eval_wall_s']:.0f} s | {r.get('machine', '?')} |"
         )
@@ -186,7 +201,7 @@ def render_section(results: dict[str, dict[str, Any]]) -> str:
 def write_results(new: list[dict[str, Any]]) -> None:
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     for r in new:
-        results[r["set"]] = r
+        results[r.get("key", r["set"])] = r
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     section = render_section(results)

@@ -52,4 +52,12 @@ def test_results_section_is_replaced_in_place(tmp_path, monkeypatch):
     assert "old" not in text and "fast" in text and "## Other\n\nkept" in text
     assert text.count("## Polyphonic benchmark") == 1
     assert "**8.12**" in text and "| 7.72 | 2.92 | 7.38 | 7.03 |" in text and "5.19–5.56" in text
-    assert "| JSB Chorales | 8.123 |" in text
+    assert "| JSB Chorales | independent | 8.123 |" in text
+    assert "NADE head" not in text  # no row for a head that has no results
+    # A run with the NADE head gets its own row and entry; the independent head's stays.
+    bench.write_results([{**result, "head": "nade", "key": "jsb_chorales/nade", "test_nll": 6.5}])
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| **musicgpt-jax (this repo)** | independent per-pitch | **8.12** |" in text
+    assert "| **musicgpt-jax (this repo)** | notes within a frame modelled jointly (NADE head) | **6.50** |" in text
+    assert "| JSB Chorales | nade | 6.500 |" in text and "| JSB Chorales | independent | 8.123 |" in text
+    assert set(json.loads((tmp_path / "polyphonic_results.json").read_text())) == {"jsb_chorales", "jsb_chorales/nade"}
