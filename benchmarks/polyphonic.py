@@ -156,7 +156,9 @@ def render_section(results: dict[str, dict[str, Any]]) -> str:
         "test frame: Σ NLL / Σ frames; lower is better). Ours: `python -m musicgpt_jax.evaluate` on the "
         "checkpoint with the best validation NLL; whole sequences, each first frame scored given the empty "
         "start frame, sequences longer than the context window through a sliding window (stride max_len/2). "
-        "The test split is evaluated once per reported number.",
+        "The test split is evaluated once per reported number. Two frame heads share the same Transformer: "
+        "`independent` (each pitch's state predicted on its own, like TCN, LSTM and RRU below) and `nade` "
+        "(`--override model.head=nade`: the pitches of a frame predicted one after another, like RNN-NADE).",
         "",
         "| model | output | " + " | ".join(titles) + " |",
         "|---|---|" + "---|" * len(titles),
