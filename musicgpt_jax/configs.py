@@ -43,7 +43,8 @@ class ModelConfig:
     # chosen below it, through a NADE layer of `nade_hidden` units; Boulanger-Lewandowski et al. 2012).
     head: str = "independent"
     nade_hidden: int = 32
-    # Attention kernel: "auto" (cuDNN's fused flash attention on a GPU in bf16/fp16, XLA elsewhere), "xla", "cudnn".
+    # Attention kernel: "auto" (cuDNN's fused flash attention on a GPU in bf16/fp16, "matmul" on CPU, XLA
+    # elsewhere), "xla" (jax.nn.dot_product_attention), "cudnn", "matmul" (model.causal_attention_matmul).
     attention: str = "auto"
 
     @property
@@ -265,7 +266,7 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
 
 
 _CHOICES = {
-    "model.attention": ("auto", "xla", "cudnn"),
+    "model.attention": ("auto", "xla", "cudnn", "matmul"),
     "model.head": ("independent", "nade"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.remat_policy": (  # names in jax.checkpoint_policies

