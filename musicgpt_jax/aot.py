@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -162,6 +163,7 @@ def step_flops(cfg: Config) -> float:
     layer scan unrolled and gradient accumulation off (same frames, same matmuls): lowered, not compiled, on
     the host's backend.
     """
+    cfg = for_tpu(cfg)
     flat_cfg = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, scan_layers=False), train=dataclasses.replace(cfg.train, grad_accum=1)
     )
@@ -174,8 +176,17 @@ def step_flops(cfg: Config) -> float:
     return float((lowered.cost_analysis() or {}).get("flops", 0.0))
 
 
+def for_tpu(cfg: Config) -> Config:
+    """A copy of `cfg` whose automatic choices are the ones a TPU host would make (this host is a CPU)."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.model.attention == "auto":
+        cfg.model.attention = "xla"
+    return cfg
+
+
 def compile_train_step(cfg: Config, topology: str) -> AOTReport:
     """Compile `cfg`'s train step for `topology` on this host and report memory per chip and FLOPs."""
+    cfg = for_tpu(cfg)
     gen = generation(topology)
     devices = topology_devices(topology)
     try:
