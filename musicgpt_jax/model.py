@@ -224,11 +224,14 @@ class FrameHead(nn.Module):
 
 
 class NadeHead(nn.Module):
-    """Notes of the next frame modelled jointly: returns the NADE layer's per-frame input (B, T, nade_hidden).
+    """Notes of the next frame modelled jointly. Output (B, T, P·S + H): the independent head's logits (flattened)
+    and the NADE layer's per-frame input ("context", H = nade_hidden units).
 
-    Pitch p's state is predicted from tanh(context + Σ_{q<p} W[q, state_q]) through its own output weights, so
-    the probability of a frame is a product of conditionals, low pitch to high (`nade_logits`, `nade_sample`).
-    The weights are plain parameters under "head"; the functions below read them from the parameter tree.
+    Pitch p's logits are the independent head's plus tanh(context + Σ_{q<p} W[q, state_q]) through p's own output
+    weights, so the probability of a frame is a product of conditionals, low pitch to high (`nade_logits`,
+    `nade_sample`). The direct term lets the head learn as fast as the independent one at the start; the NADE
+    term adds what the notes below say. The NADE weights are plain parameters under "head"; the functions below
+    read them from the parameter tree.
     """
 
     cfg: ModelConfig
@@ -244,19 +247,26 @@ class NadeHead(nn.Module):
             (cfg.num_pitches, hidden, cfg.num_states),
             jnp.float32,
         )
-        self.param(
-            "output_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("pitch", "state")), shape, jnp.float32
-        )
         kernel = self.param("context", _init(0.02, ("embed", "nade")), (cfg.d_model, hidden), jnp.float32)
         bias = self.param(
             "context_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("nade",)), (hidden,), jnp.float32
         )
-        return token_matmul(h, kernel.astype(compute_dtype(cfg))).astype(jnp.float32) + bias
+        context = token_matmul(h, kernel.astype(compute_dtype(cfg))).astype(jnp.float32) + bias
+        direct = FrameHead(cfg, name="direct")(h)
+        return jnp.concatenate([direct.reshape(*direct.shape[:-2], -1), context], axis=-1)
 
 
-def nade_logits(head: dict, context: jax.Array, targets: jax.Array) -> jax.Array:
-    """Teacher-forced NADE: logits (..., P, S) of each pitch's state given `context` (..., H) and the target
-    states of the pitches below it."""
+def _split_nade_output(head: dict, out: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(direct logits (..., P, S), context (..., H)) from a NadeHead output."""
+    num_pitches, num_states, _ = head["input_weights"].shape
+    flat = num_pitches * num_states
+    return out[..., :flat].reshape(*out.shape[:-1], num_pitches, num_states), out[..., flat:]
+
+
+def nade_logits(head: dict, out: jax.Array, targets: jax.Array) -> jax.Array:
+    """Teacher-forced NADE: logits (..., P, S) of each pitch's state given the head's output `out` (..., P·S + H)
+    and the target states of the pitches below it."""
+    direct, context = _split_nade_output(head, out)
     weights = head["input_weights"]  # (P, S, H)
     num_pitches, num_states, hidden_size = weights.shape
     # Σ_{q<p} W[q, state_q] for every p at once, as one matmul of the one-hot frame with the weights masked to
@@ -266,7 +276,7 @@ def nade_logits(head: dict, context: jax.Array, targets: jax.Array) -> jax.Array
     one_hot = jax.nn.one_hot(targets, num_states, dtype=jnp.float32).reshape(-1, num_pitches * num_states)
     below = (one_hot @ masked).reshape(*targets.shape, hidden_size)
     hidden = jnp.tanh(context[..., None, :] + below)
-    return jnp.einsum("...ph,phs->...ps", hidden, head["output_weights"]) + head["output_bias"]
+    return direct + jnp.einsum("...ph,phs->...ps", hidden, head["output_weights"])
 
 
 def _pick_states(logits: jax.Array, rng: jax.Array, temperature: jax.Array, previous: jax.Array, num_states: int):
@@ -278,18 +288,19 @@ def _pick_states(logits: jax.Array, rng: jax.Array, temperature: jax.Array, prev
     return states
 
 
-def nade_sample(head: dict, context: jax.Array, rng: jax.Array, temperature: jax.Array, previous: jax.Array):
-    """Sample a frame (B, P) pitch by pitch, low to high, from `context` (B, H)."""
+def nade_sample(head: dict, out: jax.Array, rng: jax.Array, temperature: jax.Array, previous: jax.Array):
+    """Sample a frame (B, P) pitch by pitch, low to high, from the head's output `out` (B, P·S + H)."""
+    direct, context = _split_nade_output(head, out)
     num_states = head["input_weights"].shape[1]
 
     def pitch_step(activation, xs):
-        w_in, w_out, bias, key, prev = xs
-        logits = jnp.tanh(activation) @ w_out + bias  # (B, S)
+        w_in, w_out, direct_p, key, prev = xs
+        logits = direct_p + jnp.tanh(activation) @ w_out  # (B, S)
         state = _pick_states(logits, key, temperature, prev, num_states)
         return activation + w_in[state], state
 
     keys = jax.random.split(rng, previous.shape[-1])
-    xs = (head["input_weights"], head["output_weights"], head["output_bias"], keys, previous.T)
+    xs = (head["input_weights"], head["output_weights"], jnp.swapaxes(direct, 0, 1), keys, previous.T)
     _, states = jax.lax.scan(pitch_step, context.astype(jnp.float32), xs)
     return states.T
 
@@ -297,8 +308,8 @@ def nade_sample(head: dict, context: jax.Array, rng: jax.Array, temperature: jax
 class MusicTransformer(nn.Module):
     """states (B, T, P) int -> the frame head's output for the next frame, and the updated cache when one is given.
 
-    The head's output is the logits (B, T, P, S) for the independent head and the NADE context (B, T, H) for
-    the NADE head; `frame_log_likelihood` and `sample_frame` turn either into probabilities and frames."""
+    The head's output is the logits (B, T, P, S) for the independent head and (B, T, P·S + H) for the NADE head
+    (`NadeHead`); `frame_log_likelihood` and `sample_frame` turn either into probabilities and frames."""
 
     cfg: ModelConfig
 
@@ -400,7 +411,7 @@ def sample_frame(
     cfg: ModelConfig | None = None,
     params: Any = None,
 ) -> jax.Array:
-    """Sample the next frame (B, P) from the head's output for one position (logits (B, P, S) or context (B, H)),
+    """Sample the next frame (B, P) from the head's output for one position (logits (B, P, S), or (B, P·S + H)),
     keeping states consistent with the previous frame.
 
     With 3 states a HOLD only continues a sounding note: a sampled HOLD on a pitch that was off becomes OFF.

@@ -136,7 +136,7 @@ def test_nade_head_probabilities_of_all_frames_sum_to_one(num_states):
 def test_nade_sampler_draws_from_the_distribution_the_likelihood_scores():
     cfg, params = nade_model(num_pitches=3, num_states=2)
     out, _ = MusicTransformer(cfg).apply({"params": params}, jnp.asarray([[[1, 0, 1]]]))
-    context = out[:, -1]  # (1, H)
+    context = out[:, -1]  # the head output for the last position: (1, P·S + H)
     draws = 20_000
     sample = jax.jit(
         jax.vmap(lambda key: sample_frame(context, key, 1.0, jnp.zeros((1, 3), jnp.int32), 2, cfg, params)[0])
