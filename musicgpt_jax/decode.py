@@ -99,8 +99,8 @@ def _slide(params: Any, cfg: ModelConfig, state: DecodeState) -> DecodeState:
 def decode_step(
     params: Any, cfg: ModelConfig, state: DecodeState, frame: jax.Array, mesh: Mesh | None = None
 ) -> tuple[jax.Array, DecodeState]:
-    """Feed one frame (B, P): (the head's output for the frame after it — logits (B, P, S) or the NADE context
-    (B, H) —, new state). Slides when full."""
+    """Feed one frame (B, P): (the head's output for the frame after it — logits (B, P, S), or (B, P·S + H) for
+    the NADE head —, new state). Slides when full."""
     if state.window.shape[1] == cfg.max_len:  # a shorter cache is never full (see `prefill`)
         state = jax.lax.cond(state.index >= cfg.max_len, lambda s: _slide(params, cfg, s), lambda s: s, state)
         state = _constrain_state(state, mesh)
