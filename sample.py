@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from musicgpt_jax import host_memory
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, as every error of the project
@@ -53,4 +55,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_malloc_tuning()
     sys.exit(main())

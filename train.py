@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from musicgpt_jax import configs
+from musicgpt_jax import configs, host_memory
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -115,4 +115,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_malloc_tuning()
     sys.exit(main())

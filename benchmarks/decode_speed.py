@@ -32,7 +32,7 @@ from flax import linen as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from musicgpt_jax import decode  # noqa: E402
+from musicgpt_jax import decode, host_memory  # noqa: E402
 from musicgpt_jax.configs import ModelConfig  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, count_params, init_cache  # noqa: E402
 
@@ -146,4 +146,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_malloc_tuning()
     main()

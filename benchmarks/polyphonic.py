@@ -260,4 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from musicgpt_jax import host_memory
+
+    host_memory.reexec_with_malloc_tuning()
     sys.exit(main())

@@ -19,6 +19,8 @@ Goal on CPU: ratio ≥ 0.5. On an accelerator MFU is model FLOP/s over the datas
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -29,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from musicgpt_jax import configs, sharding  # noqa: E402
+from musicgpt_jax import configs, host_memory, sharding  # noqa: E402
 from musicgpt_jax.hardware import measure_matmul_flops, peak_flops_per_device  # noqa: E402
-from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame  # noqa: E402
+from musicgpt_jax.model import GatedMLP, MusicTransformer, count_params, flops_per_frame  # noqa: E402
 from musicgpt_jax.train import create_train_state, global_batch, jit_train_step, make_optimizer  # noqa: E402
 
 
@@ -61,12 +63,13 @@ def measure(variant: str, batch_size: int | None, steps: int, dtype: str, overri
         memory = compiled.memory_analysis()
         state, metrics = step(state, batch)  # warm-up
         jax.block_until_ready(metrics)
-        times = []
+        times, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(steps):
             start = time.perf_counter()
             state, metrics = step(state, batch)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     seconds = float(np.median(times))
     temp_bytes = getattr(memory, "temp_size_in_bytes", 0) if memory is not None else 0
     return {
@@ -80,8 +83,26 @@ def measure(variant: str, batch_size: int | None, steps: int, dtype: str, overri
         "xla_flops_per_step": float(cost.get("flops", 0.0)),
         "model_flops_per_step": flops_per_frame(cfg.model, num_params) * b * t,
         "temp_gib": temp_bytes / 2**30,
+        "page_faults_per_step": faults / steps,
         "loss": float(metrics["loss"]),
+        "mlp_flops_per_s": measure_mlp_block(cfg, b * t, steps),
     }
+
+
+def measure_mlp_block(cfg: configs.Config, tokens: int, steps: int) -> float:
+    """FLOP/s of the preset's gated MLP alone (the model's own module), forward + backward on `tokens` frames:
+    three matmuls and a SiLU, the best case for a step made of the preset's matrix shapes."""
+    mlp = GatedMLP(cfg.model)
+    x = jax.random.normal(jax.random.key(0), (1, tokens, cfg.model.d_model), jnp.dtype(cfg.model.dtype))
+    params = mlp.init(jax.random.key(1), x)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(mlp.apply(p, x).astype(jnp.float32) ** 2), argnums=(0, 1)))
+    jax.block_until_ready(grad(params, x))
+    best = float("inf")
+    for _ in range(max(steps, 3)):
+        start = time.perf_counter()
+        jax.block_until_ready(grad(params, x))
+        best = min(best, time.perf_counter() - start)
+    return 3 * 3 * 2 * tokens * cfg.model.d_model * cfg.model.mlp_dim / best  # 3 matmuls, each ×3 with backward
 
 
 def main() -> None:
@@ -90,6 +111,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per preset (median reported)")
     parser.add_argument("--batch_size", type=int, default=16, help="batch per step (0: the preset's own)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    parser.add_argument("--json", action="store_true", help="one JSON object per variant instead of the table")
     args, extra = parser.parse_known_args()
     try:
         overrides = configs.split_overrides(extra)
@@ -99,18 +121,22 @@ def main() -> None:
     size = 1024 if on_cpu else 8192  # big enough to reach a GPU's peak
     matmul = measure_matmul_flops(size=size, dtype=jnp.dtype(args.dtype), repeats=10)
     peak, source = (matmul, "the measured matmul rate") if on_cpu else peak_flops_per_device()
-    print(
+    tuned = host_memory.malloc_tuning_active()
+    header = (
         f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}; dense {args.dtype} {size}² matmul rate "
         f"{matmul / 1e12:.2f} TFLOP/s; peak {peak / 1e12:.1f} TFLOP/s ({source})"
-        + (f"; overrides: {' '.join(overrides)}" if overrides else ""),
-        flush=True,
+        + (f"; overrides: {' '.join(overrides)}" if overrides else "")
+        + ("; glibc malloc tuned (musicgpt_jax.host_memory)" if tuned else "; glibc malloc as is")
     )
     width = max(8, *map(len, args.presets))
-    print(
-        f"{'variant':{width}} {'params':>7} {'batch×frames':>13} {'compile s':>9} {'step s':>8} {'frames/s':>10} "
-        f"{'XLA TFLOP/s':>12} {'model TFLOP/s':>14} {'ratio':>6} {'MFU':>6} {'temp GiB':>8}",
-        flush=True,
-    )
+    if not args.json:
+        print(header, flush=True)
+        print(
+            f"{'variant':{width}} {'params':>7} {'batch×frames':>13} {'compile s':>9} {'step s':>8} {'frames/s':>10} "
+            f"{'XLA TFLOP/s':>12} {'model TFLOP/s':>14} {'ratio':>6} {'MFU':>6} {'MLP ratio':>9} {'faults/step':>11} "
+            f"{'temp GiB':>8}",
+            flush=True,
+        )
     for variant in args.presets:
         try:
             r = measure(variant, args.batch_size or None, args.steps, args.dtype, overrides)
@@ -118,17 +144,32 @@ def main() -> None:
             print(f"{variant:{width}} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
             continue
         xla_rate, model_rate = r["xla_flops_per_step"] / r["step_s"], r["model_flops_per_step"] / r["step_s"]
+        r.update(
+            matmul_flops_per_s=matmul,
+            ratio=xla_rate / matmul,
+            mfu=model_rate / peak,
+            mlp_ratio=r["mlp_flops_per_s"] / matmul,
+            malloc_tuned=tuned,
+        )
+        if args.json:
+            print(json.dumps(r), flush=True)
+            continue
         print(
             f"{variant:{width}} {r['params'] / 1e6:6.1f}M {r['batch']:>6}×{r['frames']:<6} {r['compile_s']:9.1f} "
             f"{r['step_s']:8.3f} {r['frames_per_s']:10,.0f} {xla_rate / 1e12:12.3f} {model_rate / 1e12:14.3f} "
-            f"{xla_rate / matmul:6.2f} {model_rate / peak:6.1%} {r['temp_gib']:8.2f}",
+            f"{r['ratio']:6.2f} {r['mfu']:6.1%} {r['mlp_ratio']:9.2f} {r['page_faults_per_step']:11,.0f} "
+            f"{r['temp_gib']:8.2f}",
             flush=True,
         )
-    print(
-        "ratio = XLA-counted FLOP rate of the train step / this machine's dense matmul rate, both measured in this "
-        "run (goal on CPU >= 0.5); MFU = model FLOP rate (6N + 12LdT per frame) / peak (goal >= 50% on an H100)"
-    )
+    if not args.json:
+        print(
+            "ratio = XLA-counted FLOP rate of the train step / this machine's dense matmul rate, both measured in "
+            "this run (goal on CPU >= 0.5); MFU = model FLOP rate (6N + 12LdT per frame) / peak (goal >= 50% on an "
+            "H100); MLP ratio = the same for the preset's gated MLP alone, forward + backward on the batch's "
+            "frames: what a step made only of the preset's matrix shapes reaches; faults/step: minor page faults"
+        )
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_malloc_tuning()
     main()

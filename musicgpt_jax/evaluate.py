@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musicgpt_jax import train
+from musicgpt_jax import host_memory, train
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 
@@ -212,4 +212,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_malloc_tuning()
     sys.exit(main())
