@@ -8,15 +8,17 @@
 CPU processes use gloo collectives. An unreachable coordinator fails after `MUSICGPT_INIT_TIMEOUT` seconds
 (default 60) with one clear line rather than hanging: processes other than 0 first wait for the coordinator's port
 to accept connections themselves, because the runtime aborts the whole process (with a C++ stack trace) when it
-cannot register, instead of raising. Process 0 likewise checks that it can bind the port. What stays with the
-runtime: a coordinator that is up but whose peers never all join aborts after the timeout with the runtime's own
-message.
+cannot register, instead of raising. Process 0 likewise checks that it can bind the port. When the coordinator is
+up but not every process joins in time, the runtime would abort the same way; a watchdog prints one line and exits
+with status 2 first.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 import time
 
 
@@ -79,6 +81,12 @@ def _wait_for_coordinator(host: str, port: int, address: str, timeout_s: int, de
         time.sleep(0.25)
 
 
+def _give_up(message: str) -> None:
+    """Watchdog: one line on stderr, then exit status 2 (the runtime is still blocked in C++)."""
+    print(f"{os.path.basename(sys.argv[0]) or 'python'}: {message}", file=sys.stderr, flush=True)
+    os._exit(2)
+
+
 def initialize(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -116,12 +124,26 @@ def initialize(
         _wait_for_coordinator(host, port, coordinator_address, timeout_s, deadline)
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # The runtime aborts the process (a C++ stack trace) when not every process joins in time, so a watchdog says
+    # so in one line and exits first; the runtime's own timeout is set later than the watchdog's.
+    remaining = max(1.0, deadline - time.monotonic())
+    watchdog = threading.Timer(
+        remaining,
+        _give_up,
+        (
+            f"not all {num_processes} processes joined the coordinator at {coordinator_address} within "
+            f"{timeout_s} s (this is process {process_id}); are the others running, with the same "
+            "--coordinator_address and --num_processes?",
+        ),
+    )
+    watchdog.daemon = True
+    watchdog.start()
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator_address,
             num_processes=num_processes,
             process_id=process_id,
-            initialization_timeout=max(1, round(deadline - time.monotonic())),
+            initialization_timeout=round(remaining) + 30,
         )
     except Exception as error:  # noqa: BLE001 - the runtime raises several types; all mean the same here
         reason = " ".join(str(error).split())[:200]
@@ -129,6 +151,8 @@ def initialize(
             f"could not join the coordinator at {coordinator_address} as process "
             f"{process_id} of {num_processes} within {timeout_s} s ({reason})"
         ) from None
+    finally:
+        watchdog.cancel()
     if jax.process_count() != num_processes:
         raise DistributedError(
             f"--num_processes {num_processes} does not match the {jax.process_count()} processes that joined"

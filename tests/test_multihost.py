@@ -146,8 +146,13 @@ def test_two_processes_then_one_resumes_like_an_uninterrupted_run(jsb_data, tmp_
             {"MUSICGPT_INIT_TIMEOUT": "5"},
             "could not reach the coordinator at 127.0.0.1:",
         ),
+        (  # process 0 serves the coordinator, but process 1 never comes
+            ["--coordinator_address", "127.0.0.1:{port}", "--num_processes", "2", "--process_id", "0"],
+            {"MUSICGPT_INIT_TIMEOUT": "5"},
+            "train.py: not all 2 processes joined the coordinator at 127.0.0.1:",
+        ),
     ],
-    ids=["missing_coordinator", "process_id_out_of_range", "unreachable_coordinator"],
+    ids=["missing_coordinator", "process_id_out_of_range", "unreachable_coordinator", "peer_never_joins"],
 )
 def test_bad_multihost_settings_fail_fast_with_one_line(tmp_path, args, env, message):
     port = free_port()  # nothing listens on it
