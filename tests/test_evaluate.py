@@ -20,6 +20,8 @@ from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 from musicgpt_jax.train import train_and_evaluate
 
+# A one-layer model on JSB Chorales, trained for a few steps by the tests that need a run.
+ONE_LAYER_RUN = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64", "model.max_len=32"]
 TINY_MODEL = ModelConfig(
     num_pitches=88, num_states=2, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_len=32, dropout=0.0
 )
@@ -129,11 +131,7 @@ def tiny_run(jsb_data, tmp_path_factory) -> str:
     cfg = configs.resolve(
         "jsb",
         [
-            "model.num_layers=1",
-            "model.d_model=32",
-            "model.num_heads=2",
-            "model.mlp_dim=64",
-            "model.max_len=32",
+            *ONE_LAYER_RUN,
             "train.steps=2",
             "train.batch_size=8",
             "train.warmup_steps=1",
@@ -194,11 +192,7 @@ def test_train_time_budget(jsb_data, tmp_path):
     cfg = configs.resolve(
         "jsb",
         [
-            "model.num_layers=1",
-            "model.d_model=32",
-            "model.num_heads=2",
-            "model.mlp_dim=64",
-            "model.max_len=32",
+            *ONE_LAYER_RUN,
             "train.steps=50",
             "train.batch_size=8",
             "train.eval_every=1000",
