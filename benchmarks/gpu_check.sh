@@ -2,9 +2,10 @@
 # The GPU-only checks in one short run (about 5 minutes on an H200):
 #   1. the card and the JAX version;
 #   2. the bf16 train step computes the float32 step's function, with XLA and with cuDNN flash attention;
-#   3. MFU of the `base` preset in bf16 at its own batch (128 x 1024 frames): as the preset is (full remat, cuDNN
-#      attention), with XLA attention, remat keeping the projections' outputs, without remat, and the last two
-#      without dropout (its random masks cost time);
+#   3. MFU of the `base` preset in bf16 at its own batch (128 x 1024 frames): as the preset is (full remat, layer
+#      scan, cuDNN attention); the fastest variant measured on 2026-11-30 (47.4% on an H200: remat keeping the
+#      projections' outputs, no dropout, unrolled layers); and two candidates not measured yet (keeping every dot's
+#      output; no remat at all, unrolled). docs/PERFORMANCE.md has the earlier variants (XLA attention: 18%);
 #   4. decode speed of a base-sized model (12 layers, d_model 768, 1024-frame window).
 # Usage (on a machine with an NVIDIA GPU and jax[cuda], flax, optax installed):
 #   bash benchmarks/gpu_check.sh            # log also written to $OUT/gpu_check.log when OUT is set
@@ -31,9 +32,10 @@ check 60 "jax" "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 
 'optax', optax.__version__, jax.devices())"
 check 150 "bf16 step vs float32" "$PY" benchmarks/gpu_consistency.py --steps 20
 check 270 "base preset, bf16, its own batch: as the preset is, and variants" "$PY" benchmarks/train_speed.py \
-  --batch_size 0 --dtype bfloat16 --steps 6 --presets base base:model.attention=xla \
-  base:model.remat_policy=dots_with_no_batch_dims_saveable base:model.remat=false \
-  base:model.remat_policy=dots_with_no_batch_dims_saveable,model.dropout=0 base:model.remat=false,model.dropout=0
+  --batch_size 0 --dtype bfloat16 --steps 6 --presets base \
+  base:model.remat_policy=dots_with_no_batch_dims_saveable,model.dropout=0,model.scan_layers=false \
+  base:model.remat_policy=dots_saveable,model.dropout=0,model.scan_layers=false \
+  base:model.remat=false,model.dropout=0,model.scan_layers=false
 check 110 "decode, base-sized model" "$PY" benchmarks/decode_speed.py --d_model 768 --num_layers 12 --num_heads 12 \
   --max_len 1024 --frames 1024
 echo "=== summary" | tee -a "$LOG"
