@@ -73,5 +73,6 @@ def test_tuning_keeps_the_train_steps_scratch_memory_mapped():
     assert tuned["malloc_tuned"] and not untuned["malloc_tuned"]
     assert untuned["temp_gib"] > 0.1
     assert untuned["page_faults_per_step"] > 10_000
-    assert tuned["page_faults_per_step"] < untuned["page_faults_per_step"] / 20
+    # 0 here; a few thousand where transparent huge pages are off (the thread stacks and the heap still grow)
+    assert tuned["page_faults_per_step"] < untuned["page_faults_per_step"] / 5
     assert tuned["loss"] == pytest.approx(untuned["loss"], rel=1e-5)  # the same computation
