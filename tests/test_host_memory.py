@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -73,6 +74,8 @@ def test_tuning_keeps_the_train_steps_scratch_memory_mapped():
     assert tuned["malloc_tuned"] and not untuned["malloc_tuned"]
     assert untuned["temp_gib"] > 0.1
     assert untuned["page_faults_per_step"] > 10_000
-    # 0 here; a few thousand where transparent huge pages are off (the thread stacks and the heap still grow)
-    assert tuned["page_faults_per_step"] < untuned["page_faults_per_step"] / 5
+    # 0 here. Without transparent huge pages up to a few thousand remain (thread stacks, heap growth).
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    huge_pages = thp.exists() and "[never]" not in thp.read_text()
+    assert tuned["page_faults_per_step"] < untuned["page_faults_per_step"] / (20 if huge_pages else 2)
     assert tuned["loss"] == pytest.approx(untuned["loss"], rel=1e-5)  # the same computation
