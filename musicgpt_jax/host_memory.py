@@ -6,7 +6,8 @@ faults its whole scratch memory in again: 37,000 page faults and about a third o
 (docs/PERFORMANCE.md). With one arena, no mmap and no trimming, the block is reused from the heap; transparent huge
 pages cover the first touch. glibc reads these tunables only when a process starts, hence the re-exec.
 
-The settings apply only where the CPU runs the model (an accelerator's step memory is its own). They are skipped when
+The new process also gets `JAX_PLATFORMS=cpu` unless it names platforms itself. The settings apply only where the
+CPU runs the model (an accelerator's step memory is its own). They are skipped when
 `GLIBC_TUNABLES` is already set (a user's own choice is kept) or `MUSICGPT_MALLOC_TUNING=0`.
 """
 
@@ -28,12 +29,17 @@ MALLOC_TUNABLES = ":".join(
 DISABLE_VARIABLE = "MUSICGPT_MALLOC_TUNING"
 
 
+def accelerator_device_files() -> list[str]:
+    """An NVIDIA GPU's or a TPU's device files (TPU v4: /dev/accel*, v5e and later: /dev/vfio/*)."""
+    return glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/accel[0-9]*") + glob.glob("/dev/vfio/[0-9]*")
+
+
 def accelerator_present() -> bool:
     """Whether JAX will run on a GPU or TPU here: JAX_PLATFORMS, else the device files of one."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
         return platforms.split(",")[0].strip() not in ("cpu", "")
-    return bool(glob.glob("/dev/nvidia[0-9]*") or glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
+    return bool(accelerator_device_files())
 
 
 def malloc_tuning_wanted() -> bool:
@@ -58,6 +64,10 @@ def reexec_with_malloc_tuning() -> None:
     """
     if not malloc_tuning_wanted():
         return
+    env = {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES}
+    # No accelerator here: say so to JAX too, which otherwise probes for a TPU through libtpu (installed for
+    # `musicgpt_jax.aot`) and logs errors when there is none.
+    env.setdefault("JAX_PLATFORMS", "cpu")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES})
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

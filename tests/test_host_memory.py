@@ -22,14 +22,15 @@ sys.path.insert(0, {str(REPO)!r})
 from musicgpt_jax import host_memory
 host_memory.reexec_with_malloc_tuning()
 print(json.dumps({{"pid": os.getpid(), "argv": sys.argv, "utf8_mode": sys.flags.utf8_mode,
-                  "tunables": os.environ.get("GLIBC_TUNABLES")}}))
+                  "tunables": os.environ.get("GLIBC_TUNABLES"), "platforms": os.environ.get("JAX_PLATFORMS")}}))
 """
 
 
-def clean_env(**changes: str) -> dict:
+def clean_env(**changes: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_memory.DISABLE_VARIABLE)}
     env["JAX_PLATFORMS"] = "cpu"
-    return {**env, **changes}
+    env.update(changes)
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def run_probe(tmp_path, env: dict, *args: str) -> tuple[dict, int]:
@@ -49,6 +50,14 @@ def test_reexec_keeps_the_process_its_arguments_and_interpreter_flags(tmp_path):
     assert out["pid"] == pid  # replaced in place: signals sent to the started process still reach it
     assert out["argv"][1:] == ["two words", "--flag=1"]
     assert out["utf8_mode"] == 1
+
+
+def test_reexec_tells_jax_to_use_the_cpu(tmp_path):
+    if host_memory.accelerator_device_files():
+        pytest.skip("this machine has an accelerator")
+    out, _ = run_probe(tmp_path, clean_env(JAX_PLATFORMS=None))
+    assert out["tunables"] == host_memory.MALLOC_TUNABLES
+    assert out["platforms"] == "cpu"  # no probe for a TPU through libtpu, and none of its error lines
 
 
 @pytest.mark.parametrize(
