@@ -2,13 +2,13 @@
 
 XLA:CPU allocates a compiled step's temporaries as one block (150 MB for `tiny` at batch 16), from a worker thread's
 malloc arena. glibc serves a block that size with a fresh `mmap` and unmaps it when the step ends, so every step
-faults its whole scratch memory in again: 37,000 page faults and about a third of tiny's step time on 2 cores
-(docs/PERFORMANCE.md). With one arena, no mmap and no trimming, the block is reused from the heap; transparent huge
-pages cover the first touch. glibc reads these tunables only when a process starts, hence the re-exec.
+faults its whole scratch memory in again: 37,000 page faults per step, and tiny's step took 1.8 times as long on 2
+cores (docs/PERFORMANCE.md). With one arena, no mmap and no trimming, the block is reused from the heap; transparent
+huge pages cover the first touch. glibc reads these tunables only when a process starts, hence the re-exec.
 
 The new process also gets `JAX_PLATFORMS=cpu` unless it names platforms itself. The settings apply only where the
-CPU runs the model (an accelerator's step memory is its own). They are skipped when
-`GLIBC_TUNABLES` is already set (a user's own choice is kept) or `MUSICGPT_MALLOC_TUNING=0`.
+CPU runs the model (an accelerator's step memory is its own). They are skipped when `GLIBC_TUNABLES` is already set
+(a user's own choice is kept) or with `MUSICGPT_MALLOC_TUNING=0`.
 """
 
 from __future__ import annotations
