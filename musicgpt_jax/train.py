@@ -252,6 +252,8 @@ def check_compatible(saved: dict, cfg: Config, workdir: str) -> None:
     saved_model = saved.get("model", {})
     ours = dataclasses.asdict(cfg.model)
     shape_keys = ("num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers", "head")
+    if ours["head"] == "nade":
+        shape_keys += ("nade_hidden",)
     defaults = dataclasses.asdict(type(cfg.model)())  # keys added since the checkpoint was written
     saved_shape = {k: saved_model.get(k, defaults[k]) for k in shape_keys}
     diffs = [f"{k}={saved_shape[k]!r} (now {ours[k]!r})" for k in shape_keys if saved_shape[k] != ours[k]]

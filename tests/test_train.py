@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -275,6 +276,21 @@ def test_incompatible_workdir_is_refused(jsb_data, tmp_path):
     wider = tiny_config(jsb_data, "train.steps=2", "model.d_model=64")
     with pytest.raises(TrainingError, match="incompatible"):
         train_and_evaluate(wider, str(tmp_path), progress=False)
+
+
+def test_incompatible_nade_width_is_named_and_old_checkpoints_still_load():
+    from musicgpt_jax.train import check_compatible
+
+    nade = configs.resolve("jsb", ["model.head=nade", "model.nade_hidden=32"])
+    saved = {"model": dataclasses.asdict(nade.model)}
+    with pytest.raises(TrainingError, match=r"nade_hidden=32 \(now 16\)"):
+        check_compatible(saved, configs.resolve("jsb", ["model.head=nade", "model.nade_hidden=16"]), "w")
+    independent = configs.resolve("jsb")
+    old_keys = {k: v for k, v in dataclasses.asdict(independent.model).items() if k not in ("head", "nade_hidden")}
+    saved = {"model": old_keys}
+    check_compatible(saved, independent, "w")  # written before the NADE head existed: the default head
+    with pytest.raises(TrainingError, match="head='independent' \\(now 'nade'\\)"):
+        check_compatible(saved, nade, "w")
 
 
 def trees_close(a, b) -> bool:
