@@ -18,6 +18,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from musicgpt_jax import sampling
+
     parser = _Parser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/default", help="run to restore (default: runs/default)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
@@ -28,7 +30,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--bars", type=int, default=8, help="length in bars of the primer's time signature, else 4/4 (default: 8)"
     )
     length.add_argument("--frames", type=int, help="length in frames (time steps) instead of bars")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = argmax (default: 1.0)")
+    sampling.add_strategy_flags(parser)
     parser.add_argument("--seed", type=int, default=0, help="same seed, same MIDI (default: 0)")
     parser.add_argument("--prime", help="a MIDI file to continue")
     parser.add_argument("--prime_bars", type=int, default=4, help="use the primer's last K bars (default: 4)")

@@ -78,6 +78,9 @@ class TrainConfig:
     # and `sample.py` use the average instead of the raw parameters. 0 = off. Its decay ramps up as
     # min(ema_decay, (1 + step) / (10 + step)), so early averages are not dominated by the initialisation.
     ema_decay: float = 0.0
+    # Share of input frames replaced by the model's own samples (parallel scheduled sampling; `train.
+    # with_own_samples`): what keeps long samples from drifting into noise. 0 = plain teacher forcing.
+    scheduled_sampling: float = 0.0
     seed: int = 0
     eval_every: int = 200
     eval_batches: int = 8

@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 from musicgpt_jax import sharding
 from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.model import CACHE_LOGICAL_AXES, Cache, MusicTransformer, init_cache, sample_frame
+from musicgpt_jax.strategies import Strategy
 
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 
@@ -113,19 +114,20 @@ def decode_step(
     return logits[:, 0], _constrain_state(DecodeState(cache, window, index + 1), mesh)
 
 
-def _generate(params, primer, rng, temperature, *, cfg: ModelConfig, num_frames: int, mesh: Mesh | None):
+def _generate(params, primer, rng, choice, allowed, *, cfg: ModelConfig, num_frames: int, mesh: Mesh | None):
     TRACE_COUNTS["generate"] += 1
     context = _constrain(context_of(primer, cfg.max_len), mesh, ("batch", None, None))
     fed = context.shape[1] + num_frames - 1  # the last sampled frame is never fed
     logits, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed))
     first = sample_frame(
-        logits[:, -1], jax.random.fold_in(rng, 0), temperature, context[:, -1], cfg.num_states, cfg, params
+        logits[:, -1], jax.random.fold_in(rng, 0), choice, context[:, -1], cfg.num_states, cfg, params, allowed
     )
 
     def step(carry, t):
         state, frame = carry
         logits, state = decode_step(params, cfg, state, frame, mesh)
-        following = sample_frame(logits, jax.random.fold_in(rng, t), temperature, frame, cfg.num_states, cfg, params)
+        key = jax.random.fold_in(rng, t)
+        following = sample_frame(logits, key, choice, frame, cfg.num_states, cfg, params, allowed)
         return (state, following), following
 
     _, rest = jax.lax.scan(step, (state, first), jnp.arange(1, num_frames))
@@ -186,18 +188,23 @@ def generate(
     rng: jax.Array,
     temperature: float = 1.0,
     mesh: Mesh | None = None,
+    strategy: Strategy | None = None,
+    allowed: Any = None,
 ) -> jax.Array:
     """Sample `num_frames` frames (B, num_frames, P) int32 that follow `primer_states` (B, Tp, P).
 
     `Tp` may be 0 (start from the empty frame alone). Frame k is sampled with `fold_in(rng, k)`, so the same
-    key and inputs give the same music. Temperature 0 is argmax.
+    key and inputs give the same music. Each choice is drawn by `strategy` (default: plain `temperature`;
+    temperature 0 is argmax); pitches where `allowed` (P,) bool is False are never sounded.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}: must be at least 1")
     _check(cfg, primer_states, mesh)
     fn = _jitted("generate", _config_key(cfg), mesh, int(num_frames))
     primer = jnp.asarray(primer_states, jnp.int32)
-    return _run(fn, mesh, params, primer, rng, jnp.asarray(temperature, jnp.float32))
+    strategy = strategy or Strategy("temperature", temperature)
+    allowed = jnp.ones((cfg.num_pitches,), bool) if allowed is None else jnp.asarray(allowed, bool)
+    return _run(fn, mesh, params, primer, rng, strategy.arrays(), allowed)
 
 
 def decode_logits(

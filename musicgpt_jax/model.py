@@ -24,6 +24,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from musicgpt_jax.configs import ModelConfig
+from musicgpt_jax.strategies import ChoiceArrays, choose
+
+OFF_STATE, HOLD_STATE = 0, 2  # frames.OFF and frames.HOLD
 
 Cache = dict[str, jax.Array]
 
@@ -279,28 +282,37 @@ def nade_logits(head: dict, out: jax.Array, targets: jax.Array) -> jax.Array:
     return direct + jnp.einsum("...ph,phs->...ps", hidden, head["output_weights"])
 
 
-def _pick_states(logits: jax.Array, rng: jax.Array, temperature: jax.Array, previous: jax.Array, num_states: int):
-    greedy = jnp.argmax(logits, axis=-1)
-    sampled = jax.random.categorical(rng, logits / jnp.maximum(temperature, 1e-6), axis=-1)
-    states = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+def _restrict(logits: jax.Array, allowed: jax.Array | None) -> jax.Array:
+    """Logits (..., P, S) or (..., S) for one pitch with every state but OFF impossible where `allowed` is False."""
+    if allowed is None:
+        return logits
+    sounding = jnp.arange(logits.shape[-1]) != OFF_STATE
+    return jnp.where(~allowed[..., None] & sounding, -jnp.inf, logits)
+
+
+def _pick_states(logits: jax.Array, rng: jax.Array, choice: ChoiceArrays, previous: jax.Array, num_states: int):
+    states = choose(logits, rng, choice)
     if num_states == 3:  # a HOLD only continues a sounding note
-        states = jnp.where((states == 2) & (previous == 0), 0, states)
+        states = jnp.where((states == HOLD_STATE) & (previous == OFF_STATE), OFF_STATE, states)
     return states
 
 
-def nade_sample(head: dict, out: jax.Array, rng: jax.Array, temperature: jax.Array, previous: jax.Array):
+def nade_sample(
+    head: dict, out: jax.Array, rng: jax.Array, choice: ChoiceArrays, previous: jax.Array, allowed=None
+) -> jax.Array:
     """Sample a frame (B, P) pitch by pitch, low to high, from the head's output `out` (B, P·S + H)."""
     direct, context = _split_nade_output(head, out)
-    num_states = head["input_weights"].shape[1]
+    num_pitches, num_states = head["input_weights"].shape[:2]
+    allowed = jnp.ones((num_pitches,), bool) if allowed is None else allowed
 
     def pitch_step(activation, xs):
-        w_in, w_out, direct_p, key, prev = xs
-        logits = direct_p + jnp.tanh(activation) @ w_out  # (B, S)
-        state = _pick_states(logits, key, temperature, prev, num_states)
+        w_in, w_out, direct_p, key, prev, allowed_p = xs
+        logits = _restrict(direct_p + jnp.tanh(activation) @ w_out, allowed_p)  # (B, S)
+        state = _pick_states(logits, key, choice, prev, num_states)
         return activation + w_in[state], state
 
     keys = jax.random.split(rng, previous.shape[-1])
-    xs = (head["input_weights"], head["output_weights"], jnp.swapaxes(direct, 0, 1), keys, previous.T)
+    xs = (head["input_weights"], head["output_weights"], jnp.swapaxes(direct, 0, 1), keys, previous.T, allowed)
     _, states = jax.lax.scan(pitch_step, context.astype(jnp.float32), xs)
     return states.T
 
@@ -405,23 +417,26 @@ def frame_nll(
 def sample_frame(
     out: jax.Array,
     rng: jax.Array,
-    temperature: float | jax.Array,
+    choice: ChoiceArrays | float | jax.Array,
     previous: jax.Array,
     num_states: int,
     cfg: ModelConfig | None = None,
     params: Any = None,
+    allowed: jax.Array | None = None,
 ) -> jax.Array:
     """Sample the next frame (B, P) from the head's output for one position (logits (B, P, S), or (B, P·S + H)),
     keeping states consistent with the previous frame.
 
-    With 3 states a HOLD only continues a sounding note: a sampled HOLD on a pitch that was off becomes OFF.
-    Temperature 0 means argmax (per pitch, in order, for the NADE head).
+    `choice` is a strategy's arrays (`strategies.Strategy.arrays`) or a bare temperature (0 = argmax, per pitch
+    in order for the NADE head). Pitches where `allowed` (P,) is False stay off. With 3 states a HOLD only
+    continues a sounding note: a HOLD drawn on a pitch that was off becomes OFF.
     """
-    temperature = jnp.asarray(temperature, jnp.float32)
+    if not isinstance(choice, ChoiceArrays):
+        choice = ChoiceArrays(jnp.asarray(choice, jnp.float32), jnp.asarray(1.0, jnp.float32))
     head = _nade(cfg, params)
     if head is not None:
-        return nade_sample(head, out, rng, temperature, previous)
-    return _pick_states(out, rng, temperature, previous, num_states)
+        return nade_sample(head, out, rng, choice, previous, allowed)
+    return _pick_states(_restrict(out, allowed), rng, choice, previous, num_states)
 
 
 def count_params(params) -> int:

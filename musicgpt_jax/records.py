@@ -126,6 +126,11 @@ def _require_card(data_dir: epath.PathLike, name: str) -> dict[str, Any]:
     return card
 
 
+def load_card(data_dir: epath.PathLike, name: str) -> dict[str, Any]:
+    """The dataset card (card.json) of a complete dataset; DatasetNotFoundError when there is none."""
+    return _require_card(data_dir, name)
+
+
 def load_info(data_dir: epath.PathLike, name: str) -> DatasetInfo:
     """Shape and size of dataset `name` in `data_dir`; DatasetNotFoundError unless it is completely there."""
     card = _require_card(data_dir, name)

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import shutil
@@ -44,7 +45,10 @@ from musicgpt_jax.frames import (
     midi_to_frames,
     notes_of,
 )
+from musicgpt_jax.strategies import STRATEGIES, Strategy
 
+DEFAULT_STRATEGY = Strategy("temperature", 1.0, 0.95)  # top_p: the nucleus strategy's default
+KEYBOARDS = ("corpus", "all")
 DEFAULT_VELOCITY = 80
 DEFAULT_BPM = 120.0
 SOUNDFONTS = (
@@ -67,7 +71,10 @@ class SampleOptions:
     num_samples: int = 4
     bars: int | None = 8
     frames: int | None = None  # overrides `bars`
+    strategy: str | None = None  # greedy, temperature or nucleus; None: nucleus when top_p is given, else DEFAULT
     temperature: float = 1.0
+    top_p: float | None = None
+    keyboard: str = "corpus"  # "corpus": only pitches the training data sounds (transposition included); "all"
     seed: int = 0
     prime: str | None = None
     prime_bars: int = 4
@@ -107,8 +114,12 @@ def check_options(options: SampleOptions) -> None:
         raise SampleError(f"--num_samples {options.num_samples}: must be at least 1")
     if options.num_samples > 100:
         raise SampleError(f"--num_samples {options.num_samples}: at most 100 (files are numbered XX)")
-    if not options.temperature >= 0:
-        raise SampleError(f"--temperature {options.temperature}: must be >= 0")
+    try:
+        strategy_of(options)
+    except ValueError as error:
+        raise SampleError(str(error)) from None
+    if options.keyboard not in KEYBOARDS:
+        raise SampleError(f"--keyboard {options.keyboard}: must be one of {', '.join(KEYBOARDS)}")
     if options.prime_bars < 1:
         raise SampleError(f"--prime_bars {options.prime_bars}: must be at least 1")
     if options.bpm is not None and not 0 < options.bpm <= 1000:
@@ -117,6 +128,53 @@ def check_options(options: SampleOptions) -> None:
         raise SampleError(f"--prime {options.prime}: no such file")
     if Path(options.out).exists() and not Path(options.out).is_dir():
         raise SampleError(f"--out {options.out}: exists and is not a folder")
+
+
+def strategy_of(options: SampleOptions) -> Strategy:
+    """The named strategy the flags ask for (see `strategies`); ValueError, one line, when they disagree."""
+    name = options.strategy or ("nucleus" if options.top_p is not None else DEFAULT_STRATEGY.name)
+    top_p = options.top_p if options.top_p is not None else DEFAULT_STRATEGY.top_p
+    if options.top_p is not None and name != "nucleus":
+        raise ValueError(f"--top_p {options.top_p}: only the nucleus strategy has one (--strategy {name})")
+    return Strategy(name, options.temperature, top_p)
+
+
+def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
+    """--strategy, --temperature, --top_p and --keyboard, shared by sample.py and the benchmarks."""
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        help=f"how each pitch's state is drawn (default: {DEFAULT_STRATEGY.name}, nucleus when --top_p is given)",
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
+    parser.add_argument("--top_p", type=float, help=f"nucleus mass (default: {DEFAULT_STRATEGY.top_p:g})")
+    parser.add_argument(
+        "--keyboard",
+        choices=KEYBOARDS,
+        default="corpus",
+        help="corpus: only pitches the training data sounds, transposition included; all: every pitch",
+    )
+
+
+def strategy_options(args: argparse.Namespace) -> dict:
+    """The SampleOptions fields that `add_strategy_flags` set."""
+    return {name: getattr(args, name) for name in ("strategy", "temperature", "top_p", "keyboard")}
+
+
+def keyboard_of(cfg: Config, grid: Grid) -> np.ndarray:
+    """(P,) bool: the model columns the run's training data sounds, widened by its transposition; all when the
+    dataset card is not at hand."""
+    try:
+        from musicgpt_jax import records
+
+        counts = np.asarray(records.load_card(cfg.data.data_dir, cfg.data.dataset)["pitch_histogram"]["counts"])
+    except (OSError, ValueError, KeyError, ImportError):
+        return np.ones(grid.num_pitches, bool)
+    used = np.flatnonzero(counts)
+    if counts.shape != (grid.num_pitches,) or not used.size:
+        return np.ones(grid.num_pitches, bool)
+    columns = np.arange(grid.num_pitches)
+    return (columns >= used[0] - cfg.data.transpose) & (columns <= used[-1] + cfg.data.transpose)
 
 
 def load_config(workdir: str, step: int | None = None) -> tuple[Config, int]:
@@ -330,9 +388,10 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
     params = train.restore_params(options.workdir, cfg, step)
     prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
     batch = np.broadcast_to(prime_states, (options.num_samples, *prime_states.shape))
-    generated = np.asarray(
-        decode.generate(params, model, batch, num_frames, jax.random.key(options.seed), options.temperature)
-    )
+    strategy = strategy_of(options)
+    allowed = keyboard_of(cfg, grid) if options.keyboard == "corpus" else None
+    rng = jax.random.key(options.seed)
+    generated = np.asarray(decode.generate(params, model, batch, num_frames, rng, strategy=strategy, allowed=allowed))
 
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -343,9 +402,7 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
             name = f"sample_{i:02d}"
             frames = output_frames(states, grid, primer, options.include_prime, options.bpm)
             prime_frames = len(primer.states) if primer is not None and options.include_prime else 0
-            title = (
-                f"{name} · {options.workdir} step {step} · temperature {options.temperature:g} · seed {options.seed}"
-            )
+            title = f"{name} · {options.workdir} step {step} · {strategy.describe()} · seed {options.seed}"
             seconds = _write_sample(frames, staging, name, title, prime_frames)
             samples.append(Sample(name, frames, states, prime_frames, summary_line(name, frames, seconds)))
         _move_into(staging, out)

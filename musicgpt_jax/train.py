@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 
 from musicgpt_jax import sharding
 from musicgpt_jax.configs import Config, TrainConfig
-from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame, frame_nll
+from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame, frame_nll, sample_frame
 
 
 class TrainingError(RuntimeError):
@@ -174,11 +174,37 @@ def restore_params(workdir: str, cfg: Config, step: int | None = None) -> Any:
     return evaluation_params(state)
 
 
-def make_train_step(model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int) -> Callable:
-    """train_step(state, batch) -> (state, metrics); `batch` leaves are (global_batch, ...)."""
+def with_own_samples(model: MusicTransformer, params: Any, inputs: jax.Array, rng: jax.Array, rate: float):
+    """`inputs` (B, T, P) with each frame after the first replaced, with probability `rate`, by a frame the model
+    samples (temperature 1) from the true frames before it: parallel scheduled sampling (Duckworth et al. 2019).
+
+    Trained on such inputs against the true targets, the model learns to lead its own stray notes back to the
+    music instead of continuing them (docs/RESULTS.md, "Long samples").
+    """
+    sample_rng, mix_rng = jax.random.split(rng)
+    params = jax.lax.stop_gradient(params)
+    out, _ = model.apply({"params": params}, inputs, deterministic=True)
+    batch, length, pitches = inputs.shape
+    flat_out = out[:, :-1].reshape(batch * (length - 1), *out.shape[2:])
+    previous = inputs[:, :-1].reshape(-1, pitches)
+    sampled = sample_frame(flat_out, sample_rng, 1.0, previous, model.cfg.num_states, model.cfg, params)
+    sampled = jax.lax.stop_gradient(sampled.reshape(batch, length - 1, pitches)).astype(inputs.dtype)
+    replace = jax.random.bernoulli(mix_rng, rate, (batch, length - 1, 1))
+    return inputs.at[:, 1:].set(jnp.where(replace, sampled, inputs[:, 1:]))
+
+
+def make_train_step(
+    model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int, scheduled_sampling: float = 0.0
+) -> Callable:
+    """train_step(state, batch) -> (state, metrics); `batch` leaves are (global_batch, ...). With
+    `scheduled_sampling` > 0 that share of input frames is the model's own samples (`with_own_samples`)."""
 
     def loss_sums(params, micro, rng):
-        out, _ = model.apply({"params": params}, micro["inputs"], deterministic=False, rngs={"dropout": rng})
+        inputs = micro["inputs"]
+        if scheduled_sampling > 0:
+            rng, own_rng = jax.random.split(rng)
+            inputs = with_own_samples(model, params, inputs, own_rng, scheduled_sampling)
+        out, _ = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
         return frame_nll(out, micro["targets"], micro["mask"], model.cfg, params)
 
     grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
@@ -213,12 +239,16 @@ def make_train_step(model: MusicTransformer, tx: optax.GradientTransformation, g
 
 
 def jit_train_step(
-    model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int, state_shardings: Any
+    model: MusicTransformer,
+    tx: optax.GradientTransformation,
+    grad_accum: int,
+    state_shardings: Any,
+    scheduled_sampling: float = 0.0,
 ) -> Callable:
     """The train step as training runs it: state sharded by the rule table (in and out) and donated.
     Trace and call it inside `sharding.activate(mesh)`."""
     return jax.jit(
-        make_train_step(model, tx, grad_accum),
+        make_train_step(model, tx, grad_accum, scheduled_sampling),
         in_shardings=(state_shardings, None),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
@@ -424,7 +454,7 @@ def train_and_evaluate(
     except (KeyError, ValueError, FileNotFoundError):
         val_source = []
 
-    train_step = jit_train_step(model, tx, tcfg.grad_accum, state_shardings)
+    train_step = jit_train_step(model, tx, tcfg.grad_accum, state_shardings, tcfg.scheduled_sampling)
     eval_step = jax.jit(make_eval_step(model))
     num_params = count_params(state.params)
     flops_frame = flops_per_frame(cfg.model, num_params)

@@ -1,0 +1,194 @@
+"""Do long samples stay music? Notes per bar, pitch range and the model's own likelihood, bar by bar.
+
+    python benchmarks/long_samples.py --workdir runs/default [--bars 64] [--num_samples 8] [--seed 1]
+        [--temperature 1.0] [--top_p P] [--strategy S] [--no_keyboard_mask] [--recompute]
+
+Samples `--num_samples` pieces of `--bars` bars as `sample.py` does (same decode loop, same defaults) and prints,
+per sample, the median and largest number of note starts per bar and the lowest and highest pitch, then the
+held-out split's own figures (the same statistics over its pieces, cut into bars the same way).
+
+With `--recompute` it also scores every sample twice under the model itself: through the cached decode path
+(exactly what `generate` saw, window slides included) and by a full forward pass over the last `max_len` frames
+before every frame (no cache, no slide). Their agreement bar by bar tells a decode bug (the two differ) from the
+model's own drift (they agree, and the log-likelihood falls as the piece goes on). Exit status 1 when a sample
+goes over `--max_notes_per_bar` or outside the held-out range widened by the run's transposition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from musicgpt_jax import decode, host_memory, records, sampling  # noqa: E402
+from musicgpt_jax.frames import OFF  # noqa: E402
+from musicgpt_jax.model import MusicTransformer, frame_log_likelihood  # noqa: E402
+from musicgpt_jax.train import restore_params  # noqa: E402
+
+
+def bar_figures(states: np.ndarray, num_states: int, steps_per_bar: int) -> dict:
+    """Note starts per bar (median, max, per bar) and the sounding pitch range of one piece (T, P)."""
+    starts = sampling.note_starts(states, num_states).sum(axis=1)
+    bars = len(states) // steps_per_bar
+    per_bar = starts[: bars * steps_per_bar].reshape(bars, steps_per_bar).sum(axis=1) if bars else starts[:0]
+    sounding = np.flatnonzero((states != OFF).any(axis=0))
+    return {
+        "per_bar": per_bar.tolist(),
+        "median": float(np.median(per_bar)) if bars else 0.0,
+        "max": int(per_bar.max()) if bars else 0,
+        "low": int(sounding.min()) if sounding.size else None,
+        "high": int(sounding.max()) if sounding.size else None,
+    }
+
+
+def log_likelihood_cached(params, cfg, pieces: np.ndarray) -> np.ndarray:
+    """log p(frame t | what `generate` fed before it) for every generated frame (B, T), through the cache."""
+    with_start = np.concatenate([np.zeros_like(pieces[:, :1]), pieces], axis=1)
+    out = decode.decode_logits(params, cfg, with_start[:, :-1], prefill_len=1)
+    return np.asarray(frame_log_likelihood(out, jnp.asarray(with_start[:, 1:]), cfg, params))
+
+
+def log_likelihood_recomputed(params, cfg, pieces: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """log p(frame t | up to `max_len` frames before it), from cache-free forward passes (B, T): no slide."""
+    model = MusicTransformer(cfg)
+    window, (batch, length, pitches) = cfg.max_len, pieces.shape
+    sequence = np.concatenate([np.zeros_like(pieces[:, :1]), pieces], axis=1)  # the start frame, then the piece
+
+    @jax.jit
+    def last_position(contexts, targets):  # (N, window, P) -> log p(targets (N, P) | contexts)
+        out, _ = model.apply({"params": params}, contexts)
+        return frame_log_likelihood(out[:, -1], targets, cfg, params)
+
+    head = sequence[:, : min(window, length) + 1]  # frames 0..window-1 are predicted inside one causal pass
+    out, _ = jax.jit(model.apply)({"params": params}, jnp.asarray(head[:, :-1]))
+    result = np.zeros((batch, length))
+    result[:, : head.shape[1] - 1] = np.asarray(frame_log_likelihood(out, jnp.asarray(head[:, 1:]), cfg, params))
+    for begin in range(window, length, chunk):
+        ts = np.arange(begin, min(begin + chunk, length))
+        contexts = np.stack([sequence[:, t + 1 - window : t + 1] for t in ts], axis=1).reshape(-1, window, pitches)
+        targets = pieces[:, ts].reshape(-1, pitches)
+        scores = last_position(jnp.asarray(contexts), jnp.asarray(targets))
+        result[:, ts] = np.asarray(scores).reshape(batch, len(ts))
+    return result
+
+
+def corpus_keyboard(cfg) -> tuple[int, int]:
+    """The lowest and highest model column any piece of the run's dataset sounds, widened by its transposition."""
+    card = records.load_card(cfg.data.data_dir, cfg.data.dataset)
+    used = np.flatnonzero(np.asarray(card["pitch_histogram"]["counts"]))
+    return max(0, int(used[0]) - cfg.data.transpose), min(cfg.model.num_pitches - 1, int(used[-1]) + cfg.data.transpose)
+
+
+def per_bar_means(values: np.ndarray, steps_per_bar: int) -> np.ndarray:
+    """(B, T) -> the mean over samples and frames of each bar (bars,)."""
+    bars = values.shape[1] // steps_per_bar
+    return values[:, : bars * steps_per_bar].reshape(values.shape[0], bars, steps_per_bar).mean(axis=(0, 2))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/default")
+    parser.add_argument("--bars", type=int, default=64)
+    parser.add_argument("--num_samples", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", help="keep the samples (MIDI, PNG) in this folder")
+    parser.add_argument("--recompute", action="store_true", help="score the samples cached and recomputed")
+    parser.add_argument("--max_notes_per_bar", type=int, default=30)
+    parser.add_argument("--json", help="write the figures to this JSON file")
+    sampling.add_strategy_flags(parser)
+    return parser.parse_args(argv)
+
+
+from absl import logging  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.set_verbosity(logging.ERROR)
+    cfg, step = sampling.load_config(args.workdir)
+    grid = sampling.grid_of(cfg)
+    steps_per_bar = 4 * grid.steps_per_quarter
+    out = args.out or tempfile.mkdtemp(prefix="long_samples-")
+    options = sampling.SampleOptions(
+        workdir=args.workdir,
+        out=out,
+        num_samples=args.num_samples,
+        bars=args.bars,
+        seed=args.seed,
+        **sampling.strategy_options(args),
+    )
+    samples = sampling.sample_run(options, log=lambda line: None)
+    pieces = np.stack([s.generated for s in samples])
+    low, high = corpus_keyboard(cfg)
+    print(
+        f"{args.workdir} step {step}, head {cfg.model.head}; {sampling.strategy_of(options).describe()}; "
+        f"{args.num_samples} x {args.bars} bars; corpus keyboard with transposition: {low}..{high}"
+    )
+    rows = [bar_figures(p, grid.num_states, steps_per_bar) for p in pieces]
+    held_out = [np.asarray(x["states"]) for x in records.load_split(cfg.data.data_dir, cfg.data.dataset, "test")]
+    reference = [bar_figures(p, grid.num_states, steps_per_bar) for p in held_out]
+    print("sample  notes/bar median  max  pitches")
+    for sample, row in zip(samples, rows, strict=True):
+        print(f"{sample.name}  {row['median']:16.1f} {row['max']:4d}  {row['low']}-{row['high']}")
+    over = sum(r["max"] > args.max_notes_per_bar for r in rows)
+    outside = sum(r["low"] is not None and (r["low"] < low or r["high"] > high) for r in rows)
+    lows = [r["low"] for r in rows if r["low"] is not None]
+    highs = [r["high"] for r in rows if r["high"] is not None]
+    summary = {
+        "workdir": args.workdir,
+        "step": step,
+        "head": cfg.model.head,
+        "strategy": sampling.strategy_of(options).describe(),
+        "bars": args.bars,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "median_notes_per_bar": float(np.median([r["median"] for r in rows])),
+        "max_notes_per_bar": float(np.max([r["max"] for r in rows])),
+        "samples_over": int(over),
+        "samples_outside_keyboard": int(outside),
+        "pitches": [min(lows, default=None), max(highs, default=None)],
+        "held_out_median_notes_per_bar": float(np.median([r["median"] for r in reference])),
+        "held_out_max_notes_per_bar": float(np.max([r["max"] for r in reference])),
+        "held_out_pitches": [min(r["low"] for r in reference), max(r["high"] for r in reference)],
+    }
+    print(
+        f"all: median {summary['median_notes_per_bar']:.1f}, max {summary['max_notes_per_bar']:.0f} notes per bar; "
+        f"{over} of {len(rows)} samples over {args.max_notes_per_bar}; {outside} outside {low}..{high}; "
+        f"pitches {summary['pitches'][0]}-{summary['pitches'][1]}"
+    )
+    print(
+        f"held-out test split ({len(reference)} pieces): median {summary['held_out_median_notes_per_bar']:.1f}, "
+        f"max {summary['held_out_max_notes_per_bar']:.0f}; pitches "
+        f"{summary['held_out_pitches'][0]}-{summary['held_out_pitches'][1]}"
+    )
+    if args.recompute:
+        params = restore_params(args.workdir, cfg, step)
+        cached = log_likelihood_cached(params, cfg.model, pieces)
+        full = log_likelihood_recomputed(params, cfg.model, pieces)
+        bars_cached, bars_full = per_bar_means(cached, steps_per_bar), per_bar_means(full, steps_per_bar)
+        window_bars = cfg.model.max_len // steps_per_bar
+        print(f"log-likelihood per frame under the model (window {window_bars} bars): bar, cached, recomputed")
+        for bar in sorted({0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, len(bars_cached) - 1}):
+            if bar < len(bars_cached):
+                print(f"  {bar + 1:3d}  {bars_cached[bar]:8.3f}  {bars_full[bar]:8.3f}")
+        gap = np.abs(cached - full)
+        inside, after = gap[:, : cfg.model.max_len].max(), gap[:, cfg.model.max_len :].max(initial=0.0)
+        print(f"largest |cached - recomputed| per frame: first window {inside:.2e}, after it {after:.3f}")
+        summary["log_likelihood_per_bar"] = {"cached": bars_cached.tolist(), "recomputed": bars_full.tolist()}
+    if args.json:
+        Path(args.json).write_text(json.dumps({**summary, "samples": rows, "held_out": reference}, indent=1))
+    return 1 if over or outside else 0
+
+
+if __name__ == "__main__":
+    host_memory.reexec_with_malloc_tuning()
+    sys.exit(main())

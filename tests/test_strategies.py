@@ -1,0 +1,81 @@
+"""The named sampling strategies, the corpus keyboard and the model's own samples mixed into training inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from musicgpt_jax.configs import ModelConfig
+from musicgpt_jax.model import MusicTransformer, sample_frame
+from musicgpt_jax.strategies import Strategy, choose
+from musicgpt_jax.train import with_own_samples
+
+LOGITS = jnp.log(jnp.asarray([0.6, 0.3, 0.1]))
+
+
+def draws(strategy: Strategy, n: int = 20_000) -> np.ndarray:
+    keys = jax.random.split(jax.random.key(0), n)
+    picked = jax.vmap(lambda key: choose(LOGITS, key, strategy.arrays()))(keys)
+    return np.bincount(np.asarray(picked), minlength=3) / n
+
+
+def test_temperature_one_draws_the_distribution_and_greedy_its_mode():
+    np.testing.assert_allclose(draws(Strategy("temperature", 1.0)), [0.6, 0.3, 0.1], atol=0.015)
+    np.testing.assert_array_equal(draws(Strategy("greedy", 1.0), 50), [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(draws(Strategy("temperature", 0.0), 50), [1.0, 0.0, 0.0])
+
+
+def test_temperature_sharpens_and_flattens():
+    cold, hot = draws(Strategy("temperature", 0.5)), draws(Strategy("temperature", 2.0))
+    expected_cold = np.array([0.6, 0.3, 0.1]) ** 2 / np.sum(np.array([0.6, 0.3, 0.1]) ** 2)
+    np.testing.assert_allclose(cold, expected_cold, atol=0.015)
+    assert hot[2] > 0.15 and hot[0] < 0.5
+
+
+@pytest.mark.parametrize(("top_p", "expected"), [(0.5, [1.0, 0, 0]), (0.85, [2 / 3, 1 / 3, 0]), (1.0, [0.6, 0.3, 0.1])])
+def test_nucleus_keeps_the_smallest_set_that_reaches_top_p(top_p, expected):
+    np.testing.assert_allclose(draws(Strategy("nucleus", 1.0, top_p)), expected, atol=0.015)
+
+
+def test_top_p_only_acts_in_the_nucleus_strategy():
+    np.testing.assert_allclose(draws(Strategy("temperature", 1.0, 0.5)), [0.6, 0.3, 0.1], atol=0.015)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [({"name": "beam"}, "--strategy beam"), ({"temperature": -1.0}, "--temperature -1"), ({"top_p": 0.0}, "--top_p")],
+)
+def test_bad_strategy_values_are_one_line_errors(kwargs, needle):
+    with pytest.raises(ValueError, match=needle) as error:
+        Strategy(**kwargs)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("head", ["independent", "nade"])
+def test_pitches_off_the_keyboard_never_sound(head):
+    cfg = ModelConfig(num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_len=8, num_pitches=12, head=head)
+    params = nn.meta.unbox(MusicTransformer(cfg).init(jax.random.key(0), jnp.zeros((1, 2, 12), jnp.int32))["params"])
+    out, _ = MusicTransformer(cfg).apply({"params": params}, jnp.zeros((64, 1, 12), jnp.int32))
+    allowed = jnp.arange(12) >= 6
+    hot = Strategy("temperature", 5.0).arrays()  # flat: every state of every pitch is drawn somewhere
+    previous = jnp.zeros((64, 12), jnp.int32)
+    frames = np.asarray(sample_frame(out[:, 0], jax.random.key(1), hot, previous, 3, cfg, params, allowed))
+    assert frames[:, :6].max() == 0
+    assert (frames[:, 6:] == 1).mean() > 0.2  # the allowed pitches still start notes
+
+
+def test_own_samples_replace_the_chosen_share_of_frames_and_keep_holds_consistent():
+    cfg = ModelConfig(num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_len=16, num_pitches=10)
+    model = MusicTransformer(cfg)
+    inputs = jax.random.randint(jax.random.key(2), (8, 16, 10), 0, 2)  # off and onset only: every hold is drawn
+    params = nn.meta.unbox(model.init(jax.random.key(0), inputs)["params"])
+    np.testing.assert_array_equal(with_own_samples(model, params, inputs, jax.random.key(3), 0.0), inputs)
+    mixed = np.asarray(with_own_samples(model, params, inputs, jax.random.key(3), 0.5))
+    np.testing.assert_array_equal(mixed[:, 0], inputs[:, 0])  # the first frame is always the data's
+    replaced = (mixed[:, 1:] != np.asarray(inputs[:, 1:])).any(axis=-1)
+    assert 0.3 < replaced.mean() < 0.7
+    holds = mixed[:, 1:] == 2
+    assert not (holds & (np.asarray(inputs[:, :-1]) == 0)).any()  # a drawn hold only continues a sounding note
+    again = np.asarray(with_own_samples(model, params, inputs, jax.random.key(3), 0.5))
+    np.testing.assert_array_equal(mixed, again)
