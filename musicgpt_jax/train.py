@@ -174,7 +174,7 @@ def restore_params(workdir: str, cfg: Config, step: int | None = None) -> Any:
     return evaluation_params(state)
 
 
-def with_own_samples(model: MusicTransformer, params: Any, inputs: jax.Array, rng: jax.Array, rate: float):
+def with_own_samples(model: MusicTransformer, params: Any, inputs: jax.Array, rng: jax.Array, rate: float | jax.Array):
     """`inputs` (B, T, P) with each frame after the first replaced, with probability `rate`, by a frame the model
     samples (temperature 1) from the true frames before it: parallel scheduled sampling (Duckworth et al. 2019).
 
@@ -193,17 +193,25 @@ def with_own_samples(model: MusicTransformer, params: Any, inputs: jax.Array, rn
     return inputs.at[:, 1:].set(jnp.where(replace, sampled, inputs[:, 1:]))
 
 
+def scheduled_sampling_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:
+    """The share of input frames that are the model's own samples at `step`: 0 at the start (an untrained
+    model's samples are noise), rising linearly to `cfg.scheduled_sampling` half-way through the schedule."""
+    ramp = max(1, (cfg.schedule_steps or cfg.steps) // 2)
+    return cfg.scheduled_sampling * jnp.minimum(1.0, step.astype(jnp.float32) / ramp)
+
+
 def make_train_step(
-    model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int, scheduled_sampling: float = 0.0
+    model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int, tcfg: TrainConfig | None = None
 ) -> Callable:
     """train_step(state, batch) -> (state, metrics); `batch` leaves are (global_batch, ...). With
-    `scheduled_sampling` > 0 that share of input frames is the model's own samples (`with_own_samples`)."""
+    `tcfg.scheduled_sampling` > 0 a share of the input frames is the model's own samples (`with_own_samples`)."""
+    own_samples = tcfg is not None and tcfg.scheduled_sampling > 0
 
-    def loss_sums(params, micro, rng):
+    def loss_sums(params, micro, rng, step):
         inputs = micro["inputs"]
-        if scheduled_sampling > 0:
+        if own_samples:
             rng, own_rng = jax.random.split(rng)
-            inputs = with_own_samples(model, params, inputs, own_rng, scheduled_sampling)
+            inputs = with_own_samples(model, params, inputs, own_rng, scheduled_sampling_rate(tcfg, step))
         out, _ = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
         return frame_nll(out, micro["targets"], micro["mask"], model.cfg, params)
 
@@ -212,7 +220,7 @@ def make_train_step(
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if grad_accum == 1:
-            (nll_sum, frames), grads = grad_fn(state.params, batch, rng)
+            (nll_sum, frames), grads = grad_fn(state.params, batch, rng, state.step)
         else:
             micro_batches = jax.tree.map(
                 lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch
@@ -220,7 +228,7 @@ def make_train_step(
 
             def accumulate(carry, xs):
                 micro, i = xs
-                (nll, n), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
+                (nll, n), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i), state.step)
                 acc_nll, acc_n, acc_g = carry
                 return (acc_nll + nll, acc_n + n, jax.tree.map(jnp.add, acc_g, g)), None
 
@@ -243,12 +251,12 @@ def jit_train_step(
     tx: optax.GradientTransformation,
     grad_accum: int,
     state_shardings: Any,
-    scheduled_sampling: float = 0.0,
+    tcfg: TrainConfig | None = None,
 ) -> Callable:
     """The train step as training runs it: state sharded by the rule table (in and out) and donated.
     Trace and call it inside `sharding.activate(mesh)`."""
     return jax.jit(
-        make_train_step(model, tx, grad_accum, scheduled_sampling),
+        make_train_step(model, tx, grad_accum, tcfg),
         in_shardings=(state_shardings, None),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
@@ -427,7 +435,7 @@ def train_and_evaluate(
     if resume_step is not None:
         from musicgpt_jax.checkpoint import load_config_dict
 
-        saved, _ = load_config_dict(workdir_path, resume_step)
+        saved, _ = load_config_dict(workdir_path)  # the newest readable: a damaged latest one is reported at restore
         check_compatible(saved, cfg, workdir)
 
     state, state_shardings = create_train_state(model, tx, cfg, mesh)
@@ -454,7 +462,7 @@ def train_and_evaluate(
     except (KeyError, ValueError, FileNotFoundError):
         val_source = []
 
-    train_step = jit_train_step(model, tx, tcfg.grad_accum, state_shardings, tcfg.scheduled_sampling)
+    train_step = jit_train_step(model, tx, tcfg.grad_accum, state_shardings, tcfg)
     eval_step = jax.jit(make_eval_step(model))
     num_params = count_params(state.params)
     flops_frame = flops_per_frame(cfg.model, num_params)
@@ -489,6 +497,7 @@ def train_and_evaluate(
     window_start, window_frames = time.perf_counter(), 0.0
     out_of_time = False  # the time budget (train.max_seconds) is spent: evaluate, save and stop
     terminated = False  # SIGTERM (preemption) on any process: save and stop
+    closers = [stop.uninstall, *([bar.close] if bar is not None else []), checkpointer.close, writer.close]
     try:
         with sharding.activate(mesh):
             while step < tcfg.steps:
@@ -560,14 +569,24 @@ def train_and_evaluate(
                     reason = f"time budget of {tcfg.max_seconds:g} s spent" if out_of_time else "SIGTERM"
                     _log(f"{reason}: saved a checkpoint at step {step}; exiting")
                     break
-    finally:
-        stop.uninstall()
-        if bar is not None:
-            bar.close()
-        checkpointer.close()
-        writer.close()
+    except BaseException:
+        _close_all(closers, quiet=True)  # the error on its way out is the one to report, not a full disk at close
+        raise
+    _close_all(closers, quiet=False)
     last["step"] = step
     return last
+
+
+def _close_all(closers: list[Callable[[], None]], quiet: bool) -> None:
+    """Call every closer; then raise the first error one raised, unless `quiet`."""
+    first: Exception | None = None
+    for close in closers:
+        try:
+            close()
+        except Exception as error:  # noqa: BLE001 - the others must still run
+            first = first or error
+    if first is not None and not quiet:
+        raise first
 
 
 def _agreed_flags(*flags: bool) -> tuple[bool, ...]:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from musicgpt_jax.configs import ModelConfig
+from musicgpt_jax.configs import ModelConfig, TrainConfig
 from musicgpt_jax.model import MusicTransformer, sample_frame
 from musicgpt_jax.strategies import Strategy, choose
-from musicgpt_jax.train import with_own_samples
+from musicgpt_jax.train import scheduled_sampling_rate, with_own_samples
 
 LOGITS = jnp.log(jnp.asarray([0.6, 0.3, 0.1]))
 
@@ -79,3 +79,10 @@ def test_own_samples_replace_the_chosen_share_of_frames_and_keep_holds_consisten
     assert not (holds & (np.asarray(inputs[:, :-1]) == 0)).any()  # a drawn hold only continues a sounding note
     again = np.asarray(with_own_samples(model, params, inputs, jax.random.key(3), 0.5))
     np.testing.assert_array_equal(mixed, again)
+
+
+def test_scheduled_sampling_rises_to_its_rate_half_way_through_the_schedule():
+    cfg = TrainConfig(steps=1000, scheduled_sampling=0.4)
+    rates = [float(scheduled_sampling_rate(cfg, jnp.asarray(step))) for step in (0, 250, 500, 999)]
+    np.testing.assert_allclose(rates, [0.0, 0.2, 0.4, 0.4], rtol=1e-6)
+    assert float(scheduled_sampling_rate(TrainConfig(steps=1000), jnp.asarray(999))) == 0.0
