@@ -23,6 +23,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from musicgpt_jax.configs import Config, ConfigError
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -86,6 +88,9 @@ class Checkpointer:
         if not candidates:
             raise CheckpointError(f"{self.directory}: no checkpoints")
         for i, candidate in enumerate(candidates):
+            mismatch = self.shape_mismatch(candidate, abstract_state)
+            if mismatch is not None:  # another model's checkpoint, not a damaged one: no fallback, nothing moved
+                raise CheckpointError(f"{self.directory / str(candidate)}: {mismatch}")
             try:
                 restored = self.manager.restore(
                     candidate,
@@ -107,6 +112,29 @@ class Checkpointer:
                         f"{self.directory / str(candidate)}: checkpoint unreadable ({reason})"
                     ) from error
         raise AssertionError("unreachable")
+
+    def shape_mismatch(self, step: int, abstract_state: Any) -> str | None:
+        """How the parameters stored at `step` differ from those `abstract_state` holds (the first difference,
+        one line), or None. Checked before restoring: Orbax would fail on the first array, after starting
+        background reads that print tracebacks at exit. Unreadable metadata gives None (restoring reports it)."""
+        wanted = getattr(abstract_state, "params", None)
+        if wanted is None:
+            return None
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                stored = reader.metadata(self.directory / str(step) / "state").item_metadata["params"]
+            stored = _shapes(stored)
+        except Exception:  # noqa: BLE001 - any failure to read metadata: leave the verdict to the restore
+            return None
+        for path, shape in _shapes(wanted).items():
+            if path not in stored:
+                return f"parameter {path} of the model in its config is not in the checkpoint (another model's run?)"
+            if stored[path] != shape:
+                return (
+                    f"parameter {path} has shape {stored[path]} in the checkpoint but {shape} in the model of "
+                    "its config (another model's run?)"
+                )
+        return None
 
     def _quarantine(self, step: int) -> epath.Path:
         """Move an unreadable checkpoint out of the way (kept for inspection) so training can save that step."""
@@ -131,22 +159,42 @@ class Checkpointer:
         self.manager.close()
 
 
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{"embed/table": shape, ...} of a tree of arrays, abstract arrays or Orbax array metadata."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    name = lambda key: str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+    return {"/".join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
 def load_config_dict(workdir: str | epath.Path, step: int | None = None) -> tuple[dict, int]:
-    """The resolved config saved with a checkpoint (the latest, or `step`), and that step."""
+    """The resolved config saved with a checkpoint (the latest, or `step`), and that step. CheckpointError when
+    the step holds no config this version of the project can read (another program's checkpoint, say)."""
     directory = checkpoint_dir(workdir)
     if not directory.exists():
         raise CheckpointError(
             f"{workdir}: no checkpoints (expected {directory}); train first: python train.py --workdir {workdir}"
         )
     ckpt = Checkpointer(workdir, read_only=True, async_save=False)
-    steps = ckpt.steps()
-    if not steps:
-        raise CheckpointError(f"{directory}: no checkpoints; train first: python train.py --workdir {workdir}")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise CheckpointError(f"{directory}: no checkpoint at step {step} (have: {steps})")
-    config_file = directory / str(step) / "config" / "metadata"
-    if config_file.exists():
-        return json.loads(config_file.read_text()), step
-    return ckpt.read_config(step), step
+    try:
+        steps = ckpt.steps()
+        if not steps:
+            raise CheckpointError(f"{directory}: no checkpoints; train first: python train.py --workdir {workdir}")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise CheckpointError(f"{directory}: no checkpoint at step {step} (have: {steps})")
+        config_file = directory / str(step) / "config" / "metadata"
+        try:
+            config = json.loads(config_file.read_text()) if config_file.exists() else ckpt.read_config(step)
+        except Exception as error:  # noqa: BLE001 - Orbax and json raise many types for a folder that is not ours
+            reason = " ".join(str(error).split())[:200] or type(error).__name__
+            raise CheckpointError(
+                f"{directory / str(step)}: not a checkpoint of this project (no readable config: {reason})"
+            ) from None
+    finally:
+        ckpt.close()
+    try:
+        Config.from_dict(config)
+    except (ConfigError, AttributeError, TypeError) as error:
+        raise CheckpointError(f"{config_file}: a config this version cannot read ({error})") from None
+    return config, step

@@ -179,8 +179,23 @@ def evaluate_run(
     }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as every error of the project (argparse adds the usage)
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m musicgpt_jax.evaluate",
         description="Frame NLL (nats per frame, pooled over every frame of a split) of a trained run; prints JSON.",
         epilog="Errors print one line on stderr and exit with status 2.",
@@ -190,15 +205,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data_dir", help="records directory (default: the one the run trained on)")
     parser.add_argument("--dataset", help="dataset name (default: the one the run trained on)")
     parser.add_argument("--split", default="test", help="train, validation or test (default: %(default)s)")
-    parser.add_argument("--batch_size", type=int, default=16, help="windows per forward pass (default: 16)")
-    parser.add_argument("--stride", type=int, help="sliding-window stride for long sequences (default: max_len/2)")
+    parser.add_argument("--batch_size", type=_positive_int, default=16, help="windows per forward pass (default: 16)")
+    parser.add_argument(
+        "--stride", type=_positive_int, help="sliding-window stride for long sequences (default: max_len/2)"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from absl import logging  # Orbax logs its read-only notes as warnings: stderr holds only our one line
+
     from musicgpt_jax import records
     from musicgpt_jax.checkpoint import CheckpointError
+
+    logging.set_verbosity(logging.ERROR)
 
     try:
         result = evaluate_run(

@@ -1,4 +1,5 @@
-"""Corpus: the default corpus export and the polyphonic-benchmark import, on the real files."""
+"""Corpus: the default corpus export and the polyphonic-benchmark import, on the real files (../shared) and on a
+file written here."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import scipy.io
-from conftest import SHARED
+from conftest import SHARED, require_shared
 
 from musicgpt_jax import corpus
 from musicgpt_jax.frames import midi_to_frames
@@ -17,6 +18,7 @@ SPLITS = ("train", "validation", "test")
 
 
 def test_jsb_mat_is_imported_exactly():
+    require_shared("polyphonic/JSB_Chorales.mat")
     imported = corpus.load_benchmark(POLY / "JSB_Chorales.mat")
     mat = scipy.io.loadmat(POLY / "JSB_Chorales.mat")
     assert list(imported) == list(SPLITS)
@@ -30,6 +32,7 @@ def test_jsb_mat_is_imported_exactly():
 
 
 def test_jsb_json_equals_the_mat_file_sequence_by_sequence():
+    require_shared("polyphonic/jsb-chorales-quarter.json")
     from_json = corpus.load_benchmark(POLY / "jsb-chorales-quarter.json")
     from_mat = corpus.load_benchmark(POLY / "JSB_Chorales.mat")
     raw = json.loads((POLY / "jsb-chorales-quarter.json").read_text())
@@ -50,7 +53,7 @@ def test_jsb_json_equals_the_mat_file_sequence_by_sequence():
     ],
 )
 def test_other_sets_have_their_published_sizes(file, sequences, frames):
-    imported = corpus.load_benchmark(POLY / file)
+    imported = corpus.load_benchmark(require_shared(f"polyphonic/{file}"))
     assert tuple(len(imported[s]) for s in SPLITS) == sequences
     assert tuple(sum(len(x) for x in imported[s]) for s in SPLITS) == frames
     assert all(x.dtype == np.uint8 and x.shape[1] == 88 and x.max() <= 1 for s in SPLITS for x in imported[s])
@@ -72,8 +75,9 @@ def test_unknown_formats_are_refused_in_one_line(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"train": [[[60]]]}))
     (tmp_path / "low.json").write_text(json.dumps({"train": [[[20]]], "valid": [], "test": []}))
     (tmp_path / "broken.mat").write_bytes(b"not a mat file")
+    (tmp_path / "README.md").write_text("# The polyphonic benchmark\n")
     cases = [
-        POLY / "README.md",
+        tmp_path / "README.md",
         tmp_path / "other.mat",
         tmp_path / "other.json",
         tmp_path / "low.json",

@@ -7,20 +7,21 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import JSB, REPO
+from conftest import REPO, bad_workdirs, run_all
 from flax import linen as nn
 
-from musicgpt_jax import configs, corpus, evaluate, records
+from musicgpt_jax import configs, evaluate, records
 from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 from musicgpt_jax.train import train_and_evaluate
 
-# A one-layer model on JSB Chorales, trained for a few steps by the tests that need a run.
+# A one-layer model on `benchmark_data`, trained for a few steps by the tests that need a run.
 ONE_LAYER_RUN = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64", "model.max_len=32"]
 TINY_MODEL = ModelConfig(
     num_pitches=88, num_states=2, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, max_len=32, dropout=0.0
@@ -28,8 +29,10 @@ TINY_MODEL = ModelConfig(
 
 
 @pytest.fixture(scope="module")
-def jsb_test() -> list[np.ndarray]:
-    return corpus.load_benchmark(JSB)["test"]
+def test_sequences(benchmark_data) -> list[np.ndarray]:
+    """The test split of `benchmark_data` (JSB Chorales, or the synthetic corpus), in its published order."""
+    source = records.load_split(benchmark_data.data_dir, benchmark_data.dataset, "test")
+    return [np.asarray(source[i]["states"]) for i in range(len(source))]
 
 
 def init_params(cfg: ModelConfig, seed: int = 0):
@@ -49,7 +52,7 @@ def test_plan_scores_every_frame_once():
             assert sorted(scored) == list(range(1, length + 1)), (length, window, stride)
 
 
-def test_hand_computed_nll_with_a_constant_head(jsb_test):
+def test_hand_computed_nll_with_a_constant_head(test_sequences):
     """Head kernel 0, bias = chosen logits: each pitch's distribution is known whatever the input."""
     rng = np.random.default_rng(0)
     bias = rng.normal(0.0, 2.0, (88, 2)).astype(np.float32)
@@ -57,7 +60,7 @@ def test_hand_computed_nll_with_a_constant_head(jsb_test):
     params["head"]["kernel"] = jnp.zeros_like(params["head"]["kernel"])
     params["head"]["bias"] = jnp.asarray(bias)
     # Short ones, and ones longer than max_len=32 (up to 160 frames: several sliding windows).
-    chosen = [jsb_test[i] for i in range(len(jsb_test)) if i < 3 or jsb_test[i].shape[0] > 128]
+    chosen = [test_sequences[i] for i in range(len(test_sequences)) if i < 3 or test_sequences[i].shape[0] > 128]
     assert any(s.shape[0] > 4 * TINY_MODEL.max_len for s in chosen)
 
     log_p = bias.astype(np.float64) - np.log(np.exp(bias.astype(np.float64)).sum(axis=1, keepdims=True))
@@ -84,10 +87,10 @@ def reference_nll(params, cfg: ModelConfig, states: np.ndarray, context_start) -
     return total
 
 
-def test_sliding_window_equals_full_context_when_it_fits(jsb_test):
+def test_sliding_window_equals_full_context_when_it_fits(test_sequences):
     cfg = ModelConfig(**{**TINY_MODEL.__dict__, "max_len": 200})
     params = init_params(cfg, seed=1)
-    seqs = [jsb_test[0], jsb_test[1], max(jsb_test, key=len)]
+    seqs = [test_sequences[0], test_sequences[1], max(test_sequences, key=len)]
     result = evaluate.evaluate_nll(params, cfg, seqs, batch_size=2)
     model = MusicTransformer(cfg)
     full = 0.0
@@ -99,11 +102,11 @@ def test_sliding_window_equals_full_context_when_it_fits(jsb_test):
 
 
 @pytest.mark.parametrize("stride", [None, 1, 5])
-def test_sliding_window_context_of_each_frame(jsb_test, stride):
+def test_sliding_window_context_of_each_frame(test_sequences, stride):
     """Each frame past the window sees exactly the left context the module doc promises."""
     cfg = ModelConfig(**{**TINY_MODEL.__dict__, "max_len": 16})
     params = init_params(cfg, seed=2)
-    seq = jsb_test[0][:45]
+    seq = test_sequences[0][:45]
     window, s = cfg.max_len, stride or cfg.max_len // 2
 
     def context_start(t: int) -> int:  # input start of the window that scores target t
@@ -126,7 +129,7 @@ def test_bad_sequences():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(jsb_data, tmp_path_factory) -> str:
+def tiny_run(benchmark_data, tmp_path_factory) -> str:
     workdir = tmp_path_factory.mktemp("run")
     cfg = configs.resolve(
         "jsb",
@@ -139,12 +142,12 @@ def tiny_run(jsb_data, tmp_path_factory) -> str:
             "train.async_checkpoints=false",
         ],
     )
-    cfg.data.data_dir = jsb_data
+    cfg.data.data_dir, cfg.data.dataset = benchmark_data.data_dir, benchmark_data.dataset
     train_and_evaluate(cfg, str(workdir), progress=False)
     return str(workdir)
 
 
-def test_cli_prints_json(tiny_run, jsb_data):
+def test_cli_prints_json(tiny_run, benchmark_data):
     out = subprocess.run(
         [sys.executable, "-m", "musicgpt_jax.evaluate", "--workdir", tiny_run, "--batch_size", "8"],
         cwd=REPO,
@@ -155,16 +158,16 @@ def test_cli_prints_json(tiny_run, jsb_data):
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    info = records.load_info(jsb_data, "jsb_chorales")
-    assert result["frames"] == info.split_frames["test"] == 4725
-    assert result["sequences"] == 77 and result["step"] == 2
-    assert result["dataset"] == "jsb_chorales" and result["split"] == "test"
+    info = records.load_info(benchmark_data.data_dir, benchmark_data.dataset)
+    assert result["frames"] == info.split_frames["test"] and result["sequences"] == info.split_sizes["test"]
+    assert result["step"] == 2 and result["dataset"] == benchmark_data.dataset and result["split"] == "test"
     assert 0 < result["nats_per_frame"] < 88 * math.log(2) * 2
 
 
-def test_cli_library_matches(tiny_run, jsb_data):
+def test_cli_library_matches(tiny_run, benchmark_data):
     result = evaluate.evaluate_run(tiny_run, split="validation", batch_size=5)
-    assert result["frames"] == 4602 and result["sequences"] == 76
+    info = records.load_info(benchmark_data.data_dir, benchmark_data.dataset)
+    assert result["frames"] == info.split_frames["validation"] and result["sequences"] == info.split_sizes["validation"]
 
 
 @pytest.mark.parametrize(
@@ -175,8 +178,8 @@ def test_cli_library_matches(tiny_run, jsb_data):
         (["--step", "7"], "no checkpoint at step 7"),
     ],
 )
-def test_cli_bad_input(tiny_run, jsb_data, capsys, args, needle):
-    assert evaluate.main(["--workdir", tiny_run, "--data_dir", jsb_data, *args]) == 2
+def test_cli_bad_input(tiny_run, benchmark_data, capsys, args, needle):
+    assert evaluate.main(["--workdir", tiny_run, "--data_dir", benchmark_data.data_dir, *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
 
@@ -187,7 +190,30 @@ def test_cli_workdir_without_checkpoints(tmp_path, capsys):
     assert "no checkpoints" in err and err.count("\n") == 1
 
 
-def test_train_time_budget(jsb_data, tmp_path):
+def test_cli_refuses_bad_workdirs_and_flags_in_one_line(tiny_run, tmp_path):
+    """The real `python -m musicgpt_jax.evaluate`: one line on stderr naming the workdir or flag and the reason,
+    exit status 2, nothing on stdout."""
+    workdirs = bad_workdirs(Path(tiny_run), tmp_path)
+    cases = {
+        "no_workdir": ([], "the following arguments are required: --workdir"),
+        "empty": (["--workdir", str(workdirs["empty"])], f"{workdirs['empty']}: no checkpoints"),
+        "not_a_run": (["--workdir", str(workdirs["not_a_run"])], "checkpoints/7: not a checkpoint of this project"),
+        "other_shape": (
+            ["--workdir", str(workdirs["other_shape"])],
+            "checkpoints/2: parameter embed/table has shape (88, 2, 32) in the checkpoint but (88, 2, 64)",
+        ),
+        "other_version": (["--workdir", str(workdirs["other_version"])], "a config this version cannot read"),
+        "zero_batch": (["--workdir", tiny_run, "--batch_size", "0"], "--batch_size: 0: must be at least 1"),
+    }
+    done = run_all({case: [sys.executable, "-m", "musicgpt_jax.evaluate", *args] for case, (args, _) in cases.items()})
+    for case, (_, expected) in cases.items():
+        result = done[case]
+        lines = result.stderr.splitlines()
+        assert result.returncode == 2 and result.stdout == "", (case, result.stderr[-3000:])
+        assert len(lines) == 1 and expected in lines[0], (case, result.stderr)
+
+
+def test_train_time_budget(benchmark_data, tmp_path):
     """train.max_seconds: the loop evaluates, saves and stops once the budget is spent."""
     cfg = configs.resolve(
         "jsb",
@@ -200,7 +226,7 @@ def test_train_time_budget(jsb_data, tmp_path):
             "train.max_seconds=0.001",
         ],
     )
-    cfg.data.data_dir = jsb_data
+    cfg.data.data_dir, cfg.data.dataset = benchmark_data.data_dir, benchmark_data.dataset
     out = train_and_evaluate(cfg, str(tmp_path), progress=False)
     assert out["step"] == 1 and "val_nll" in out
     assert evaluate.evaluate_run(str(tmp_path), split="validation")["step"] == 1

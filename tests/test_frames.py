@@ -1,4 +1,5 @@
-"""The MIDI ⇄ frames codec, on the shared real and broken MIDI files and on random note sets."""
+"""The MIDI ⇄ frames codec: on the shared real and broken MIDI files (../shared; skipped without it), on pieces and
+broken files written here (tests/synthetic.py), and on random note sets."""
 
 import functools
 import io
@@ -10,6 +11,8 @@ import mido
 import numpy as np
 import pretty_midi
 import pytest
+import synthetic
+from conftest import require_shared, shared_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,12 +28,7 @@ from musicgpt_jax.frames import (
     write_midi,
 )
 
-SHARED = Path(__file__).parents[2] / "shared" / "data"
-REAL = sorted((SHARED / "midi" / "real").glob("*.mid"))
-EDGE = sorted(p for p in (SHARED / "midi" / "edge").iterdir() if p.suffix in (".mid", ".midi"))
 SPQ = 8
-
-pytestmark = pytest.mark.skipif(not REAL, reason=f"shared MIDI files not found under {SHARED}")
 
 
 @functools.cache
@@ -91,9 +89,18 @@ def round_trip(frames: Frames, tmp_path: Path) -> tuple[Frames, Frames]:
 # ------------------------------------------------------------------------------------------------ real data
 
 
+def real_files() -> list[Path]:
+    """The shared real-music files; skips the calling test without ../shared."""
+    return sorted(require_shared("midi/real").glob("*.mid"))
+
+
+def edge_file(name: str) -> Path:
+    return require_shared(f"midi/edge/{name}")
+
+
 @functools.cache
 def on_grid_files() -> list[Path]:
-    return [p for p in REAL if grid_notes(parsed(p)) is not None]
+    return [p for p in real_files() if grid_notes(parsed(p)) is not None]
 
 
 def test_round_trip_identical_on_grid_real_files(tmp_path):
@@ -117,7 +124,7 @@ def test_midi_frames_midi_keeps_on_grid_notes():
 
 def test_tempo_maps_written_back_exactly(tmp_path):
     """Files with hundreds of tempo changes: the grid ignores them and the tempo events come back verbatim."""
-    heavy = [p for p in REAL if len(parsed(p).get_tempo_changes()[0]) >= 250]
+    heavy = [p for p in real_files() if len(parsed(p).get_tempo_changes()[0]) >= 250]
     assert len(heavy) >= 5
     for path in heavy:
         frames = midi_to_frames(parsed(path))
@@ -146,7 +153,7 @@ def silent_fraction(frames: list[Frames]) -> float:
 
 
 def test_sustain_pedal_fills_maestro_silences():
-    maestro = [p for p in REAL if p.name.startswith("miditok_Maestro_")]
+    maestro = [p for p in real_files() if p.name.startswith("miditok_Maestro_")]
     assert len(maestro) == 10
     as_written = silent_fraction([midi_to_frames(parsed(p), sustain_pedal=False) for p in maestro])
     pedalled = silent_fraction([midi_to_frames(parsed(p)) for p in maestro])
@@ -156,7 +163,7 @@ def test_sustain_pedal_fills_maestro_silences():
 
 
 def test_damper_file_sounds_longer_with_pedal():
-    pm = parsed(SHARED / "midi" / "edge" / "jazzsoft_test-control-40-damper.mid")
+    pm = parsed(edge_file("jazzsoft_test-control-40-damper.mid"))
     dry, wet = notes_of(midi_to_frames(pm, sustain_pedal=False)), notes_of(midi_to_frames(pm))
     assert [(p, on, v) for p, on, _, v in dry] == [(p, on, v) for p, on, _, v in wet]
     assert all(w[2] >= d[2] for d, w in zip(dry, wet, strict=True))
@@ -166,7 +173,7 @@ def test_damper_file_sounds_longer_with_pedal():
 # ----------------------------------------------------------------------------------------------- edge files
 
 
-@pytest.mark.parametrize("path", EDGE, ids=[p.name for p in EDGE])
+@pytest.mark.parametrize("path", shared_files("midi/edge"))
 def test_edge_file_converts_or_raises_decode_error(path):
     try:
         frames = midi_to_frames(path)
@@ -183,13 +190,13 @@ def test_edge_file_converts_or_raises_decode_error(path):
 
 def test_files_without_notes_give_empty_frames():
     for name in ["jazzsoft_test-empty.mid", "jazzsoft_test-silence-end-of-track.mid", "miditok_empty.mid"]:
-        frames = midi_to_frames(SHARED / "midi" / "edge" / name)
+        frames = midi_to_frames(edge_file(name))
         assert frames.states.shape == (0, 128) and notes_of(frames) == []
         assert midi_to_frames(frames_to_midi(frames)) == frames
 
 
 def test_drums_dropped_unless_asked_for():
-    path = SHARED / "midi" / "edge" / "jazzsoft_test-all-gm-percussion.mid"
+    path = edge_file("jazzsoft_test-all-gm-percussion.mid")
     assert midi_to_frames(path).num_frames == 0
     assert len(notes_of(midi_to_frames(path, include_drums=True))) > 0
 
@@ -211,6 +218,64 @@ def test_decode_errors_are_one_line_and_name_the_source(tmp_path):
     with pytest.raises(MidiDecodeError, match="missing.mid: cannot read"):
         midi_to_frames(tmp_path / "missing.mid")
     assert str(midi_to_frames(header(96) + track).states.shape) == "(0, 128)"
+
+
+# -------------------------------------------------------------------------------------------- written files
+
+
+@pytest.fixture(scope="module")
+def written_pieces(tmp_path_factory) -> list[Path]:
+    return synthetic.write_corpus(tmp_path_factory.mktemp("pieces"), num_pieces=12)
+
+
+def test_written_pieces_round_trip_and_keep_their_notes(written_pieces, tmp_path):
+    """The codec on whole pieces written with pretty_midi (chords, arpeggios under the pedal, melodies; 4/4, 3/4
+    and a change between them): exact round trips, every note kept."""
+    for path in written_pieces:
+        pm = parsed(path)
+        source = grid_notes(pm)
+        assert source is not None, f"{path.name}: written off the grid"
+        frames = midi_to_frames(pm)
+        assert frames.num_frames > 0
+        for again in round_trip(frames, tmp_path):
+            assert again == frames, path.name
+        dry = midi_to_frames(pm, sustain_pedal=False)
+        assert written_notes(frames_to_midi(dry)) == notes_of(dry), path.name
+        assert_notes_kept(source, notes_of(dry))
+        if pm.instruments[0].control_changes:  # the pedal lengthens notes, never moves or drops an onset
+            wet = notes_of(frames)
+            assert [(p, on, v) for p, on, _, v in notes_of(dry)] == [(p, on, v) for p, on, _, v in wet]
+            assert sum(off - on for _, on, off, _ in wet) > sum(off - on for _, on, off, _ in notes_of(dry))
+
+
+def test_written_piece_metadata(written_pieces):
+    changing = [p for p in written_pieces if len(parsed(p).time_signature_changes) > 1]
+    assert changing, "expected a piece that changes from 4/4 to 3/4"
+    for path in changing:
+        pm = parsed(path)
+        frames = midi_to_frames(pm)
+        change = round(pm.time_to_tick(pm.time_signature_changes[1].time) * SPQ / pm.resolution)
+        assert frames.time_signatures == ((0, 4, 4), (change, 3, 4)), path.name
+        assert change % (4 * SPQ) == 0  # the change falls on a bar line of the 4/4 part
+        assert frames.steps_per_bar() == 4 * SPQ  # of the first time signature
+        assert len(frames.tempos) == 1 and frames.tempos[0][0] == 0
+        assert frames.tempos[0][1] == pytest.approx(pm.get_tempo_changes()[1][0], rel=1e-6)
+
+
+def test_written_files_without_notes_and_broken_files(written_pieces, tmp_path):
+    reasons = synthetic.write_broken_files(tmp_path, written_pieces[0])
+    for name, reason in reasons.items():
+        if reason == "no notes":
+            frames = midi_to_frames(tmp_path / name)
+            assert frames.states.shape == (0, 128) and notes_of(frames) == [], name
+            assert midi_to_frames(frames_to_midi(frames)) == frames
+        else:
+            with pytest.raises(MidiDecodeError) as error:
+                midi_to_frames(tmp_path / name)
+            message = str(error.value)
+            assert message.startswith(f"{tmp_path / name}: ") and "\n" not in message, message
+    drums = midi_to_frames(tmp_path / "drums_only.mid", include_drums=True)
+    assert len(notes_of(drums)) == 16
 
 
 # ---------------------------------------------------------------------------------------- representation
@@ -274,10 +339,10 @@ def test_sustain_only_benchmark_frames():
 
 
 def test_frames_metadata():
-    frames = midi_to_frames(parsed(SHARED / "midi" / "real" / "nott_jigs1.mid"))
+    frames = midi_to_frames(parsed(require_shared("midi/real/nott_jigs1.mid")))
     assert frames.time_signatures[0][1:] == (6, 8) and frames.steps_per_bar() == SPQ * 3
     assert frames.num_pitches == 128 and frames.states.dtype == frames.velocities.dtype == np.uint8
-    coarse = midi_to_frames(parsed(SHARED / "midi" / "real" / "nott_jigs1.mid"), steps_per_quarter=2)
+    coarse = midi_to_frames(parsed(require_shared("midi/real/nott_jigs1.mid")), steps_per_quarter=2)
     assert coarse.steps_per_quarter == 2 and coarse.steps_per_bar() == 6
     assert Frames(frames.states.astype(np.int64), frames.velocities.tolist(), tempos=[[0, 120]]) == Frames(
         frames.states, frames.velocities

@@ -4,10 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import JSB
 from flax import linen as nn
 
-from musicgpt_jax import configs, corpus
+from musicgpt_jax import configs, records
 from musicgpt_jax.model import (
     MusicTransformer,
     attention_implementation,
@@ -19,10 +18,11 @@ from musicgpt_jax.model import (
 
 
 @pytest.fixture(scope="module")
-def chorale_batch() -> np.ndarray:
-    """Two real 33-frame crops of JSB Chorales training pieces (88 pitches, on/off)."""
-    pieces = corpus.load_benchmark(JSB)["train"]
-    return np.stack([pieces[0][:33], pieces[1][:33]]).astype(np.int32)
+def chorale_batch(benchmark_data) -> np.ndarray:
+    """Two 33-frame crops of training pieces of `benchmark_data` (JSB Chorales, or the synthetic corpus; 88
+    pitches, on/off)."""
+    pieces = records.load_split(benchmark_data.data_dir, benchmark_data.dataset, "train")
+    return np.stack([pieces[0]["states"][:33], pieces[1]["states"][:33]]).astype(np.int32)
 
 
 def loss_and_grads(model_cfg: configs.ModelConfig, params, frames: np.ndarray):

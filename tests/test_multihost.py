@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_OVERRIDES
+from conftest import REPO, TINY_OVERRIDES, BenchmarkData
 from etils import epath
 
 from musicgpt_jax import train as train_lib
@@ -50,14 +50,16 @@ def launch(devices: int, *args: str, env: dict[str, str] | None = None) -> subpr
     )
 
 
-def train_args(workdir: Path, data_dir: str, steps: int, data_log: Path) -> list[str]:
+def train_args(workdir: Path, data: BenchmarkData, steps: int, data_log: Path) -> list[str]:
     return [
         "--config",
         "jsb",
         "--workdir",
         str(workdir),
         "--data_dir",
-        data_dir,
+        data.data_dir,
+        "--dataset",
+        data.dataset,
         "--steps",
         str(steps),
         "--no_progress",
@@ -90,13 +92,13 @@ def batches(log: Path) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_two_processes_then_one_resumes_like_an_uninterrupted_run(jsb_data, tmp_path):
+def test_two_processes_then_one_resumes_like_an_uninterrupted_run(benchmark_data, tmp_path):
     port = free_port()
     shared, straight = tmp_path / "two_then_one", tmp_path / "straight"
     workers = [
         launch(
             2,
-            *train_args(shared, jsb_data, 4, tmp_path / "two.log"),
+            *train_args(shared, benchmark_data, 4, tmp_path / "two.log"),
             "--coordinator_address",
             f"127.0.0.1:{port}",
             "--num_processes",
@@ -106,13 +108,13 @@ def test_two_processes_then_one_resumes_like_an_uninterrupted_run(jsb_data, tmp_
         )
         for i in range(2)
     ]
-    reference = launch(4, *train_args(straight, jsb_data, 8, tmp_path / "one.log"))
+    reference = launch(4, *train_args(straight, benchmark_data, 8, tmp_path / "one.log"))
     errors = [finish(p) for p in workers]
     finish(reference)
     assert "stopped at step 4" in errors[0] and "stopped at step" not in errors[1]  # only process 0 reports
     assert (shared / "checkpoints" / "4").is_dir()
 
-    err = finish(launch(4, *train_args(shared, jsb_data, 8, tmp_path / "resumed.log")))
+    err = finish(launch(4, *train_args(shared, benchmark_data, 8, tmp_path / "resumed.log")))
     assert "resumed from" in err and "at step 4" in err
 
     a, b = losses(straight), losses(shared)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, bad_workdirs, run_all
 from flax import linen as nn
 
 from musicgpt_jax import configs, sampling
@@ -278,6 +279,40 @@ def test_bad_input_is_one_line_and_writes_nothing(case, run_dir, tmp_path, capsy
     assert stderr.count("\n") == 1 and expected in stderr, stderr
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_refuses_bad_workdirs_primers_and_flags_in_one_line(run_dir, tmp_path):
+    """The real `python sample.py`: one line on stderr naming the workdir, file or flag and the reason, a
+    non-zero exit, nothing written, and the refused workdirs left as they were."""
+    workdirs = bad_workdirs(run_dir, tmp_path / "workdirs")
+    (tmp_path / "notes.mid").write_text("these are not notes")
+    good = ["--workdir", str(run_dir)]
+    cases = {
+        "empty": (["--workdir", str(workdirs["empty"])], f"{workdirs['empty']}: no checkpoints"),
+        "not_a_run": (["--workdir", str(workdirs["not_a_run"])], "checkpoints/7: not a checkpoint of this project"),
+        "other_shape": (
+            ["--workdir", str(workdirs["other_shape"])],
+            "checkpoints/2: parameter embed/table has shape (128, 3, 32) in the checkpoint but (128, 3, 64)",
+        ),
+        "other_version": (["--workdir", str(workdirs["other_version"])], "a config this version cannot read"),
+        "primer_not_midi": ([*good, "--prime", str(tmp_path / "notes.mid")], "notes.mid: not a MIDI file"),
+        "zero_bars": ([*good, "--bars", "0"], "--bars 0: must be positive"),
+        "negative_temperature": ([*good, "--temperature", "-0.5"], "--temperature -0.5: must be >= 0"),
+    }
+    done = run_all(
+        {
+            case: [sys.executable, str(REPO / "sample.py"), *args, "--out", str(tmp_path / case), "--num_samples", "1"]
+            for case, (args, _) in cases.items()
+        }
+    )
+    for case, (_, expected) in cases.items():
+        result = done[case]
+        lines = result.stderr.splitlines()
+        assert result.returncode != 0 and result.stdout == "", (case, result.stderr[-3000:])
+        assert len(lines) == 1 and lines[0].startswith("sample.py: ") and expected in lines[0], (case, result.stderr)
+        assert not (tmp_path / case).exists(), case
+    assert sorted(p.name for p in (workdirs["other_shape"] / "checkpoints").iterdir()) == ["1", "2"]  # none moved
+    assert not (workdirs["other_shape"] / "corrupt_checkpoints").exists()
 
 
 def test_a_failure_while_writing_leaves_out_untouched(run_dir, tmp_path, monkeypatch):

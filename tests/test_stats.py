@@ -2,24 +2,18 @@
 
 import json
 import math
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pretty_midi
 import pytest
+from conftest import REPO, require_shared
 
 from musicgpt_jax import stats
 from musicgpt_jax.frames import HOLD, ONSET, Frames, midi_to_frames, notes_of
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data/midi")
-if not DATA.is_dir():
-    DATA = REPO.parent / "shared" / "data" / "midi"
-NOT_A_MIDI_FILE = DATA / "edge" / "jazzsoft_test-not-a-midi-file.mid"
-
+NOT_MIDI = "These are not the notes you are looking for.\n"  # a text file named .mid
 STEP = 0.0625  # seconds per 32nd note at 120 bpm; 60 ticks at 480 per quarter, so every time is exact
 
 
@@ -152,7 +146,7 @@ def test_vectorised_counts_agree_with_the_codecs_notes(num_states):
 
 
 def test_a_midi_file_without_notes_counts_as_a_piece(tmp_path):
-    result = stats.compute_stats([midi_to_frames(DATA / "edge" / "jazzsoft_test-empty.mid")])
+    result = stats.compute_stats([midi_to_frames(write_midi(tmp_path / "empty.mid", []))])
     assert result["num_pieces"] == 1 and result["pieces_without_notes"] == 1 and result["num_frames"] == 0
     assert result["silent_fraction"] is None and result["longest_silence_bars"] == 0.0
     json.dumps(result, allow_nan=False)
@@ -220,7 +214,7 @@ def test_missing_reference_dir_is_an_error(tmp_path, capsys):
 
 def test_broken_midi_is_skipped_and_reported(tmp_path, capsys):
     samples = make_samples_dir(tmp_path / "samples")
-    shutil.copy(NOT_A_MIDI_FILE, samples / "broken.mid")
+    (samples / "broken.mid").write_text(NOT_MIDI)
     assert stats.main([str(samples)]) == 0
     captured = capsys.readouterr()
     warning = [line for line in captured.err.splitlines() if "broken.mid" in line]
@@ -232,7 +226,7 @@ def test_broken_midi_is_skipped_and_reported(tmp_path, capsys):
 
 
 def test_only_broken_files_is_an_error(tmp_path, capsys):
-    shutil.copy(NOT_A_MIDI_FILE, tmp_path / "broken.mid")
+    (tmp_path / "broken.mid").write_text(NOT_MIDI)
     assert stats.main([str(tmp_path)]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and "broken.mid" in lines[0]
@@ -247,12 +241,11 @@ def test_compare_is_zero_against_itself(tmp_path):
 
 def link_files(pattern, target):
     target.mkdir()
-    for path in sorted((DATA / "real").glob(pattern)):
+    for path in sorted(require_shared("midi/real").glob(pattern)):
         (target / path.name).symlink_to(path)
     return target
 
 
-@pytest.mark.skipif(not (DATA / "real").is_dir(), reason="shared real-music MIDI set not present")
 def test_real_music_against_a_reference_has_a_yardstick(tmp_path):
     reference = link_files("nott_*.mid", tmp_path / "nott")
     samples = link_files("tonejs_[bc]*.mid", tmp_path / "tonejs")  # Bach and Debussy piano pieces

@@ -1,4 +1,5 @@
-"""Training on the real JSB Chorales records: sharding equivalence, exact resume, SIGTERM, corruption, bad input."""
+"""Training on benchmark records (JSB Chorales, or the synthetic corpus without ../shared): sharding equivalence,
+exact resume, SIGTERM, corruption, bad input."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, TINY_OVERRIDES
+from conftest import REPO, TINY_OVERRIDES, BenchmarkData
 from jax.sharding import PartitionSpec as P
 
 from musicgpt_jax import configs, pipeline, records, sharding
@@ -35,9 +36,9 @@ from musicgpt_jax.train import (
 )
 
 
-def tiny_config(data_dir: str, *overrides: str) -> configs.Config:
+def tiny_config(data: BenchmarkData, *overrides: str) -> configs.Config:
     cfg = configs.resolve("jsb", [*TINY_OVERRIDES, *overrides])
-    cfg.data.data_dir = data_dir
+    cfg.data.data_dir, cfg.data.dataset = data.data_dir, data.dataset
     return cfg
 
 
@@ -56,9 +57,9 @@ def assert_trees_equal(a, b) -> None:
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_sharded_training_equals_single_device(jsb_data):
-    cfg = tiny_config(jsb_data, "model.dropout=0.0")
-    source = records.load_split(jsb_data, "jsb_chorales", "train")
+def test_sharded_training_equals_single_device(benchmark_data):
+    cfg = tiny_config(benchmark_data, "model.dropout=0.0")
+    source = records.load_split(benchmark_data.data_dir, benchmark_data.dataset, "train")
     data = pipeline.train_dataset(source, seq_len=cfg.model.max_len, batch_size=8, seed=0)
     batches = [{k: data[i][k] for k in ("inputs", "targets", "mask")} for i in range(3)]
     results = {}
@@ -109,12 +110,12 @@ def test_sharded_training_equals_single_device(jsb_data):
     assert mu.sharding.spec == P("fsdp", "tensor")
 
 
-def test_resume_is_bitwise_exact(jsb_data, tmp_path):
-    straight = tiny_config(jsb_data, "train.steps=6", "train.checkpoint_every=3")
+def test_resume_is_bitwise_exact(benchmark_data, tmp_path):
+    straight = tiny_config(benchmark_data, "train.steps=6", "train.checkpoint_every=3")
     train_and_evaluate(straight, str(tmp_path / "straight"), progress=False)
-    first = tiny_config(jsb_data, "train.steps=3", "train.checkpoint_every=3")
+    first = tiny_config(benchmark_data, "train.steps=3", "train.checkpoint_every=3")
     train_and_evaluate(first, str(tmp_path / "split"), progress=False)
-    second = tiny_config(jsb_data, "train.steps=6", "train.checkpoint_every=3")
+    second = tiny_config(benchmark_data, "train.steps=6", "train.checkpoint_every=3")
     train_and_evaluate(second, str(tmp_path / "split"), progress=False)
     a, data_a, step_a = restore_state(tmp_path / "straight", straight)
     b, data_b, step_b = restore_state(tmp_path / "split", second)
@@ -123,15 +124,15 @@ def test_resume_is_bitwise_exact(jsb_data, tmp_path):
     assert_trees_equal(a.opt_state, b.opt_state)
 
 
-def test_resume_on_another_mesh_matches(jsb_data, tmp_path):
+def test_resume_on_another_mesh_matches(benchmark_data, tmp_path):
     base = ["train.checkpoint_every=2", "model.dropout=0.0"]
-    straight = tiny_config(jsb_data, "train.steps=4", *base)
+    straight = tiny_config(benchmark_data, "train.steps=4", *base)
     straight.mesh = "data=2,fsdp=4,tensor=1"
     train_and_evaluate(straight, str(tmp_path / "a"), progress=False)
-    first = tiny_config(jsb_data, "train.steps=2", *base)
+    first = tiny_config(benchmark_data, "train.steps=2", *base)
     first.mesh = "data=2,fsdp=4,tensor=1"
     train_and_evaluate(first, str(tmp_path / "b"), progress=False)
-    second = tiny_config(jsb_data, "train.steps=4", *base)
+    second = tiny_config(benchmark_data, "train.steps=4", *base)
     second.mesh = "data=1,fsdp=2,tensor=4"
     train_and_evaluate(second, str(tmp_path / "b"), progress=False)
 
@@ -145,7 +146,7 @@ def test_resume_on_another_mesh_matches(jsb_data, tmp_path):
     np.testing.assert_allclose([b[s] for s in (3, 4)], [a[s] for s in (3, 4)], rtol=1e-5)
 
 
-def run_train(workdir: Path, data_dir: str, *args: str, **popen) -> subprocess.Popen:
+def run_train(workdir: Path, data: BenchmarkData, *args: str, **popen) -> subprocess.Popen:
     cmd = [
         sys.executable,
         str(REPO / "train.py"),
@@ -154,7 +155,9 @@ def run_train(workdir: Path, data_dir: str, *args: str, **popen) -> subprocess.P
         "--workdir",
         str(workdir),
         "--data_dir",
-        data_dir,
+        data.data_dir,
+        "--dataset",
+        data.dataset,
         "--no_progress",
         *[f"--config.{o}" for o in TINY_OVERRIDES],
         *args,
@@ -172,19 +175,19 @@ def wait_for_checkpoint(workdir: Path, step: int, proc: subprocess.Popen, timeou
         time.sleep(0.05)
 
 
-def test_sigkill_after_save_then_resume_is_exact(jsb_data, tmp_path):
+def test_sigkill_after_save_then_resume_is_exact(benchmark_data, tmp_path):
     common = ("--config.train.checkpoint_every=3", "--config.train.async_checkpoints=false")
-    straight = run_train(tmp_path / "straight", jsb_data, "--steps", "6", *common)
+    straight = run_train(tmp_path / "straight", benchmark_data, "--steps", "6", *common)
     assert straight.wait(timeout=300) == 0, straight.communicate()[1][-2000:]
-    killed = run_train(tmp_path / "killed", jsb_data, "--steps", "400", *common)
+    killed = run_train(tmp_path / "killed", benchmark_data, "--steps", "400", *common)
     wait_for_checkpoint(tmp_path / "killed", 3, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    resumed = run_train(tmp_path / "killed", jsb_data, "--steps", "6", *common)
+    resumed = run_train(tmp_path / "killed", benchmark_data, "--steps", "6", *common)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
     assert "resumed from" in err
-    cfg = tiny_config(jsb_data, "train.steps=6")
+    cfg = tiny_config(benchmark_data, "train.steps=6")
     a, _, _ = restore_state(tmp_path / "straight", cfg)
     b, _, step = restore_state(tmp_path / "killed", cfg)
     assert step == 6
@@ -192,8 +195,8 @@ def test_sigkill_after_save_then_resume_is_exact(jsb_data, tmp_path):
     assert_trees_equal(a.opt_state, b.opt_state)
 
 
-def test_sigterm_saves_current_step_and_exits_zero(jsb_data, tmp_path):
-    proc = run_train(tmp_path, jsb_data, "--steps", "100000", "--config.train.checkpoint_every=5")
+def test_sigterm_saves_current_step_and_exits_zero(benchmark_data, tmp_path):
+    proc = run_train(tmp_path, benchmark_data, "--steps", "100000", "--config.train.checkpoint_every=5")
     wait_for_checkpoint(tmp_path, 5, proc)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
@@ -203,15 +206,15 @@ def test_sigterm_saves_current_step_and_exits_zero(jsb_data, tmp_path):
     assert match, err[-2000:]
     stopped_at = int(match.group(1))
     assert stopped_at >= 5 and Checkpointer(tmp_path, async_save=False).steps()[-1] == stopped_at
-    again = run_train(tmp_path, jsb_data, "--steps", str(stopped_at + 2))
+    again = run_train(tmp_path, benchmark_data, "--steps", str(stopped_at + 2))
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err[-2000:]
     assert f"at step {stopped_at}" in err
     assert Checkpointer(tmp_path, async_save=False).steps()[-1] == stopped_at + 2
 
 
-def test_corrupted_latest_checkpoint_falls_back(jsb_data, tmp_path, capsys):
-    cfg = tiny_config(jsb_data, "train.steps=4", "train.checkpoint_every=2", "train.async_checkpoints=false")
+def test_corrupted_latest_checkpoint_falls_back(benchmark_data, tmp_path, capsys):
+    cfg = tiny_config(benchmark_data, "train.steps=4", "train.checkpoint_every=2", "train.async_checkpoints=false")
     train_and_evaluate(cfg, str(tmp_path), progress=False)
     state_dir = tmp_path / "checkpoints" / "4" / "state"
     # The array data the top-level OCDBT manifest points at.
@@ -220,13 +223,13 @@ def test_corrupted_latest_checkpoint_falls_back(jsb_data, tmp_path, capsys):
     state, _, step = restore_state(tmp_path, cfg)
     assert step == 2
     assert "falling back to step 2" in capsys.readouterr().err
-    resumed = tiny_config(jsb_data, "train.steps=5", "train.checkpoint_every=2", "train.async_checkpoints=false")
+    resumed = tiny_config(benchmark_data, "train.steps=5", "train.checkpoint_every=2", "train.async_checkpoints=false")
     metrics = train_and_evaluate(resumed, str(tmp_path), progress=False)
     assert metrics["step"] == 5 and np.isfinite(metrics["loss"])
 
 
-def test_loss_falls_on_real_data(jsb_data, tmp_path):
-    cfg = tiny_config(jsb_data, "train.steps=40", "train.learning_rate=3e-3", "train.checkpoint_every=40")
+def test_loss_falls(benchmark_data, tmp_path):
+    cfg = tiny_config(benchmark_data, "train.steps=40", "train.learning_rate=3e-3", "train.checkpoint_every=40")
     train_and_evaluate(cfg, str(tmp_path), progress=False)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
@@ -234,12 +237,12 @@ def test_loss_falls_on_real_data(jsb_data, tmp_path):
     assert (tmp_path / "tensorboard").is_dir()
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(jsb_data, tmp_path):
-    cfg = tiny_config(jsb_data, "train.steps=2", "train.checkpoint_every=2", "train.async_checkpoints=false")
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(benchmark_data, tmp_path):
+    cfg = tiny_config(benchmark_data, "train.steps=2", "train.checkpoint_every=2", "train.async_checkpoints=false")
     train_and_evaluate(cfg, str(tmp_path), progress=False)
     good, _, _ = restore_state(tmp_path, cfg)
     bad = tiny_config(
-        jsb_data,
+        benchmark_data,
         "train.steps=6",
         "train.checkpoint_every=2",
         "train.learning_rate=inf",
@@ -262,18 +265,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(jsb_data, tmp_path):
         (["--dataset", "missing"], "python data/prepare.py"),
     ],
 )
-def test_bad_input_is_one_clear_line(jsb_data, tmp_path, args, message):
-    proc = run_train(tmp_path, jsb_data, "--steps", "1", *args)
+def test_bad_input_is_one_clear_line(benchmark_data, tmp_path, args, message):
+    proc = run_train(tmp_path, benchmark_data, "--steps", "1", *args)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], err[-1000:]
 
 
-def test_incompatible_workdir_is_refused(jsb_data, tmp_path):
-    cfg = tiny_config(jsb_data, "train.steps=1", "train.checkpoint_every=1")
+def test_incompatible_workdir_is_refused(benchmark_data, tmp_path):
+    cfg = tiny_config(benchmark_data, "train.steps=1", "train.checkpoint_every=1")
     train_and_evaluate(cfg, str(tmp_path), progress=False)
-    wider = tiny_config(jsb_data, "train.steps=2", "model.d_model=64")
+    wider = tiny_config(benchmark_data, "train.steps=2", "model.d_model=64")
     with pytest.raises(TrainingError, match="incompatible"):
         train_and_evaluate(wider, str(tmp_path), progress=False)
 
@@ -297,9 +300,9 @@ def trees_close(a, b) -> bool:
     return all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
-def test_grad_accumulation_matches_one_big_batch(jsb_data):
-    cfg = tiny_config(jsb_data, "model.dropout=0.0")
-    source = records.load_split(jsb_data, "jsb_chorales", "train")
+def test_grad_accumulation_matches_one_big_batch(benchmark_data):
+    cfg = tiny_config(benchmark_data, "model.dropout=0.0")
+    source = records.load_split(benchmark_data.data_dir, benchmark_data.dataset, "train")
     batch = {
         k: v
         for k, v in pipeline.train_dataset(source, seq_len=32, batch_size=8, seed=1)[0].items()
@@ -318,10 +321,10 @@ def test_grad_accumulation_matches_one_big_batch(jsb_data):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
 
 
-def test_parameter_average_follows_its_recurrence_and_is_what_evaluation_uses(jsb_data, tmp_path):
+def test_parameter_average_follows_its_recurrence_and_is_what_evaluation_uses(benchmark_data, tmp_path):
     decay = 0.9
-    cfg = tiny_config(jsb_data, f"train.ema_decay={decay}", "train.steps=4", "train.checkpoint_every=4")
-    source = records.load_split(jsb_data, "jsb_chorales", "train")
+    cfg = tiny_config(benchmark_data, f"train.ema_decay={decay}", "train.steps=4", "train.checkpoint_every=4")
+    source = records.load_split(benchmark_data.data_dir, benchmark_data.dataset, "train")
     batches = pipeline.train_dataset(source, seq_len=32, batch_size=8, seed=1)
     mesh = sharding.make_mesh("fsdp=8")  # the average is sharded like the parameters
     model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
