@@ -26,7 +26,7 @@ from flax import linen as nn
 from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.strategies import ChoiceArrays, choose
 
-OFF_STATE, HOLD_STATE = 0, 2  # frames.OFF and frames.HOLD
+OFF_STATE, ONSET_STATE, HOLD_STATE = 0, 1, 2  # frames.OFF, frames.ONSET, frames.HOLD
 
 Cache = dict[str, jax.Array]
 

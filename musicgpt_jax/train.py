@@ -30,7 +30,16 @@ from jax.sharding import Mesh
 
 from musicgpt_jax import sharding
 from musicgpt_jax.configs import Config, TrainConfig
-from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame, frame_nll, sample_frame
+from musicgpt_jax.model import (
+    HOLD_STATE,
+    OFF_STATE,
+    ONSET_STATE,
+    MusicTransformer,
+    count_params,
+    flops_per_frame,
+    frame_nll,
+    sample_frame,
+)
 
 
 class TrainingError(RuntimeError):
@@ -193,6 +202,15 @@ def with_own_samples(model: MusicTransformer, params: Any, inputs: jax.Array, rn
     return inputs.at[:, 1:].set(jnp.where(replace, sampled, inputs[:, 1:]))
 
 
+def restart_held_notes(inputs: jax.Array, targets: jax.Array, num_states: int) -> jax.Array:
+    """Targets (B, T, P) made consistent with inputs that may hold the model's samples: a HOLD of a pitch that
+    the frame before it has off is an ONSET, as `sample_frame` and the MIDI writer read it. Without this the model
+    learns HOLD after OFF, which sampling turns into OFF: voices it dropped would never come back."""
+    if num_states != 3:
+        return targets
+    return jnp.where((targets == HOLD_STATE) & (inputs == OFF_STATE), ONSET_STATE, targets)
+
+
 def scheduled_sampling_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:
     """The share of input frames that are the model's own samples at `step`: 0 at the start (an untrained
     model's samples are noise), rising linearly to `cfg.scheduled_sampling` half-way through the schedule."""
@@ -208,12 +226,13 @@ def make_train_step(
     own_samples = tcfg is not None and tcfg.scheduled_sampling > 0
 
     def loss_sums(params, micro, rng, step):
-        inputs = micro["inputs"]
+        inputs, targets = micro["inputs"], micro["targets"]
         if own_samples:
             rng, own_rng = jax.random.split(rng)
             inputs = with_own_samples(model, params, inputs, own_rng, scheduled_sampling_rate(tcfg, step))
+            targets = restart_held_notes(inputs, targets, model.cfg.num_states)
         out, _ = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
-        return frame_nll(out, micro["targets"], micro["mask"], model.cfg, params)
+        return frame_nll(out, targets, micro["mask"], model.cfg, params)
 
     grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
 

@@ -9,7 +9,7 @@ from flax import linen as nn
 from musicgpt_jax.configs import ModelConfig, TrainConfig
 from musicgpt_jax.model import MusicTransformer, sample_frame
 from musicgpt_jax.strategies import Strategy, choose
-from musicgpt_jax.train import scheduled_sampling_rate, with_own_samples
+from musicgpt_jax.train import restart_held_notes, scheduled_sampling_rate, with_own_samples
 
 LOGITS = jnp.log(jnp.asarray([0.6, 0.3, 0.1]))
 
@@ -86,3 +86,11 @@ def test_scheduled_sampling_rises_to_its_rate_half_way_through_the_schedule():
     rates = [float(scheduled_sampling_rate(cfg, jnp.asarray(step))) for step in (0, 250, 500, 999)]
     np.testing.assert_allclose(rates, [0.0, 0.2, 0.4, 0.4], rtol=1e-6)
     assert float(scheduled_sampling_rate(TrainConfig(steps=1000), jnp.asarray(999))) == 0.0
+
+
+def test_a_hold_after_a_dropped_note_is_learned_as_a_restart():
+    inputs = jnp.asarray([[[1, 2, 0, 0], [0, 2, 1, 0]]])  # the second input frame dropped pitch 0
+    targets = jnp.asarray([[[2, 2, 2, 0], [2, 0, 2, 2]]])
+    fixed = np.asarray(restart_held_notes(inputs, targets, 3))
+    np.testing.assert_array_equal(fixed, [[[2, 2, 1, 0], [1, 0, 2, 1]]])
+    np.testing.assert_array_equal(restart_held_notes(inputs % 2, targets % 2, 2), targets % 2)  # on/off: as is
