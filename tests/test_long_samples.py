@@ -1,0 +1,67 @@
+"""benchmarks/long_samples.py on a small trained run: its figures, and the cache agreeing with full recomputation
+across window slides on the model's own samples."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musicgpt_jax import configs, records
+from musicgpt_jax.frames import HOLD, OFF, ONSET
+from musicgpt_jax.train import train_and_evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import long_samples  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def piano_run(synthetic_midi, tmp_path_factory) -> Path:
+    """A one-layer 128-pitch model trained 30 steps (scheduled sampling on) on the synthetic pieces."""
+    data_dir = tmp_path_factory.mktemp("records")
+    records.build_midi_dataset(synthetic_midi, data_dir, "synthetic", test_percent=20, workers=1, progress=False)
+    overrides = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64"]
+    overrides += ["model.max_len=32", "train.steps=30", "train.batch_size=8", "train.warmup_steps=5"]
+    overrides += ["train.eval_every=1000", "train.async_checkpoints=false", "train.scheduled_sampling=0.5"]
+    cfg = configs.resolve("tiny", overrides)
+    cfg.data.data_dir, cfg.data.dataset = str(data_dir), "synthetic"
+    workdir = tmp_path_factory.mktemp("run")
+    train_and_evaluate(cfg, str(workdir), progress=False)
+    return workdir
+
+
+def test_bar_figures_count_note_starts_per_bar_and_the_range():
+    piece = np.zeros((64, 128), np.int32)
+    piece[0, 60], piece[1:8, 60] = ONSET, HOLD  # one note in bar 1
+    piece[32, [48, 52, 55]] = ONSET  # a chord and a re-struck note in bar 2
+    piece[33, 48] = ONSET
+    figures = long_samples.bar_figures(piece, 3, 32)
+    assert figures["per_bar"] == [1, 4] and figures["max"] == 4 and (figures["low"], figures["high"]) == (48, 60)
+    assert long_samples.bar_figures(np.full((64, 128), OFF), 3, 32)["low"] is None
+
+
+def test_long_samples_cli_scores_its_samples_cached_and_recomputed(piano_run, tmp_path):
+    out = tmp_path / "figures.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "long_samples.py"), "--workdir", str(piano_run)]
+    command += ["--bars", "3", "--num_samples", "2", "--recompute", "--json", str(out), "--out", str(tmp_path / "s")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert (
+        figures["bars"] == 3
+        and len(figures["samples"]) == 2
+        and all(len(s["per_bar"]) == 3 for s in figures["samples"])
+    )
+    assert (result.returncode == 1) == bool(figures["samples_over"] or figures["samples_outside_keyboard"])
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.mid")) == ["sample_00.mid", "sample_01.mid"]
+    # 3 bars = 96 frames through a 32-frame window: several slides. Cached and recomputed contexts differ after
+    # the first slide (half a window against a full one), but inside the first window they are the same.
+    cached, recomputed = (np.asarray(figures["log_likelihood_per_bar"][k]) for k in ("cached", "recomputed"))
+    assert cached.shape == recomputed.shape == (3,) and np.all(np.isfinite(cached))
+    assert "first window" in result.stdout
+    first_window_gap = float(result.stdout.split("first window ")[1].split(",")[0])
+    assert first_window_gap < 1e-3
