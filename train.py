@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from musicgpt_jax import records
-    from musicgpt_jax.checkpoint import CheckpointError
+    from musicgpt_jax.checkpoint import CheckpointError, quiet_orbax_errors
     from musicgpt_jax.sharding import MeshError
     from musicgpt_jax.train import TrainingError, train_and_evaluate
 
@@ -100,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     data_log = f"{args.data_log}.process_{jax.process_index()}" if args.data_log else None
+    quiet_orbax_errors()  # a failed save is reported once, below, not as Orbax's tracebacks
     try:
         metrics = train_and_evaluate(cfg, args.workdir, progress=not args.no_progress, data_log=data_log)
     except (TrainingError, CheckpointError, MeshError, configs.ConfigError, records.DatasetNotFoundError) as error:
         print(f"train.py: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # metrics or TensorBoard files: a full disk, say
+        print(f"train.py: {error.filename or args.workdir}: {error.strerror or error}", file=sys.stderr)
         return 1
     if jax.process_index() == 0:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
@@ -116,4 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     host_memory.reexec_with_malloc_tuning()
-    sys.exit(main())
+    code = main()
+    if code:  # the error is reported, in one line: skip the teardown, where writers a full disk broke
+        sys.stdout.flush()  # (a checkpoint's, TensorBoard's) would print tracebacks of their own
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -1,10 +1,15 @@
 """Orbax checkpoints under WORKDIR/checkpoints: train state, data-iterator state and the resolved config.
 
-Each step directory holds three items: `state` (params, optimizer state, step, RNG key; restored straight onto the
-current mesh's shardings), `data` (the grain iterator state, JSON) and `config` (JSON, so `sample.py --workdir`
-needs no other flag). Orbax writes to a temporary directory and renames it when complete, so a crash mid-save
-leaves the previous checkpoint usable; a checkpoint that fails to restore (truncated or corrupted files) is
-reported and the next older one is tried.
+Each step directory holds four items: `state` (params, optimizer state, step, RNG key; restored straight onto the
+current mesh's shardings), `data` (the grain iterator state, JSON), `config` (JSON, so `sample.py --workdir`
+needs no other flag) and `digest` (JSON: two checksums of every state array, `state_digest`). Orbax writes to a
+temporary directory and renames it when complete, so a crash mid-save leaves the previous checkpoint usable.
+
+A checkpoint that does not restore (a truncated or missing file, a missing item) or whose arrays do not match
+their digest (flipped bytes can decode without error into other numbers) is skipped for the newest one that
+does: one line each, and once a good one is found the bad ones are moved to WORKDIR/corrupt_checkpoints (kept,
+never deleted; left in place by read-only readers). When none restores, nothing is moved. A save that fails (a
+full disk) raises CheckpointError with one line naming the last good checkpoint.
 
 Multi-host: every process writes the shards it holds into the same step directory and process 0 commits it, so
 WORKDIR must be one location all processes see (gs://, or a shared filesystem; a local folder when all processes
@@ -13,13 +18,21 @@ run on one machine, as in the tests).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
+import re
+import shutil
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -36,6 +49,104 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (TensorStore's spec dump cut off)."""
+    text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
+    return text[:limit] or type(error).__name__
+
+
+def _no_space(error: BaseException) -> bool:
+    """Whether a full disk is behind `error` (an OSError, or Orbax/TensorStore's message for one)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC or "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _as_uint32(x: jax.Array) -> jax.Array:
+    """The bit patterns of `x` as uint32 (8-byte types gain a trailing axis of 2)."""
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _leaf_sums(x: jax.Array) -> jax.Array:
+    """(2,) uint32: sums over the elements' bit patterns b_i, weighted by their flat index i: sum b_i (2i + 1) and
+    sum rot16(b_i) (i * 0x9E3779B1 | 1). A change of one element changes the first (odd weights), and integer sums
+    wrap around, so the order of summation, hence the sharding, does not matter."""
+    bits = _as_uint32(jnp.asarray(x))
+    index = jnp.zeros(bits.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(bits.ndim)):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis) * jnp.uint32(stride & 0xFFFFFFFF)
+        stride *= bits.shape[axis]
+    rotated = (bits << 16) | (bits >> 16)
+    first = jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32)
+    second = jnp.sum(rotated * ((index * jnp.uint32(0x9E3779B1)) | 1), dtype=jnp.uint32)
+    return jnp.stack([first, second])
+
+
+_tree_sums = jax.jit(lambda leaves: [_leaf_sums(x) for x in leaves])
+
+
+def state_digest(state: Any) -> dict[str, str]:
+    """{leaf path: "DTYPE:SUMS"} for every array of `state` (see `_leaf_sums`); the same on any mesh."""
+    paths_leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    digest = {}
+    for (path, leaf), sums in zip(paths_leaves, _tree_sums([leaf for _, leaf in paths_leaves]), strict=True):
+        hex_sums = "".join(f"{int(v):08x}" for v in np.asarray(sums.addressable_data(0)))
+        digest[jax.tree_util.keystr(path)] = f"{leaf.dtype}:{hex_sums}"
+    return digest
+
+
+def digest_mismatch(state: Any, saved: dict[str, str]) -> str | None:
+    """The first array of `state` whose digest differs from the saved one (same dtype only), or None."""
+    for path, value in state_digest(state).items():
+        if path in saved and saved[path] != value and saved[path].split(":")[0] == value.split(":")[0]:
+            return f"array {path} does not match the digest saved with it (changed bytes)"
+    return None
+
+
+def _from_orbax(text: str) -> bool:
+    return "orbax" in text or "tensorstore" in text or "Event loop is closed" in text
+
+
+class _QuietOrbaxErrors(logging.Filter):
+    """Drops Orbax's error logs (tracebacks from its background threads, asyncio's "exception was never
+    retrieved" for its tasks): each such failure also reaches `Checkpointer`, which reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        text = f"{record.pathname} {record.getMessage()}"
+        if record.exc_info:
+            text += "".join(traceback.format_exception(*record.exc_info))
+        return not _from_orbax(text)
+
+
+def quiet_orbax_errors() -> None:
+    """For command-line tools: drop the error output Orbax's background work prints when a save or restore
+    fails (logged tracebacks, and TensorStore callbacks on a closed event loop); `Checkpointer` reports each such
+    failure in one line instead."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietOrbaxErrors) for f in logger.filters):
+            logger.addFilter(_QuietOrbaxErrors())
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        trace = "".join(traceback.format_tb(unraisable.exc_traceback))
+        if not _from_orbax(f"{unraisable.exc_value!r} {unraisable.object!r} {trace}"):
+            previous(unraisable)
+
+    if getattr(previous, "__name__", "") != "_quiet_unraisable":
+        hook.__name__ = "_quiet_unraisable"
+        sys.unraisablehook = hook
+
+
 def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
     """WORKDIR/checkpoints; local paths made absolute (Orbax requires it), gs:// left as it is."""
     path = epath.Path(workdir)
@@ -45,14 +156,20 @@ def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
 
 
 class Checkpointer:
-    """A thin layer over `ocp.CheckpointManager` with the project's three items and corruption fallback."""
+    """A thin layer over `ocp.CheckpointManager` with the project's four items, corruption fallback and one-line
+    save errors."""
 
     def __init__(self, workdir: str | epath.Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only, read_only=read_only
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "config"))
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "config", "digest")
+        )
+        self._pending: int | None = None  # the step of the last save started
+        self._failed = False  # a save failure has been reported: later waits do not raise it again
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -62,13 +179,69 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, state: Any, data_state: dict, config: dict) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config)
-            ),
-            force=True,
-        )
+        """Start saving `step` (in the background when asynchronous). CheckpointError, one line, when this save or
+        the previous one fails (a full disk, say); finished checkpoints are left as they are."""
+        self.wait()  # Orbax would wait for the previous save here anyway; its failure is reported first
+        self._check_room(step, state)
+        digest = state_digest(state)
+        with self._save_errors(step):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data_state),
+                    config=ocp.args.JsonSave(config),
+                    digest=ocp.args.JsonSave(digest),
+                ),
+                force=True,
+            )
+        self._pending = step
+
+    @contextlib.contextmanager
+    def _save_errors(self, step: int | None) -> Iterator[None]:
+        """Turn a failed save into CheckpointError naming the step, the reason and the last good checkpoint."""
+        try:
+            yield
+        except Exception as error:
+            self._failed = True
+            text = _one_line(error, 200)
+            match = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
+            finished = self._finished_steps()
+            failed = int(match.group(1)) if match else self._pending if self._pending not in finished else step
+            good = [s for s in finished if s != failed]
+            reason = "no space left on device" if _no_space(error) else text
+            raise CheckpointError(
+                f"{self.directory}: could not save the checkpoint of step {failed} ({reason}); the last good "
+                f"checkpoint is {f'step {good[-1]}' if good else 'none'}"
+            ) from error
+
+    def _check_room(self, step: int, state: Any) -> None:
+        """CheckpointError before anything is written when a local disk has less room than the newest checkpoint
+        takes (or, before the first, than the state's bytes), plus 1 MiB."""
+        if "://" in str(self.directory):
+            return
+        finished = self._finished_steps()
+        if finished:
+            folder = os.fspath(self.directory / str(finished[-1]))
+            need = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+        else:
+            need = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+        need += 1 << 20
+        free = shutil.disk_usage(self.directory).free
+        if free < need:
+            self._failed = True
+            raise CheckpointError(
+                f"{self.directory}: could not save the checkpoint of step {step} (no space left on device: "
+                f"{free / 2**20:.1f} MiB free, about {need / 2**20:.1f} MiB needed); the last good checkpoint is "
+                f"{f'step {finished[-1]}' if finished else 'none'}"
+            )
+
+    def _finished_steps(self) -> list[int]:
+        """Step folders on disk (Orbax's temporary folders excluded)."""
+        try:
+            return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+        except OSError:
+            return []
 
     def read_config(self, step: int) -> dict:
         restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
@@ -77,7 +250,9 @@ class Checkpointer:
     def restore(
         self, abstract_state: Any, step: int | None = None, on_fallback: Callable[[str], None] = _warn
     ) -> tuple[Any, dict, int]:
-        """(state, data_state, step) from `step`, or from the newest checkpoint that restores cleanly."""
+        """(state, data_state, step) from `step`, or from the newest checkpoint that restores and matches its
+        digest. Each newer one that does not is reported in one line through `on_fallback` and (unless read-only)
+        moved to WORKDIR/corrupt_checkpoints; when none restores, nothing is moved and CheckpointError is raised."""
         steps = self.steps()
         if step is not None:
             if step not in steps:
@@ -87,31 +262,43 @@ class Checkpointer:
             candidates = steps[::-1]
         if not candidates:
             raise CheckpointError(f"{self.directory}: no checkpoints")
-        for i, candidate in enumerate(candidates):
+        unreadable: list[tuple[int, str]] = []
+        for candidate in candidates:
             mismatch = self.shape_mismatch(candidate, abstract_state)
             if mismatch is not None:  # another model's checkpoint, not a damaged one: no fallback, nothing moved
                 raise CheckpointError(f"{self.directory / str(candidate)}: {mismatch}")
             try:
-                restored = self.manager.restore(
-                    candidate,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
-                    ),
-                )
-                return restored["state"], dict(restored["data"]), candidate
+                state, data_state = self._restore_verified(candidate, abstract_state)
             except Exception as error:  # noqa: BLE001 - any failure to read means this checkpoint is unusable
-                reason = " ".join(str(error).split())[:300] or type(error).__name__
-                if i + 1 < len(candidates):
-                    moved = self._quarantine(candidate)
-                    on_fallback(
-                        f"{self.directory / str(candidate)}: checkpoint unreadable ({reason}); "
-                        f"moved to {moved}; falling back to step {candidates[i + 1]}"
-                    )
-                else:
-                    raise CheckpointError(
-                        f"{self.directory / str(candidate)}: checkpoint unreadable ({reason})"
-                    ) from error
-        raise AssertionError("unreachable")
+                unreadable.append((candidate, _one_line(error)))
+                continue
+            for bad, reason in unreadable:
+                moved = "" if self.read_only else f"moved to {self._quarantine(bad)}; "
+                on_fallback(
+                    f"{self.directory / str(bad)}: checkpoint unreadable ({reason}); {moved}falling back to step "
+                    f"{candidate}"
+                )
+            return state, data_state, candidate
+        newest, reason = unreadable[0]
+        others = f"; the {len(unreadable) - 1} older ones do not restore either" if len(unreadable) > 1 else ""
+        raise CheckpointError(f"{self.directory / str(newest)}: checkpoint unreadable ({reason}){others}")
+
+    def _restore_verified(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """(state, data_state) of `step` with every item read and the arrays checked against their digest
+        (checkpoints written before digests existed are taken as they are)."""
+        items = {
+            "state": ocp.args.StandardRestore(abstract_state),
+            "data": ocp.args.JsonRestore(),
+            "config": ocp.args.JsonRestore(),
+        }
+        has_digest = (self.directory / str(step) / "digest").exists()
+        if has_digest:
+            items["digest"] = ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        mismatch = digest_mismatch(restored["state"], dict(restored["digest"])) if has_digest else None
+        if mismatch is not None:
+            raise CheckpointError(mismatch)
+        return restored["state"], dict(restored["data"])
 
     def shape_mismatch(self, step: int, abstract_state: Any) -> str | None:
         """How the parameters stored at `step` differ from those `abstract_state` holds (the first difference,
@@ -137,12 +324,15 @@ class Checkpointer:
         return None
 
     def _quarantine(self, step: int) -> epath.Path:
-        """Move an unreadable checkpoint out of the way (kept for inspection) so training can save that step."""
+        """Move an unreadable checkpoint to WORKDIR/corrupt_checkpoints/STEP (STEP.1, STEP.2, ... when taken),
+        kept for inspection and never deleted, so training can save that step again."""
         target = self.directory.parent / "corrupt_checkpoints" / str(step)
+        copies = 0
+        while target.exists():
+            copies += 1
+            target = target.parent / f"{step}.{copies}"
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                target.rmtree()
             (self.directory / str(step)).rename(target)
         if jax.process_count() > 1:  # the others must not reload before process 0 has moved it
             from jax.experimental import multihost_utils
@@ -152,11 +342,24 @@ class Checkpointer:
         return target
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the save in flight; CheckpointError (one line) if it failed."""
+        with self._save_errors(self._pending):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Finish the save in flight and release the manager; a failure already reported is not raised again."""
+        reported = self._failed
+        try:
+            self.wait()
+        except CheckpointError:
+            if not reported:
+                raise
+        finally:
+            try:
+                self.manager.close()
+            except Exception:
+                if not self._failed:
+                    raise
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -167,8 +370,8 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 
 def load_config_dict(workdir: str | epath.Path, step: int | None = None) -> tuple[dict, int]:
-    """The resolved config saved with a checkpoint (the latest, or `step`), and that step. CheckpointError when
-    the step holds no config this version of the project can read (another program's checkpoint, say)."""
+    """The resolved config saved with a checkpoint (`step`, or else the newest one whose config reads), and that
+    step. CheckpointError when no such config can be read (another program's checkpoint, say)."""
     directory = checkpoint_dir(workdir)
     if not directory.exists():
         raise CheckpointError(
@@ -179,18 +382,9 @@ def load_config_dict(workdir: str | epath.Path, step: int | None = None) -> tupl
         steps = ckpt.steps()
         if not steps:
             raise CheckpointError(f"{directory}: no checkpoints; train first: python train.py --workdir {workdir}")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
+        if step is not None and step not in steps:
             raise CheckpointError(f"{directory}: no checkpoint at step {step} (have: {steps})")
-        config_file = directory / str(step) / "config" / "metadata"
-        try:
-            config = json.loads(config_file.read_text()) if config_file.exists() else ckpt.read_config(step)
-        except Exception as error:  # noqa: BLE001 - Orbax and json raise many types for a folder that is not ours
-            reason = " ".join(str(error).split())[:200] or type(error).__name__
-            raise CheckpointError(
-                f"{directory / str(step)}: not a checkpoint of this project (no readable config: {reason})"
-            ) from None
+        config, step, config_file = _read_newest_config(ckpt, steps[::-1] if step is None else [step])
     finally:
         ckpt.close()
     try:
@@ -198,3 +392,20 @@ def load_config_dict(workdir: str | epath.Path, step: int | None = None) -> tupl
     except (ConfigError, AttributeError, TypeError) as error:
         raise CheckpointError(f"{config_file}: a config this version cannot read ({error})") from None
     return config, step
+
+
+def _read_newest_config(ckpt: Checkpointer, candidates: list[int]) -> tuple[dict, int, epath.Path]:
+    """(config, step, its file) of the first of `candidates` whose config reads (a damaged checkpoint's is skipped:
+    restoring reports it); CheckpointError with the first one's reason when none does."""
+    first_reason = ""
+    for step in candidates:
+        config_file = ckpt.directory / str(step) / "config" / "metadata"
+        try:
+            config = json.loads(config_file.read_text()) if config_file.exists() else ckpt.read_config(step)
+        except Exception as error:  # noqa: BLE001 - Orbax and json raise many types for a folder that is not ours
+            first_reason = first_reason or _one_line(error, 200)
+            continue
+        return config, step, config_file
+    raise CheckpointError(
+        f"{ckpt.directory / str(candidates[0])}: not a checkpoint of this project (no readable config: {first_reason})"
+    )
