@@ -29,8 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from musicgpt_jax import decode, host_memory, records, sampling  # noqa: E402
-from musicgpt_jax.frames import OFF  # noqa: E402
+from musicgpt_jax import decode, host_memory, records, sampling, stats  # noqa: E402
+from musicgpt_jax.frames import OFF, midi_to_frames  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood  # noqa: E402
 from musicgpt_jax.train import restore_params  # noqa: E402
 
@@ -81,11 +81,23 @@ def log_likelihood_recomputed(params, cfg, pieces: np.ndarray, chunk: int = 32) 
     return result
 
 
-def corpus_keyboard(cfg) -> tuple[int, int]:
-    """The lowest and highest model column any piece of the run's dataset sounds, widened by its transposition."""
+def held_out_midi(cfg, folder: Path) -> Path | None:
+    """The MIDI files of the run's test split (from its manifest), linked into `folder`; None for a dataset that
+    was not made from MIDI files (the benchmark sets)."""
     card = records.load_card(cfg.data.data_dir, cfg.data.dataset)
-    used = np.flatnonzero(np.asarray(card["pitch_histogram"]["counts"]))
-    return max(0, int(used[0]) - cfg.data.transpose), min(cfg.model.num_pitches - 1, int(used[-1]) + cfg.data.transpose)
+    manifest = Path(cfg.data.data_dir) / cfg.data.dataset / "manifest.jsonl"
+    source = Path(card.get("source", ""))
+    if not manifest.is_file() or not source.is_dir():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in map(json.loads, manifest.read_text().splitlines()):
+        if entry.get("split") == "test" and entry.get("status") == "converted":
+            link = folder / entry["path"].replace("/", "__")
+            link.symlink_to((source / entry["path"]).resolve())
+    return folder
+
+
+TEXTURE = ("notes_per_bar", "repeated_note_fraction", "polyphony_histogram", "note_length_histogram")
 
 
 def per_bar_means(values: np.ndarray, steps_per_bar: int) -> np.ndarray:
@@ -117,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg, step = sampling.load_config(args.workdir)
     grid = sampling.grid_of(cfg)
     steps_per_bar = 4 * grid.steps_per_quarter
-    out = args.out or tempfile.mkdtemp(prefix="long_samples-")
+    out = Path(args.out or tempfile.mkdtemp(prefix="long_samples-"))
     options = sampling.SampleOptions(
         workdir=args.workdir,
-        out=out,
+        out=str(out),
         num_samples=args.num_samples,
         bars=args.bars,
         seed=args.seed,
@@ -128,48 +140,75 @@ def main(argv: list[str] | None = None) -> int:
     )
     samples = sampling.sample_run(options, log=lambda line: None)
     pieces = np.stack([s.generated for s in samples])
-    low, high = corpus_keyboard(cfg)
+    allowed = np.flatnonzero(sampling.keyboard_of(cfg, grid))
+    low, high = int(allowed[0]), int(allowed[-1])
+    strategy = sampling.strategy_of(options).describe()
     print(
-        f"{args.workdir} step {step}, head {cfg.model.head}; {sampling.strategy_of(options).describe()}; "
-        f"{args.num_samples} x {args.bars} bars; corpus keyboard with transposition: {low}..{high}"
+        f"{args.workdir} step {step}, head {cfg.model.head}; {strategy}, keyboard {args.keyboard}; "
+        f"{args.num_samples} x {args.bars} bars, seed {args.seed}; corpus keyboard with transposition: {low}..{high}"
     )
-    rows = [bar_figures(p, grid.num_states, steps_per_bar) for p in pieces]
-    held_out = [np.asarray(x["states"]) for x in records.load_split(cfg.data.data_dir, cfg.data.dataset, "test")]
-    reference = [bar_figures(p, grid.num_states, steps_per_bar) for p in held_out]
-    print("sample  notes/bar median  max  pitches")
+    rows = []
+    for sample, piece in zip(samples, pieces, strict=True):
+        row = bar_figures(piece, grid.num_states, steps_per_bar)
+        row["notes_per_bar"] = stats.compute_stats([sample.frames])["notes_per_bar"] or 0.0
+        row["last_16_bars"] = float(np.mean(row["per_bar"][-16:])) if row["per_bar"] else 0.0
+        rows.append(row)
+    print("sample     notes/bar  worst bar  last 16 bars  pitches")
     for sample, row in zip(samples, rows, strict=True):
-        print(f"{sample.name}  {row['median']:16.1f} {row['max']:4d}  {row['low']}-{row['high']}")
-    over = sum(r["max"] > args.max_notes_per_bar for r in rows)
+        print(
+            f"{sample.name} {row['notes_per_bar']:12.1f} {row['max']:10d} {row['last_16_bars']:13.1f}  "
+            f"{row['low']}-{row['high']}"
+        )
+    over = sum(r["notes_per_bar"] > args.max_notes_per_bar for r in rows)
     outside = sum(r["low"] is not None and (r["low"] < low or r["high"] > high) for r in rows)
-    lows = [r["low"] for r in rows if r["low"] is not None]
-    highs = [r["high"] for r in rows if r["high"] is not None]
+    per_sample = [r["notes_per_bar"] for r in rows]
     summary = {
         "workdir": args.workdir,
         "step": step,
         "head": cfg.model.head,
-        "strategy": sampling.strategy_of(options).describe(),
+        "strategy": strategy,
+        "keyboard": args.keyboard,
         "bars": args.bars,
         "num_samples": args.num_samples,
         "seed": args.seed,
-        "median_notes_per_bar": float(np.median([r["median"] for r in rows])),
-        "max_notes_per_bar": float(np.max([r["max"] for r in rows])),
+        "notes_per_bar_median": float(np.median(per_sample)),
+        "notes_per_bar_max": float(np.max(per_sample)),
+        "worst_bar": int(max(r["max"] for r in rows)),
         "samples_over": int(over),
         "samples_outside_keyboard": int(outside),
-        "pitches": [min(lows, default=None), max(highs, default=None)],
-        "held_out_median_notes_per_bar": float(np.median([r["median"] for r in reference])),
-        "held_out_max_notes_per_bar": float(np.max([r["max"] for r in reference])),
-        "held_out_pitches": [min(r["low"] for r in reference), max(r["high"] for r in reference)],
+        "pitches": [
+            min((r["low"] for r in rows if r["low"] is not None), default=None),
+            max((r["high"] for r in rows if r["high"] is not None), default=None),
+        ],
     }
     print(
-        f"all: median {summary['median_notes_per_bar']:.1f}, max {summary['max_notes_per_bar']:.0f} notes per bar; "
-        f"{over} of {len(rows)} samples over {args.max_notes_per_bar}; {outside} outside {low}..{high}; "
-        f"pitches {summary['pitches'][0]}-{summary['pitches'][1]}"
+        f"all: notes per bar median {summary['notes_per_bar_median']:.1f}, max {summary['notes_per_bar_max']:.1f} "
+        f"(worst single bar {summary['worst_bar']}); {over} of {len(rows)} samples over {args.max_notes_per_bar} "
+        f"notes per bar; {outside} outside {low}..{high}; pitches {summary['pitches'][0]}-{summary['pitches'][1]}"
     )
-    print(
-        f"held-out test split ({len(reference)} pieces): median {summary['held_out_median_notes_per_bar']:.1f}, "
-        f"max {summary['held_out_max_notes_per_bar']:.0f}; pitches "
-        f"{summary['held_out_pitches'][0]}-{summary['held_out_pitches'][1]}"
-    )
+    reference = held_out_midi(cfg, Path(tempfile.mkdtemp(prefix="held_out-")))
+    if reference is not None:
+        report = stats.measure(out, reference, steps_per_quarter=grid.steps_per_quarter)
+        held = stats.stats_of_dir(reference, steps_per_quarter=grid.steps_per_quarter)
+        per_piece = [
+            stats.compute_stats([midi_to_frames(f, steps_per_quarter=grid.steps_per_quarter)])["notes_per_bar"] or 0.0
+            for f in sorted(reference.iterdir())
+        ]
+        summary["held_out_notes_per_bar"] = [float(np.median(per_piece)), float(np.max(per_piece))]
+        summary["texture"] = {k: report["distances"][k] for k in TEXTURE}
+        scalars = ("notes_per_bar", "repeated_note_fraction", "polyphony_mean_sounding")
+        summary["texture_values"] = {k: (report["samples"][k], held[k]) for k in scalars}
+        print(
+            f"held-out test split ({held['num_pieces']} pieces): notes per bar median {np.median(per_piece):.1f}, "
+            f"max {np.max(per_piece):.1f}; pitches {held['pitch_min']}-{held['pitch_max']}"
+        )
+        print("texture against the held-out split: distance / its split-half distance = ratio")
+        for key in TEXTURE:
+            d = report["distances"][key]
+            ratio = "n/a" if d["ratio"] is None else f"{d['ratio']:.1f}x"
+            print(f"  {key:24s} {d['distance']:.3f} / {d['split_half']:.3f} = {ratio}")
+        for key, (ours, theirs) in summary["texture_values"].items():
+            print(f"  {key:24s} samples {ours:.3f}, held-out {theirs:.3f}")
     if args.recompute:
         params = restore_params(args.workdir, cfg, step)
         cached = log_likelihood_cached(params, cfg.model, pieces)
@@ -185,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"largest |cached - recomputed| per frame: first window {inside:.2e}, after it {after:.3f}")
         summary["log_likelihood_per_bar"] = {"cached": bars_cached.tolist(), "recomputed": bars_full.tolist()}
     if args.json:
-        Path(args.json).write_text(json.dumps({**summary, "samples": rows, "held_out": reference}, indent=1))
+        Path(args.json).write_text(json.dumps({**summary, "samples": rows}, indent=1))
     return 1 if over or outside else 0
 
 
