@@ -111,14 +111,6 @@ def benchmark_data(request, tmp_path_factory) -> BenchmarkData:
     return BenchmarkData(str(data_dir), "jsb_chorales", "../shared/data/polyphonic/JSB_Chorales.mat")
 
 
-@pytest.fixture(scope="session")
-def jsb_data(benchmark_data) -> str:
-    """The records directory of JSB Chorales itself (skips without ../shared); most tests want `benchmark_data`."""
-    if benchmark_data.dataset != "jsb_chorales":
-        pytest.skip(absent("polyphonic/JSB_Chorales.mat"))
-    return benchmark_data.data_dir
-
-
 def bad_workdirs(run: Path, root: Path) -> dict[str, Path]:
     """Workdirs that `sample.py` and `evaluate` must refuse in one line, made in `root` from a good `run`:
     empty; not_a_run (a checkpoints/ folder another program wrote); other_shape (a run whose config describes
