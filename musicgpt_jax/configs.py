@@ -81,6 +81,7 @@ class TrainConfig:
     # Share of input frames replaced by the model's own samples (parallel scheduled sampling; `train.
     # with_own_samples`): what keeps long samples from drifting into noise. 0 = plain teacher forcing.
     scheduled_sampling: float = 0.0
+    scheduled_sampling_start: int = 0  # the step it starts from, rising to its rate half-way through the rest
     seed: int = 0
     eval_every: int = 200
     eval_batches: int = 8
@@ -117,31 +118,41 @@ class Config:
         return cfg
 
 
+def _with_own_samples(cfg: Config, start: int) -> Config:
+    """Scheduled sampling for the presets that compose (docs/RESULTS.md, "Long samples"): from `start`, half of
+    the input frames become the model's own samples by the middle of the rest of the run."""
+    cfg.train.scheduled_sampling, cfg.train.scheduled_sampling_start = 0.5, start
+    return cfg
+
+
 def tiny() -> Config:
-    """The CPU demo: a few minutes on 2 cores, loss clearly falling."""
-    return Config(
+    """The CPU demo: a few minutes on 2 cores, loss clearly falling; the demo's 300 steps end before scheduled
+    sampling starts, longer runs (--steps 2000) get it."""
+    cfg = Config(
         model=ModelConfig(num_layers=3, d_model=128, num_heads=4, mlp_dim=384, max_len=128, dropout=0.1),
         train=TrainConfig(
             steps=300, batch_size=16, learning_rate=2e-3, warmup_steps=30, eval_every=100, checkpoint_every=100
         ),
         preset="tiny",
     )
+    return _with_own_samples(cfg, start=300)
 
 
 def small() -> Config:
     """A workstation / single-GPU model (27.7M parameters)."""
-    return Config(
+    cfg = Config(
         model=ModelConfig(num_layers=8, d_model=512, num_heads=8, mlp_dim=1536, max_len=512),
         train=TrainConfig(
             steps=20_000, batch_size=64, learning_rate=6e-4, warmup_steps=500, eval_every=1000, checkpoint_every=1000
         ),
         preset="small",
     )
+    return _with_own_samples(cfg, start=2_000)
 
 
 def base() -> Config:
     """~100M parameters: one TPU v4-8 / v5e-8 or one H100."""
-    return Config(
+    cfg = Config(
         model=ModelConfig(
             num_layers=12,
             d_model=768,
@@ -157,11 +168,12 @@ def base() -> Config:
         ),
         preset="base",
     )
+    return _with_own_samples(cfg, start=10_000)
 
 
 def large() -> Config:
     """~400M+ parameters, for pod slices."""
-    return Config(
+    cfg = Config(
         model=ModelConfig(
             num_layers=24,
             d_model=1280,
@@ -177,6 +189,7 @@ def large() -> Config:
         ),
         preset="large",
     )
+    return _with_own_samples(cfg, start=20_000)
 
 
 def _benchmark(dataset: str, steps: int, max_len: int, batch_size: int) -> Config:

@@ -212,10 +212,12 @@ def restart_held_notes(inputs: jax.Array, targets: jax.Array, num_states: int) -
 
 
 def scheduled_sampling_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:
-    """The share of input frames that are the model's own samples at `step`: 0 at the start (an untrained
-    model's samples are noise), rising linearly to `cfg.scheduled_sampling` half-way through the schedule."""
-    ramp = max(1, (cfg.schedule_steps or cfg.steps) // 2)
-    return cfg.scheduled_sampling * jnp.minimum(1.0, step.astype(jnp.float32) / ramp)
+    """The share of input frames that are the model's own samples at `step`: 0 until
+    `cfg.scheduled_sampling_start` (an untrained model's samples are noise), then rising linearly to
+    `cfg.scheduled_sampling` half-way through the rest of the schedule."""
+    start = cfg.scheduled_sampling_start
+    ramp = max(1, ((cfg.schedule_steps or cfg.steps) - start) // 2)
+    return cfg.scheduled_sampling * jnp.clip((step.astype(jnp.float32) - start) / ramp, 0.0, 1.0)
 
 
 def make_train_step(
@@ -228,8 +230,10 @@ def make_train_step(
     def loss_sums(params, micro, rng, step):
         inputs, targets = micro["inputs"], micro["targets"]
         if own_samples:
-            rng, own_rng = jax.random.split(rng)
-            inputs = with_own_samples(model, params, inputs, own_rng, scheduled_sampling_rate(tcfg, step))
+            own_rng, rate = jax.random.fold_in(rng, 1), scheduled_sampling_rate(tcfg, step)  # dropout keeps `rng`
+            inputs = jax.lax.cond(  # before the start, no extra forward pass
+                rate > 0, lambda x: with_own_samples(model, params, x, own_rng, rate), lambda x: x, inputs
+            )
             targets = restart_held_notes(inputs, targets, model.cfg.num_states)
         out, _ = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
         return frame_nll(out, targets, micro["mask"], model.cfg, params)

@@ -1,15 +1,25 @@
 """The named sampling strategies, the corpus keyboard and the model's own samples mixed into training inputs."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
 
+from musicgpt_jax import configs, sharding
 from musicgpt_jax.configs import ModelConfig, TrainConfig
 from musicgpt_jax.model import MusicTransformer, sample_frame
 from musicgpt_jax.strategies import Strategy, choose
-from musicgpt_jax.train import restart_held_notes, scheduled_sampling_rate, with_own_samples
+from musicgpt_jax.train import (
+    create_train_state,
+    make_optimizer,
+    make_train_step,
+    restart_held_notes,
+    scheduled_sampling_rate,
+    with_own_samples,
+)
 
 LOGITS = jnp.log(jnp.asarray([0.6, 0.3, 0.1]))
 
@@ -81,11 +91,38 @@ def test_own_samples_replace_the_chosen_share_of_frames_and_keep_holds_consisten
     np.testing.assert_array_equal(mixed, again)
 
 
-def test_scheduled_sampling_rises_to_its_rate_half_way_through_the_schedule():
+def test_scheduled_sampling_rises_to_its_rate_half_way_through_the_rest_of_the_schedule():
     cfg = TrainConfig(steps=1000, scheduled_sampling=0.4)
     rates = [float(scheduled_sampling_rate(cfg, jnp.asarray(step))) for step in (0, 250, 500, 999)]
     np.testing.assert_allclose(rates, [0.0, 0.2, 0.4, 0.4], rtol=1e-6)
+    late = TrainConfig(steps=1000, scheduled_sampling=0.4, scheduled_sampling_start=200)
+    rates = [float(scheduled_sampling_rate(late, jnp.asarray(step))) for step in (0, 200, 400, 600, 999)]
+    np.testing.assert_allclose(rates, [0.0, 0.0, 0.2, 0.4, 0.4], rtol=1e-6)
     assert float(scheduled_sampling_rate(TrainConfig(steps=1000), jnp.asarray(999))) == 0.0
+
+
+def test_before_scheduled_sampling_starts_a_step_is_bitwise_a_plain_step():
+    cfg = configs.resolve("tiny", ["model.num_layers=1", "model.d_model=32", "model.mlp_dim=64", "model.max_len=16"])
+    cfg.model.num_pitches = 12
+    model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
+    rng = np.random.default_rng(0)
+    piece = rng.integers(0, 2, (4, 17, 12))  # off or onset; then a note goes on (HOLD) half the time
+    for t in range(1, 17):
+        piece[:, t] = np.where((piece[:, t - 1] > 0) & (rng.random((4, 12)) < 0.5), 2, piece[:, t])
+    batch = {"inputs": jnp.asarray(piece[:, :-1]), "targets": jnp.asarray(piece[:, 1:]), "mask": jnp.ones((4, 16))}
+    state, _ = create_train_state(model, tx, cfg, sharding.make_mesh("", devices=jax.devices()[:1]))
+    # One step first: the learning rate follows the optimizer's own count, which starts the warm-up at 0.
+    state = jax.jit(make_train_step(model, tx, 1))(state, batch)[0].replace(step=jnp.asarray(40))
+
+    def step(train_cfg=None):
+        return jax.jit(make_train_step(model, tx, 1, train_cfg))(state, batch)[0].params
+
+    plain = step()
+    waiting = step(dataclasses.replace(cfg.train, scheduled_sampling=0.5, scheduled_sampling_start=50))
+    jax.tree.map(np.testing.assert_array_equal, plain, waiting)
+    mixed = step(dataclasses.replace(cfg.train, scheduled_sampling=0.5, scheduled_sampling_start=0, steps=60))
+    assert not np.array_equal(mixed["embed"]["table"], plain["embed"]["table"])
+    assert not np.array_equal(plain["embed"]["table"], state.params["embed"]["table"])
 
 
 def test_a_hold_after_a_dropped_note_is_learned_as_a_restart():
