@@ -295,13 +295,24 @@ class Life:
     index: int
     mode: str  # how it was killed (see plan_kill); "" when it was left to finish
     planned: str  # the kill plan, in words
+    newest_at_start: int  # newest finished checkpoint when it started (0: none)
+    frontier: int  # furthest step any earlier start reached
     seconds: float = 0.0  # from start to kill (or exit)
-    resumed_from: int = 0  # 0: started from scratch
+    resumed_from: int | None = None  # 0: started from scratch; None: killed before it got that far
     step_reached: int = 0  # last step logged before the kill
-    save_in_flight: bool = False  # an Orbax temporary folder existed at the kill
-    latest_after_kill: int = 0  # newest finished checkpoint right after the kill
+    save_in_flight: bool = False  # a save this start had begun was unfinished at the kill
     exit_code: int | None = None
     odd_output: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def redone(self) -> int:
+        """Steps that earlier starts had reached and this one trained again."""
+        return max(0, self.frontier - self.resumed_from) if self.resumed_from is not None else 0
+
+    @property
+    def lost(self) -> bool:
+        """Whether it resumed from an older checkpoint than the newest one there was."""
+        return self.resumed_from is not None and self.resumed_from < self.newest_at_start
 
 
 def plan_kill(rng: random.Random, index: int, startup_s: float) -> tuple[str, int, float]:
@@ -315,12 +326,12 @@ def plan_kill(rng: random.Random, index: int, startup_s: float) -> tuple[str, in
 
 
 def watch_and_kill(
-    proc: subprocess.Popen, workdir: Path, mode: str, nth_save: int, delay: float
+    proc: subprocess.Popen, workdir: Path, mode: str, nth_save: int, delay: float, seen: set[tuple[str, int]]
 ) -> tuple[float | None, float | None]:
     """Wait for the planned moment and SIGKILL `proc`: (seconds it ran, or None if it ended first; seconds to its
-    first logged step, or None)."""
+    first logged step, or None). `seen`: the Orbax temporary folders there before it started."""
     began = time.monotonic()
-    seen = saves_in_flight(workdir)
+    seen = set(seen)
     offset = file_size(workdir / "metrics.jsonl")
     fire_at = began + delay if mode == "anywhere" else None
     first_step = None
@@ -349,11 +360,18 @@ def resumed_step(output: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def life_resumed_from(output: str, steps_logged: bool) -> int | None:
+    """The step a start resumed from: 0 when it started from scratch, None when it was killed before either."""
+    match = re.search(r"resumed from \S+ at step (\d+)", output)
+    return int(match.group(1)) if match else 0 if steps_logged else None
+
+
 def killed_run(setup: TrainSetup, workdir: Path, steps: int, kills: int, seed: int, startup_s: float) -> list[Life]:
     """Start, kill and restart train.py `kills` times, then let the last start finish."""
     rng = random.Random(seed)
     startups = [startup_s]  # seconds from launch to the first step: the reference's, then each start's
     lives: list[Life] = []
+    frontier = 0
     for index in range(kills + 1):
         mode, nth, delay = plan_kill(rng, index, min(startups)) if index < kills else ("", 0, 0.0)
         planned = {
@@ -362,12 +380,13 @@ def killed_run(setup: TrainSetup, workdir: Path, steps: int, kills: int, seed: i
             "anywhere": f"launch + {delay:.2f} s",
             "": "none",
         }[mode]
-        life = Life(index, mode, planned)
+        life = Life(index, mode, planned, max(committed_steps(workdir), default=0), frontier)
         offset = file_size(workdir / "metrics.jsonl")
+        before = saves_in_flight(workdir)
         log = setup.scratch / f"train_life_{index:02d}.log"
         proc = start(setup.command(workdir, steps), log, setup.env)
         began = time.monotonic()
-        ran, first_step = watch_and_kill(proc, workdir, mode, nth, delay) if mode else (None, None)
+        ran, first_step = watch_and_kill(proc, workdir, mode, nth, delay, before) if mode else (None, None)
         startups += [first_step] if first_step else []
         if ran is None:  # not planned to die, or finished before its kill
             try:
@@ -377,12 +396,13 @@ def killed_run(setup: TrainSetup, workdir: Path, steps: int, kills: int, seed: i
             life.seconds = time.monotonic() - began
         else:
             life.seconds = ran
-            life.save_in_flight = bool(saves_in_flight(workdir))
+            life.save_in_flight = bool(saves_in_flight(workdir) - before)
         kill_group(proc)
         output = log.read_text(errors="replace")
-        life.resumed_from = resumed_step(output)
-        life.step_reached = max((s for s, _ in logged_losses(workdir, offset)), default=life.resumed_from)
-        life.latest_after_kill = max(committed_steps(workdir), default=0)
+        logged = [s for s, _ in logged_losses(workdir, offset)]
+        life.resumed_from = life_resumed_from(output, bool(logged))
+        life.step_reached = max(logged, default=life.resumed_from or 0)
+        frontier = max(frontier, life.step_reached)
         life.odd_output = odd_lines(output)
         lives.append(life)
         if ran is None and index < kills:
@@ -431,22 +451,21 @@ def summarize_kills(
     equal, step_ref, step_killed = same_final_state(reference, killed) if finished else (False, 0, 0)
     loss_lines, loss_diffs = losses_match(reference, killed)
     restarts = lives[1:]
-    redone = [max(0, prev.step_reached - life.resumed_from) for prev, life in zip(lives, restarts, strict=False)]
-    lost = sum(1 for prev, life in zip(lives, restarts, strict=False) if life.resumed_from < prev.latest_after_kill)
-    resumes = sum(1 for life in restarts if life.resumed_from > 0)
+    resumes = sum(1 for life in restarts if life.resumed_from)
+    early = sum(1 for life in restarts if life.resumed_from is None)
+    redone = [life.redone for life in restarts]
+    lost = sum(life.lost for life in restarts)
     odd = sum(len(life.odd_output) for life in lives)
     in_flight = sum(1 for life in kills if life.save_in_flight)
-    clean = sum(  # kills after which the next start resumed from the newest checkpoint, with no odd output
-        1
-        for prev, life in zip(kills, restarts, strict=False)
-        if life.resumed_from == prev.latest_after_kill and not life.odd_output
-    )
+    # A kill passes when the start after it lost no checkpoint and printed nothing unexpected.
+    clean = sum(1 for life in restarts[: len(kills)] if not life.lost and not life.odd_output)
     ok = finished and equal and loss_diffs == 0
     figures = (
         f"{len(kills)} kills ({sum(k.mode == 'save' for k in kills)} right after a save began; {in_flight} with a "
-        f"save in flight at the kill); {len(restarts)} restarts, {resumes} resumed from a checkpoint, the others "
-        f"started before the first one existed; steps redone {sum(redone)} in all (max {max(redone, default=0)} "
-        f"at one restart); checkpoints lost {lost}; final step {step_killed} vs {step_ref}; params + optimizer "
+        f"save of their own in flight); {len(restarts)} restarts: {resumes} resumed from a checkpoint, {early} were "
+        f"killed again before resuming, {len(restarts) - resumes - early} started before any checkpoint existed; "
+        f"steps redone {sum(redone)} in all (max {max(redone, default=0)} at one restart); checkpoints lost {lost}; "
+        f"final step {step_killed} vs {step_ref}; params + optimizer "
         f"state + RNG + data position bitwise equal: {'yes' if equal else 'NO'}; logged losses equal to the "
         f"uninterrupted run's at the same step: {loss_lines - loss_diffs}/{loss_lines}; unexpected output lines: {odd}"
     )
@@ -457,18 +476,22 @@ def summarize_kills(
         f"{clean}/{args.kills}" + ("" if ok else " (final state or losses differ)"),
         figures,
     )
-    header = "| start | kill plan | killed after | resumed from | step reached | save in flight | redone |\n"
-    header += "|---|---|---|---|---|---|---|\n"
+    header = "| start | newest checkpoint | resumed from | redone | kill plan | killed after | step reached | "
+    header += "own save in flight |\n|---|---|---|---|---|---|---|---|\n"
     body = ""
-    for i, life in enumerate(lives):
-        redo = redone[i] if i < len(redone) else ""
-        end = f"{life.seconds:.1f} s" if life.mode else f"exit {life.exit_code} after {life.seconds:.1f} s"
+    for life in lives:
+        end = f"{life.seconds:.1f} s" if life.mode else f"(exit {life.exit_code} after {life.seconds:.1f} s)"
         flight = ("yes" if life.save_in_flight else "no") if life.mode else ""
-        body += f"| {i} | {life.planned} | {end} | {life.resumed_from} | {life.step_reached} | {flight} | {redo} |\n"
+        resumed = "not yet" if life.resumed_from is None else life.resumed_from
+        body += (
+            f"| {life.index} | {life.newest_at_start} | {resumed} | {life.redone} | {life.planned} | {end} | "
+            f"{life.step_reached} | {flight} |\n"
+        )
     details = (
         f"Training command (every start): `{setup.shown_command(args.steps)}`. Uninterrupted: start-up to the "
-        f"first step {timing[0]:.1f} s, whole run {timing[1]:.1f} s. 'redone' is the step reached before the kill "
-        f"minus the step the next start resumed from.\n\n{header}{body}"
+        f"first step {timing[0]:.1f} s, whole run {timing[1]:.1f} s. Per start: the newest finished checkpoint when "
+        "it started, the step it resumed from ('not yet': killed before), the steps earlier starts had reached that "
+        f"it trained again, and how it was killed.\n\n{header}{body}"
     )
     if odd:
         details += "\nUnexpected output:\n\n```\n" + "\n".join(line for x in lives for line in x.odd_output) + "\n```\n"
@@ -555,7 +578,7 @@ def corrupt_section(setup: TrainSetup, reference: Path, args: argparse.Namespace
         equal = rc == 0 and code == 0 and same_final_state(clean, workdir)[0]
         ok = rc == 0 and resumed == latest - setup.checkpoint_every and len(said) == 1 and not odd and kept and equal
         passed += ok
-        caught = "" if not said else "digest" if "digest" in said[0] else "read error"
+        caught = "" if not said else "digest" if "does not match the digest" in said[0] else "read error"
         lines.append(
             f"| {name} | {how} | {rc} | {resumed} | {caught} | {len(said)}: `{said[0] if said else ''}` | "
             f"{len(odd)} | {kept or 'NO'} | {'yes' if equal else 'NO'} |"
@@ -612,24 +635,31 @@ class FullDiskResult:
         )
 
 
-def full_disk_trial(setup: TrainSetup, mount: Path, during_save: bool) -> FullDiskResult:
-    """Train on the tmpfs at `mount`; fill it after the first checkpoint (or as the second save begins)."""
-    workdir = mount / "run"
-    variant = "while a save is being written" if during_save else "before a save"
-    log = setup.scratch / f"disk_full_{'during' if during_save else 'before'}.log"
-    proc = start(setup.command(workdir, 10 * setup.checkpoint_every), log, setup.env)
+def fill_when_a_save_begins(proc: subprocess.Popen, workdir: Path, mount: Path) -> None:
+    """Fill the disk as soon as a save after the first finished checkpoint has begun."""
     seen: set[tuple[str, int]] = set()
     while proc.poll() is None:
         done = committed_steps(workdir)
-        if during_save:
-            seen |= saves_in_flight(workdir)
-            if done and any(name.split(".")[0] != str(done[0]) for name, _ in seen):
-                fill_disk(mount, 64 << 10)
-                break
-        elif done and not saves_in_flight(workdir):
+        seen |= saves_in_flight(workdir)
+        if done and any(name.split(".")[0] != str(done[0]) for name, _ in seen):
             fill_disk(mount, 64 << 10)
-            break
+            return
         time.sleep(0.002)
+
+
+def full_disk_trial(setup: TrainSetup, mount: Path, during_save: bool) -> FullDiskResult:
+    """Train on the tmpfs at `mount`: fill it while the second save is being written, or (`during_save` False)
+    after a first run left one checkpoint and before the run that continues it saves again."""
+    workdir = mount / "run"
+    name = "during" if during_save else "before"
+    steps = 10 * setup.checkpoint_every
+    if not during_save:
+        run(setup.command(workdir, setup.checkpoint_every), setup.scratch / "disk_full_first.log", setup.env, 600)
+        fill_disk(mount, 64 << 10)
+    log = setup.scratch / f"disk_full_{name}.log"
+    proc = start(setup.command(workdir, steps), log, setup.env)
+    if during_save:
+        fill_when_a_save_begins(proc, workdir, mount)
     try:
         code = proc.wait(timeout=600)
     except subprocess.TimeoutExpired:
@@ -639,9 +669,9 @@ def full_disk_trial(setup: TrainSetup, mount: Path, during_save: bool) -> FullDi
     last_good = max(committed_steps(workdir), default=0)
     (mount / "filler").unlink()
     errors = [line for line in output.splitlines() if line.startswith("train.py:")]
-    restart_log = setup.scratch / f"disk_full_{'during' if during_save else 'before'}_restart.log"
-    rc, again, _ = run(setup.command(workdir, last_good + 1), restart_log, setup.env, 600)
+    rc, again, _ = run(setup.command(workdir, last_good + 1), setup.scratch / f"disk_full_{name}_2.log", setup.env, 600)
     shutil.rmtree(workdir)
+    variant = "while a save is being written" if during_save else "before a save (a restart on a full disk)"
     return FullDiskResult(variant, code, errors, odd_lines(output, r"^train\.py: "), last_good, resumed_step(again), rc)
 
 
