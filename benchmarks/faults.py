@@ -2,7 +2,7 @@
 
 Each fault is checked against an uninterrupted run, and the measured table goes to docs/RELIABILITY.md:
 
-    python benchmarks/faults.py                       # everything, as in docs/RELIABILITY.md (about 10 minutes)
+    python benchmarks/faults.py                       # everything, as in docs/RELIABILITY.md (~18 min on 2 busy cores)
     python benchmarks/faults.py --kills 3 --prepare_kills 2 --mutants 20 --out -    # a quick look, on stdout
     python benchmarks/faults.py --only corrupt,disk_full                            # some sections only
 
@@ -462,8 +462,8 @@ def summarize_kills(
     ok = finished and equal and loss_diffs == 0
     figures = (
         f"{len(kills)} kills ({sum(k.mode == 'save' for k in kills)} right after a save began; {in_flight} with a "
-        f"save of their own in flight); {len(restarts)} restarts: {resumes} resumed from a checkpoint, {early} were "
-        f"killed again before resuming, {len(restarts) - resumes - early} started before any checkpoint existed; "
+        f"save of their own in flight); {len(restarts)} restarts: {resumes} resumed from a checkpoint, {early} killed "
+        f"again before resuming, {len(restarts) - resumes - early} started before any checkpoint existed; "
         f"steps redone {sum(redone)} in all (max {max(redone, default=0)} at one restart); checkpoints lost {lost}; "
         f"final step {step_killed} vs {step_ref}; params + optimizer "
         f"state + RNG + data position bitwise equal: {'yes' if equal else 'NO'}; logged losses equal to the "
@@ -1048,7 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
             sections[name] = run_section(name, ctx, args)
             for row in sections[name].rows:
                 print(f"faults.py: {name}: {row.passed} in {time.monotonic() - section_began:.0f} s", file=sys.stderr)
-    text = report(sections, command, time.monotonic() - began)
+    text = report(sections, command, time.monotonic() - began).replace(str(scratch), "SCRATCH")
     if args.out == "-":
         print(text)
     else:
