@@ -4,8 +4,9 @@
         [--temperature 1.0] [--top_p P] [--strategy S] [--no_keyboard_mask] [--recompute]
 
 Samples `--num_samples` pieces of `--bars` bars as `sample.py` does (same decode loop, same defaults) and prints,
-per sample, the median and largest number of note starts per bar and the lowest and highest pitch, then the
-held-out split's own figures (the same statistics over its pieces, cut into bars the same way).
+per sample, its notes per bar (as `musicgpt_jax.stats` counts them), its busiest bar, the mean of its last 16 bars
+and its lowest and highest pitch; then the held-out split's own figures and the texture distances against it
+(`stats.measure`, each beside the held-out data's split-half distance).
 
 With `--recompute` it also scores every sample twice under the model itself: through the cached decode path
 (exactly what `generate` saw, window slides included) and by a full forward pass over the last `max_len` frames
@@ -25,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,14 +38,13 @@ from musicgpt_jax.train import restore_params  # noqa: E402
 
 
 def bar_figures(states: np.ndarray, num_states: int, steps_per_bar: int) -> dict:
-    """Note starts per bar (median, max, per bar) and the sounding pitch range of one piece (T, P)."""
+    """Note starts in each bar, the busiest bar and the sounding pitch range of one piece (T, P)."""
     starts = sampling.note_starts(states, num_states).sum(axis=1)
     bars = len(states) // steps_per_bar
     per_bar = starts[: bars * steps_per_bar].reshape(bars, steps_per_bar).sum(axis=1) if bars else starts[:0]
     sounding = np.flatnonzero((states != OFF).any(axis=0))
     return {
         "per_bar": per_bar.tolist(),
-        "median": float(np.median(per_bar)) if bars else 0.0,
         "max": int(per_bar.max()) if bars else 0,
         "low": int(sounding.min()) if sounding.size else None,
         "high": int(sounding.max()) if sounding.size else None,
@@ -120,9 +121,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-from absl import logging  # noqa: E402
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.set_verbosity(logging.ERROR)
@@ -189,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = held_out_midi(cfg, Path(tempfile.mkdtemp(prefix="held_out-")))
     if reference is not None:
         report = stats.measure(out, reference, steps_per_quarter=grid.steps_per_quarter)
-        held = stats.stats_of_dir(reference, steps_per_quarter=grid.steps_per_quarter)
+        held = report["reference"]
         per_piece = [
             stats.compute_stats([midi_to_frames(f, steps_per_quarter=grid.steps_per_quarter)])["notes_per_bar"] or 0.0
             for f in sorted(reference.iterdir())
