@@ -130,7 +130,8 @@ HEADS = {"independent": "independent per-pitch", "nade": "notes within a frame m
 
 
 def result_key(name: str, head: str) -> str:
-    """Results of the default (independent) head are keyed by set name; other heads by "set/head"."""
+    """Results of the independent head are keyed by set name (their key from before the NADE head existed); other
+    heads by "set/head"."""
     return name if head == "independent" else f"{name}/{head}"
 
 
@@ -157,8 +158,9 @@ def render_section(results: dict[str, dict[str, Any]]) -> str:
         "checkpoint with the best validation NLL; whole sequences, each first frame scored given the empty "
         "start frame, sequences longer than the context window through a sliding window (stride max_len/2). "
         "The test split is evaluated once per reported number. Two frame heads share the same Transformer: "
-        "`independent` (each pitch's state predicted on its own, like TCN, LSTM and RRU below) and `nade` "
-        "(`--override model.head=nade`: the pitches of a frame predicted one after another, like RNN-NADE).",
+        "`independent` (`--override model.head=independent`: each pitch's state predicted on its own, like TCN, "
+        "LSTM and RRU below) and `nade` (the presets' default; rows run before it was the default say "
+        "`--override model.head=nade`: the pitches of a frame predicted one after another, like RNN-NADE).",
         "",
         "| model | output | " + " | ".join(titles) + " |",
         "|---|---|" + "---|" * len(titles),

@@ -288,10 +288,10 @@ def test_incompatible_nade_width_is_named_and_old_checkpoints_still_load():
     saved = {"model": dataclasses.asdict(nade.model)}
     with pytest.raises(TrainingError, match=r"nade_hidden=32 \(now 16\)"):
         check_compatible(saved, configs.resolve("jsb", ["model.head=nade", "model.nade_hidden=16"]), "w")
-    independent = configs.resolve("jsb")
+    independent = configs.resolve("jsb", ["model.head=independent"])
     old_keys = {k: v for k, v in dataclasses.asdict(independent.model).items() if k not in ("head", "nade_hidden")}
     saved = {"model": old_keys}
-    check_compatible(saved, independent, "w")  # written before the NADE head existed: the default head
+    check_compatible(saved, independent, "w")  # written before the NADE head existed: the independent head
     with pytest.raises(TrainingError, match="head='independent' \\(now 'nade'\\)"):
         check_compatible(saved, nade, "w")
 
