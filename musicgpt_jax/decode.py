@@ -1,4 +1,8 @@
-"""KV-cache decoding: one prefill over the primer, then a compiled scan that adds one frame per step.
+"""The cached decode loop: one prefill over the primer, then a compiled scan that adds one frame per step.
+
+`sample_loop` is the loop itself and sees the model through a function (state, frame) -> (head output, state);
+`generate` builds that function from the model and its key-value cache, and draws each frame with
+`frame_choice.sample_frame`. `sampling.py` turns the frames into MIDI.
 
 Sequence convention (as in training): a piece starts with an all-OFF frame, and the logits at frame t predict
 frame t+1. The context of a generation is that empty frame followed by the primer, cut to its last
@@ -34,8 +38,8 @@ from jax.sharding import Mesh
 
 from musicgpt_jax import sharding
 from musicgpt_jax.configs import ModelConfig
-from musicgpt_jax.model import CACHE_LOGICAL_AXES, Cache, MusicTransformer, init_cache, sample_frame
-from musicgpt_jax.strategies import Strategy
+from musicgpt_jax.frame_choice import Strategy, sample_frame
+from musicgpt_jax.model import CACHE_LOGICAL_AXES, Cache, MusicTransformer, init_cache
 
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 
@@ -114,24 +118,51 @@ def decode_step(
     return logits[:, 0], _constrain_state(DecodeState(cache, window, index + 1), mesh)
 
 
+NextOutput = Callable[[Any, jax.Array], tuple[jax.Array, Any]]  # (state, frame) -> (head output, state)
+ChooseFrame = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (head output, key, previous) -> frame
+
+
+def sample_loop(
+    next_output: NextOutput,
+    choose_frame: ChooseFrame,
+    output: jax.Array,
+    state: Any,
+    previous: jax.Array,
+    num_frames: int,
+    rng: jax.Array,
+) -> jax.Array:
+    """`num_frames` frames (B, num_frames, P), each chosen from the output for the one before and fed back.
+
+    The loop sees the model only through `next_output` (feed a frame, get the head's output for the next one and
+    the new state: the cache here), as the Flax lm1b sampler sees its model through a tokens-to-logits function.
+    `output` and `previous` are the output after the context and its last frame; frame k is chosen with
+    `fold_in(rng, k)`.
+    """
+    first = choose_frame(output, jax.random.fold_in(rng, 0), previous)
+
+    def step(carry, t):
+        state, frame = carry
+        output, state = next_output(state, frame)
+        following = choose_frame(output, jax.random.fold_in(rng, t), frame)
+        return (state, following), following
+
+    _, rest = jax.lax.scan(step, (state, first), jnp.arange(1, num_frames))
+    return jnp.concatenate([first[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
+
+
 def _generate(params, primer, rng, choice, allowed, *, cfg: ModelConfig, num_frames: int, mesh: Mesh | None):
     TRACE_COUNTS["generate"] += 1
     context = _constrain(context_of(primer, cfg.max_len), mesh, ("batch", None, None))
     fed = context.shape[1] + num_frames - 1  # the last sampled frame is never fed
-    logits, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed))
-    first = sample_frame(
-        logits[:, -1], jax.random.fold_in(rng, 0), choice, context[:, -1], cfg.num_states, cfg, params, allowed
-    )
+    outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed))
 
-    def step(carry, t):
-        state, frame = carry
-        logits, state = decode_step(params, cfg, state, frame, mesh)
-        key = jax.random.fold_in(rng, t)
-        following = sample_frame(logits, key, choice, frame, cfg.num_states, cfg, params, allowed)
-        return (state, following), following
+    def next_output(state: DecodeState, frame: jax.Array) -> tuple[jax.Array, DecodeState]:
+        return decode_step(params, cfg, state, frame, mesh)
 
-    _, rest = jax.lax.scan(step, (state, first), jnp.arange(1, num_frames))
-    frames = jnp.concatenate([first[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
+    def choose_frame(output: jax.Array, key: jax.Array, previous: jax.Array) -> jax.Array:
+        return sample_frame(output, key, choice, previous, cfg.num_states, cfg, params, allowed)
+
+    frames = sample_loop(next_output, choose_frame, outputs[:, -1], state, context[:, -1], num_frames, rng)
     return _constrain(frames, mesh, ("batch", None, None))
 
 
@@ -154,11 +185,15 @@ def _config_key(cfg: ModelConfig) -> tuple:
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted(kind: str, cfg_key: tuple, mesh: Mesh | None, steps: int) -> Callable:
-    cfg = ModelConfig(**dict(cfg_key))
-    if kind == "generate":
-        return jax.jit(functools.partial(_generate, cfg=cfg, num_frames=steps, mesh=mesh))
-    return jax.jit(functools.partial(_decode_logits, cfg=cfg, prefill_len=steps, mesh=mesh))
+def _jitted_generate(cfg_key: tuple, mesh: Mesh | None, num_frames: int) -> Callable:
+    return jax.jit(functools.partial(_generate, cfg=ModelConfig(**dict(cfg_key)), num_frames=num_frames, mesh=mesh))
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_decode_logits(cfg_key: tuple, mesh: Mesh | None, prefill_len: int) -> Callable:
+    return jax.jit(
+        functools.partial(_decode_logits, cfg=ModelConfig(**dict(cfg_key)), prefill_len=prefill_len, mesh=mesh)
+    )
 
 
 def _check(cfg: ModelConfig, states: Any, mesh: Mesh | None) -> None:
@@ -200,7 +235,7 @@ def generate(
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}: must be at least 1")
     _check(cfg, primer_states, mesh)
-    fn = _jitted("generate", _config_key(cfg), mesh, int(num_frames))
+    fn = _jitted_generate(_config_key(cfg), mesh, int(num_frames))
     primer = jnp.asarray(primer_states, jnp.int32)
     strategy = strategy or Strategy("temperature", temperature)
     allowed = jnp.ones((cfg.num_pitches,), bool) if allowed is None else jnp.asarray(allowed, bool)
@@ -218,7 +253,7 @@ def decode_logits(
     if not 1 <= prefill_len <= min(cfg.max_len, np.shape(frames)[1]):
         raise ValueError(f"prefill_len={prefill_len}: must be in 1..min(max_len, frames)")
     _check(cfg, frames, mesh)
-    fn = _jitted("decode_logits", _config_key(cfg), mesh, int(prefill_len))
+    fn = _jitted_decode_logits(_config_key(cfg), mesh, int(prefill_len))
     return _run(fn, mesh, params, jnp.asarray(frames, jnp.int32))
 
 

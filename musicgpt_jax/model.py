@@ -5,9 +5,9 @@ is the sum of one learned vector per (pitch, state) — a dense layer on the one
 pre-norm: RMSNorm, causal multi-head attention through `jax.nn.dot_product_attention` with rotary positions,
 and a gated (SwiGLU) MLP. The frame head gives, per pitch, the logits of the next frame's state.
 
-The head is kept behind three functions — `FrameHead` (logits), `frame_log_likelihood` and `sample_frame` — so a
-head that models the notes of a frame jointly (NADE-style) can replace it without touching the backbone, the
-decode cache or the evaluator.
+The head is kept behind its output and `frame_log_likelihood` (and `frame_choice.sample_frame`, which draws a
+frame from that output), so a head that models the notes of a frame jointly (NADE-style, `NadeHead`) replaces
+it without touching the backbone, the decode cache or the evaluator.
 
 Every parameter carries logical axis names; `sharding.LOGICAL_AXIS_RULES` maps them to the mesh.
 The cache is a dict {"k", "v"} of arrays (layers, batch, length, heads, head_dim); `cache_index` is where the
@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from musicgpt_jax.configs import ModelConfig
-from musicgpt_jax.strategies import ChoiceArrays, choose
 
 OFF_STATE, ONSET_STATE, HOLD_STATE = 0, 1, 2  # frames.OFF, frames.ONSET, frames.HOLD
 
@@ -232,8 +231,8 @@ class NadeHead(nn.Module):
 
     Pitch p's logits are the independent head's plus tanh(context + Σ_{q<p} W[q, state_q]) through p's own output
     weights, so the probability of a frame is a product of conditionals, low pitch to high (`nade_logits`,
-    `nade_sample`). The direct term lets the head learn as fast as the independent one at the start; the NADE
-    term adds what the notes below say. The NADE weights are plain parameters under "head"; the functions below
+    `frame_choice.nade_sample`). The direct term lets the head learn as fast as the independent one at the start;
+    the NADE term adds what the notes below say. The NADE weights are plain parameters under "head"; the functions below
     read them from the parameter tree.
     """
 
@@ -259,7 +258,7 @@ class NadeHead(nn.Module):
         return jnp.concatenate([direct.reshape(*direct.shape[:-2], -1), context], axis=-1)
 
 
-def _split_nade_output(head: dict, out: jax.Array) -> tuple[jax.Array, jax.Array]:
+def split_nade_output(head: dict, out: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(direct logits (..., P, S), context (..., H)) from a NadeHead output."""
     num_pitches, num_states, _ = head["input_weights"].shape
     flat = num_pitches * num_states
@@ -269,7 +268,7 @@ def _split_nade_output(head: dict, out: jax.Array) -> tuple[jax.Array, jax.Array
 def nade_logits(head: dict, out: jax.Array, targets: jax.Array) -> jax.Array:
     """Teacher-forced NADE: logits (..., P, S) of each pitch's state given the head's output `out` (..., P·S + H)
     and the target states of the pitches below it."""
-    direct, context = _split_nade_output(head, out)
+    direct, context = split_nade_output(head, out)
     weights = head["input_weights"]  # (P, S, H)
     num_pitches, num_states, hidden_size = weights.shape
     # Σ_{q<p} W[q, state_q] for every p at once, as one matmul of the one-hot frame with the weights masked to
@@ -282,46 +281,12 @@ def nade_logits(head: dict, out: jax.Array, targets: jax.Array) -> jax.Array:
     return direct + jnp.einsum("...ph,phs->...ps", hidden, head["output_weights"])
 
 
-def _restrict(logits: jax.Array, allowed: jax.Array | None) -> jax.Array:
-    """Logits (..., P, S) or (..., S) for one pitch with every state but OFF impossible where `allowed` is False."""
-    if allowed is None:
-        return logits
-    sounding = jnp.arange(logits.shape[-1]) != OFF_STATE
-    return jnp.where(~allowed[..., None] & sounding, -jnp.inf, logits)
-
-
-def _pick_states(logits: jax.Array, rng: jax.Array, choice: ChoiceArrays, previous: jax.Array, num_states: int):
-    states = choose(logits, rng, choice)
-    if num_states == 3:  # a HOLD only continues a sounding note
-        states = jnp.where((states == HOLD_STATE) & (previous == OFF_STATE), OFF_STATE, states)
-    return states
-
-
-def nade_sample(
-    head: dict, out: jax.Array, rng: jax.Array, choice: ChoiceArrays, previous: jax.Array, allowed=None
-) -> jax.Array:
-    """Sample a frame (B, P) pitch by pitch, low to high, from the head's output `out` (B, P·S + H)."""
-    direct, context = _split_nade_output(head, out)
-    num_pitches, num_states = head["input_weights"].shape[:2]
-    allowed = jnp.ones((num_pitches,), bool) if allowed is None else allowed
-
-    def pitch_step(activation, xs):
-        w_in, w_out, direct_p, key, prev, allowed_p = xs
-        logits = _restrict(direct_p + jnp.tanh(activation) @ w_out, allowed_p)  # (B, S)
-        state = _pick_states(logits, key, choice, prev, num_states)
-        return activation + w_in[state], state
-
-    keys = jax.random.split(rng, previous.shape[-1])
-    xs = (head["input_weights"], head["output_weights"], jnp.swapaxes(direct, 0, 1), keys, previous.T, allowed)
-    _, states = jax.lax.scan(pitch_step, context.astype(jnp.float32), xs)
-    return states.T
-
-
 class MusicTransformer(nn.Module):
     """states (B, T, P) int -> the frame head's output for the next frame, and the updated cache when one is given.
 
     The head's output is the logits (B, T, P, S) for the independent head and (B, T, P·S + H) for the NADE head
-    (`NadeHead`); `frame_log_likelihood` and `sample_frame` turn either into probabilities and frames."""
+    (`NadeHead`); `frame_log_likelihood` and `frame_choice.sample_frame` turn either into probabilities and
+    frames."""
 
     cfg: ModelConfig
 
@@ -382,7 +347,8 @@ def init_cache(cfg: ModelConfig, batch: int, length: int | None = None, dtype: A
 CACHE_LOGICAL_AXES = ("cache_layers", "cache_batch", "cache_length", "cache_heads", "cache_head_dim")
 
 
-def _nade(cfg: ModelConfig | None, params: Any) -> dict | None:
+def nade_parameters(cfg: ModelConfig | None, params: Any) -> dict | None:
+    """The NADE head's parameters when `cfg` has that head, else None."""
     if cfg is None or cfg.head != "nade":
         return None
     if params is None:
@@ -398,7 +364,7 @@ def frame_log_likelihood(
     Independent head: the sum over pitches of each pitch's log-probability. NADE head (`cfg.head == "nade"`, needs
     the model `params`): the sum over pitches of log p(state_p | context, states below p) — still log p(frame).
     """
-    head = _nade(cfg, params)
+    head = nade_parameters(cfg, params)
     logits = out if head is None else nade_logits(head, out, targets)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     picked = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -412,31 +378,6 @@ def frame_nll(
     nll = -frame_log_likelihood(out, targets, cfg, params)
     mask = mask.astype(jnp.float32)
     return (nll * mask).sum(), mask.sum()
-
-
-def sample_frame(
-    out: jax.Array,
-    rng: jax.Array,
-    choice: ChoiceArrays | float | jax.Array,
-    previous: jax.Array,
-    num_states: int,
-    cfg: ModelConfig | None = None,
-    params: Any = None,
-    allowed: jax.Array | None = None,
-) -> jax.Array:
-    """Sample the next frame (B, P) from the head's output for one position (logits (B, P, S), or (B, P·S + H)),
-    keeping states consistent with the previous frame.
-
-    `choice` is a strategy's arrays (`strategies.Strategy.arrays`) or a bare temperature (0 = argmax, per pitch
-    in order for the NADE head). Pitches where `allowed` (P,) is False stay off. With 3 states a HOLD only
-    continues a sounding note: a HOLD drawn on a pitch that was off becomes OFF.
-    """
-    if not isinstance(choice, ChoiceArrays):
-        choice = ChoiceArrays(jnp.asarray(choice, jnp.float32), jnp.asarray(1.0, jnp.float32))
-    head = _nade(cfg, params)
-    if head is not None:
-        return nade_sample(head, out, rng, choice, previous, allowed)
-    return _pick_states(_restrict(out, allowed), rng, choice, previous, num_states)
 
 
 def count_params(params) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 from musicgpt_jax import decode, pianoroll, stats, train
 from musicgpt_jax.checkpoint import CheckpointError, load_config_dict
 from musicgpt_jax.configs import Config, ModelConfig
+from musicgpt_jax.frame_choice import STRATEGIES, Strategy
 from musicgpt_jax.frames import (
     HOLD,
     OFF,
@@ -45,7 +46,6 @@ from musicgpt_jax.frames import (
     midi_to_frames,
     notes_of,
 )
-from musicgpt_jax.strategies import STRATEGIES, Strategy
 
 DEFAULT_STRATEGY = Strategy("temperature", 1.0, 0.95)  # top_p: the nucleus strategy's default
 KEYBOARDS = ("corpus", "all")
@@ -131,7 +131,7 @@ def check_options(options: SampleOptions) -> None:
 
 
 def strategy_of(options: SampleOptions) -> Strategy:
-    """The named strategy the flags ask for (see `strategies`); ValueError, one line, when they disagree."""
+    """The named strategy the flags ask for (see `frame_choice`); ValueError, one line, when they disagree."""
     name = options.strategy or ("nucleus" if options.top_p is not None else DEFAULT_STRATEGY.name)
     top_p = options.top_p if options.top_p is not None else DEFAULT_STRATEGY.top_p
     if options.top_p is not None and name != "nucleus":

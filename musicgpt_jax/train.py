@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 from musicgpt_jax import sharding
 from musicgpt_jax.configs import Config, TrainConfig
+from musicgpt_jax.frame_choice import sample_frame
 from musicgpt_jax.model import (
     HOLD_STATE,
     OFF_STATE,
@@ -38,7 +39,6 @@ from musicgpt_jax.model import (
     count_params,
     flops_per_frame,
     frame_nll,
-    sample_frame,
 )
 
 

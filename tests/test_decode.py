@@ -10,7 +10,8 @@ import pytest
 from flax import linen as nn
 
 from musicgpt_jax import configs, decode, sharding
-from musicgpt_jax.model import CACHE_LOGICAL_AXES, MusicTransformer, sample_frame
+from musicgpt_jax.frame_choice import sample_frame
+from musicgpt_jax.model import CACHE_LOGICAL_AXES, MusicTransformer
 
 CFG = configs.ModelConfig(
     num_pitches=12, num_states=3, num_layers=2, d_model=32, num_heads=2, mlp_dim=64, max_len=8, dropout=0.0

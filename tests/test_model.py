@@ -7,13 +7,13 @@ import pytest
 from flax import linen as nn
 
 from musicgpt_jax import configs, records
+from musicgpt_jax.frame_choice import sample_frame
 from musicgpt_jax.model import (
     MusicTransformer,
     attention_implementation,
     frame_log_likelihood,
     frame_nll,
     nade_logits,
-    sample_frame,
 )
 
 

@@ -10,8 +10,8 @@ from flax import linen as nn
 
 from musicgpt_jax import configs, sharding
 from musicgpt_jax.configs import ModelConfig, TrainConfig
-from musicgpt_jax.model import MusicTransformer, sample_frame
-from musicgpt_jax.strategies import Strategy, choose
+from musicgpt_jax.frame_choice import Strategy, choose, sample_frame
+from musicgpt_jax.model import MusicTransformer
 from musicgpt_jax.train import (
     create_train_state,
     make_optimizer,
