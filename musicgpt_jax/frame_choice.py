@@ -31,7 +31,7 @@ STRATEGIES = ("greedy", "temperature", "nucleus")
 
 class ChoiceArrays(NamedTuple):
     temperature: jax.Array  # () float32; 0 = argmax
-    top_p: jax.Array  # () float32 in (0, 1]; 1 = the whole distribution
+    top_p: jax.Array | None  # () float32 in (0, 1]; 1 = the whole distribution; None: that, skipping the cut
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,8 @@ def choose(logits: jax.Array, rng: jax.Array, choice: ChoiceArrays) -> jax.Array
     """One state per row of `logits` (..., S), int32, drawn by the strategy `choice`."""
     greedy = jnp.argmax(logits, axis=-1)
     scaled = logits.astype(jnp.float32) / jnp.maximum(choice.temperature, 1e-6)
+    if choice.top_p is None:  # a plain draw, without the sort (scheduled sampling draws a whole batch this way)
+        return jnp.where(choice.temperature > 0, jax.random.categorical(rng, scaled, axis=-1), greedy).astype(jnp.int32)
     probs = jax.nn.softmax(scaled, axis=-1)
     descending = jnp.sort(probs, axis=-1)[..., ::-1]
     reached = jnp.cumsum(descending, axis=-1) >= choice.top_p
@@ -130,7 +132,7 @@ def sample_frame(
     continues a sounding note: a HOLD drawn on a pitch that was off becomes OFF.
     """
     if not isinstance(choice, ChoiceArrays):
-        choice = ChoiceArrays(jnp.asarray(choice, jnp.float32), jnp.asarray(1.0, jnp.float32))
+        choice = ChoiceArrays(jnp.asarray(choice, jnp.float32), None)
     head = nade_parameters(cfg, params)
     if head is not None:
         return nade_sample(head, out, rng, choice, previous, allowed)
