@@ -385,6 +385,9 @@ def count_params(params) -> int:
 
 
 def flops_per_frame(cfg: ModelConfig, num_params: int, context: int | None = None) -> float:
-    """Training FLOPs per frame (forward + backward): 6·N + 12·L·d·T, nanoGPT's estimate."""
+    """Training FLOPs per frame (forward + backward): 6·N + 12·L·d·T, nanoGPT's estimate, plus for the NADE head
+    the one-hot frame times the masked input weights in `nade_logits` (2·PS·PH forward and as much for the weight
+    gradient; the frame is data, so there is no input gradient)."""
     context = context or cfg.max_len
-    return 6.0 * num_params + 12.0 * cfg.num_layers * cfg.d_model * context
+    nade = 4.0 * (cfg.num_pitches * cfg.num_states) * (cfg.num_pitches * cfg.nade_hidden) if cfg.head == "nade" else 0.0
+    return 6.0 * num_params + 12.0 * cfg.num_layers * cfg.d_model * context + nade

@@ -70,7 +70,8 @@ def test_sharded_training_equals_single_device(benchmark_data):
         step = jax.jit(make_train_step(model, tx, 1), in_shardings=(shardings, None), out_shardings=(shardings, None))
 
         def loss(params, batch, model=model):
-            s, n = frame_nll(model.apply({"params": params}, batch["inputs"])[0], batch["targets"], batch["mask"])
+            out = model.apply({"params": params}, batch["inputs"])[0]
+            s, n = frame_nll(out, batch["targets"], batch["mask"], model.cfg, params)
             return s / n
 
         with sharding.activate(mesh):
@@ -95,7 +96,9 @@ def test_sharded_training_equals_single_device(benchmark_data):
         ("layer_0", "attention", "out"): P("tensor", None, "fsdp"),
         ("layer_1", "mlp", "gate", "kernel"): P("fsdp", "tensor"),
         ("layer_1", "mlp", "down", "kernel"): P("tensor", "fsdp"),
-        ("head", "kernel"): P("fsdp", None, None),
+        ("head", "direct", "kernel"): P("fsdp", None, None),
+        ("head", "context"): P("fsdp", None),
+        ("head", "input_weights"): P(None, None, None),
         ("final_norm", "scale"): P(None),
     }
     for path, spec in expected.items():
