@@ -54,6 +54,7 @@ def test_tiny_compiles_for_v5e_2x2_and_fits():
 
 def test_scanned_layers_are_counted_once_per_layer():
     """XLA counts a loop body once; `step_flops` unrolls, so the count grows with the number of layers."""
+
     def flops(layers: int) -> float:  # the independent head, so that the layers dominate the count
         overrides = [f"model.num_layers={layers}", "model.scan_layers=true", "model.head=independent"]
         return aot.step_flops(configs.resolve("tiny", overrides))
