@@ -5,6 +5,7 @@ data/records; a complete dataset built from the same files with the same options
 
     python data/prepare.py
     python data/prepare.py --midi_dir ~/midi --name my_piano [--workers 8]
+    python data/prepare.py --midi_dir maestro-v3.0.0 --name maestro     # MAESTRO's own train/validation/test
     python data/prepare.py --benchmark ../shared/data/polyphonic/JSB_Chorales.mat
 """
 
@@ -52,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--test_percent", type=float, default=5.0, help="percent of files in test (default: %(default)s)"
     )
+    parser.add_argument(
+        "--hash_split",
+        action="store_true",
+        help="split by file hash even where --midi_dir holds MAESTRO's metadata (maestro-v*.csv/.json), "
+        "whose split is used by default; files it does not list are split by hash either way",
+    )
     parser.add_argument("--no_sustain_pedal", action="store_true", help="ignore CC64 (pedal) when reading MIDI")
     parser.add_argument("--include_drums", action="store_true", help="keep drum tracks (dropped by default)")
     parser.add_argument(
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_s=args.timeout,
                 workers=args.workers,
                 force=args.force,
+                use_metadata=not args.hash_split,
             )
     except (records.InputError, corpus.BenchmarkFormatError) as error:
         print(f"prepare.py: {error}", file=sys.stderr)

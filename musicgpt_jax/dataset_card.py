@@ -79,8 +79,25 @@ def _pitch_name(pitch: int) -> str:
     return f"{_NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
 
+def format_split_rule(rule: Mapping[str, Any]) -> str:
+    """One line on how files were split (the card's `split_rule`, see split_rules.describe)."""
+    if rule["by"] == "benchmark":
+        return f"  split: the benchmark's own, from {rule['file']}"
+    hashed = rule["unlisted_rule"] if rule["by"] == "metadata" else rule
+    hashed = f"{hashed['val_percent']:g}% validation, {hashed['test_percent']:g}% test"
+    if rule["by"] != "metadata":
+        return f"  split: by the SHA-256 of each file ({hashed})"
+    line = f"  split: from {rule['file']} (MAESTRO's own) for {rule['listed_inputs']} files it lists"
+    if rule["unlisted_inputs"]:
+        line += f"; {rule['unlisted_inputs']} files it does not list split by SHA-256 ({hashed})"
+    if rule["missing"]:
+        shown = ", ".join(rule["missing_files"][:3]) + (", ..." if rule["missing"] > 3 else "")
+        line += f"; {rule['missing']} files it lists are missing ({shown})"
+    return line
+
+
 def format_card(card: Mapping[str, Any]) -> str:
-    """A few lines for a person: files (and why skipped), splits, hours, frames, polyphony, pitch range."""
+    """A few lines for a person: files (and why skipped), splits and the rule, hours, frames, polyphony, pitches."""
     files = card["files"]
     skipped = ", ".join(f"{n} {reason}" for reason, n in card["skipped_by_reason"].items())
     lines = [
@@ -90,6 +107,7 @@ def format_card(card: Mapping[str, Any]) -> str:
         + ", ".join(
             f"{name} {s['sequences']} sequences / {s['frames']:,} frames" for name, s in card["splits"].items()
         ),
+        *([format_split_rule(card["split_rule"])] if "split_rule" in card else []),
         f"  {card['hours']:.2f} hours, {card['frames']:,} frames, {card['notes']:,} notes; "
         f"mean polyphony {card['mean_polyphony']:.2f}; "
         f"silent frames {100 * card['silent_frame_fraction']:.1f}%",

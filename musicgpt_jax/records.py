@@ -13,9 +13,11 @@ records sit in a fixed order (sorted by name) and the same inputs give byte-iden
 at training time.
 
 Guarantees:
-- A MIDI file's split depends only on the SHA-256 of its bytes, so adding files never moves one. Identical
-  files are kept once: the first by path, the others are "duplicate of" it in the manifest (same bytes, same
-  split, so the music never changes split either). Manifest counts always add up to the inputs.
+- A MIDI file's split depends only on the SHA-256 of its bytes, so adding files never moves one; in a folder
+  holding MAESTRO's metadata file, the files it lists go to its split instead (split_rules.py; the manifest's
+  `split_by` and the card's `split_rule` say which rule placed what). Identical files are kept once: the first
+  by path, the others are "duplicate of" it in the manifest (same bytes, same split, so the music never changes
+  split either). Manifest counts always add up to the inputs.
 - Conversion runs in a process pool, one file per task, each with a time limit; a bad file never ends the run.
 - A build happens in a hidden scratch folder in DATA_DIR and is renamed into place when complete; the card is
   written last, and readers require it, so an interrupted build never reads as a dataset.
@@ -48,6 +50,8 @@ from musicgpt_jax import corpus
 from musicgpt_jax.dataset_card import SPLITS, format_card, make_card, sequence_stats
 from musicgpt_jax.deadline_pool import Failed, TimedOut, run_with_deadline
 from musicgpt_jax.file_conversion import ConversionOptions, convert_file
+from musicgpt_jax.split_rules import HASH_RULE, Metadata, MetadataError, describe, find_metadata, read_metadata
+from musicgpt_jax.split_rules import split_of as split_of
 
 DEFAULT_DATA_DIR = "data/records"
 DEFAULT_DATASET = "bach_chorales"
@@ -211,12 +215,6 @@ def dataset_name_for(directory: str | os.PathLike) -> str:
     return name if re.match(r"[a-z]", name) else f"midi_{name}".rstrip("_")
 
 
-def split_of(sha256: str, val_percent: float, test_percent: float) -> str:
-    """The split of a file with this SHA-256 (hex): a point in [0, 100) from the hash, cut into ranges."""
-    point = int(sha256[:16], 16) / 2**64 * 100
-    return "test" if point < test_percent else "validation" if point < test_percent + val_percent else "train"
-
-
 def find_midi_files(midi_dir: Path) -> list[Path]:
     """Every .mid/.midi/.kar file (any case) under `midi_dir`, sorted by relative path.
 
@@ -375,9 +373,12 @@ def _convert_all(
 
 
 def _record_results(
-    todo: list[dict[str, Any]], results: list[Any], val_percent: float, test_percent: float
+    todo: list[dict[str, Any]], results: list[Any], split_for: Callable[[dict[str, Any]], tuple[str, str]]
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Fill in each manifest entry from its result; return the kept files' stats and entries per split."""
+    """Fill in each manifest entry from its result; return the kept files' stats and entries per split.
+
+    `split_for(entry)` gives a converted file's split and the rule that chose it (`split_by`).
+    """
     stats: list[dict[str, Any]] = []
     kept: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for entry, result in zip(todo, results, strict=True):
@@ -388,10 +389,11 @@ def _record_results(
         elif result["status"] == "skipped":
             entry.update(result)
         else:
-            split = split_of(entry["sha256"], val_percent, test_percent)
+            split, rule = split_for(entry)
             entry.update(
                 status="converted",
                 split=split,
+                split_by=rule,
                 frames=result["frames"],
                 notes=result["notes"],
                 seconds=round(result["seconds"], 3),
@@ -399,6 +401,15 @@ def _record_results(
             stats.append({**result, "split": split})
             kept[split].append(entry)
     return stats, kept
+
+
+def _split_metadata(midi_dir: Path) -> Metadata | None:
+    """MAESTRO's metadata at the top of `midi_dir`, read; None when there is none; InputError when unusable."""
+    found = find_metadata(midi_dir)
+    try:
+        return read_metadata(found) if found else None
+    except MetadataError as error:
+        raise InputError(f"{error}; fix or remove it, or pass --hash_split to split by hash instead") from None
 
 
 def build_midi_dataset(
@@ -416,8 +427,12 @@ def build_midi_dataset(
     workers: int | None = None,
     force: bool = False,
     progress: bool = True,
+    use_metadata: bool = True,
 ) -> BuildResult:
     """Convert every MIDI file under `midi_dir` and write dataset `name` into `data_dir`.
+
+    Splits follow MAESTRO's metadata file when one lies at the top of `midi_dir` (unless not `use_metadata`),
+    else the SHA-256 of each file; InputError when that metadata file cannot be used.
 
     Skips the work (`rebuilt=False`) when a complete dataset built from the same files with the same options
     is already there, unless `force`. Raises InputError for a bad directory, name or option, or when no file
@@ -435,15 +450,19 @@ def build_midi_dataset(
     if not paths:
         raise InputError(f"{midi_dir}: no MIDI files (.mid, .midi, .kar) in it or below")
 
+    metadata = _split_metadata(midi_dir) if use_metadata else None
+
     conversion = ConversionOptions(steps_per_quarter, sustain_pedal, include_drums, max_frames)
     options = {
         **asdict(conversion),
         "val_percent": val_percent,
         "test_percent": test_percent,
         "timeout_s": timeout_s,
+        **({"split_by": metadata.file} if metadata else {}),  # absent: the hash rule (older fingerprints hold)
     }
     manifest = _hash_inputs(midi_dir, paths)
-    fingerprint = _fingerprint(options, [(e["path"], e["sha256"]) for e in manifest])
+    inputs = [(e["path"], e["sha256"]) for e in manifest] + ([(metadata.file, metadata.sha256)] if metadata else [])
+    fingerprint = _fingerprint(options, inputs)
     existing = _complete_card(data_dir / name)
     if existing is not None and existing.get("fingerprint") == fingerprint and not force:
         return BuildResult(data_dir / name, existing, rebuilt=False)
@@ -464,7 +483,13 @@ def build_midi_dataset(
         scratch.mkdir()
         tasks = [(str(midi_dir / e["path"]), str(scratch / f"{e['sha256']}.npz"), conversion) for e in todo]
         results = _convert_all(tasks, workers or os.cpu_count() or 1, timeout_s, f"{name}: converting", progress)
-        stats, kept = _record_results(todo, results, val_percent, test_percent)
+
+        def split_for(entry: dict[str, Any]) -> tuple[str, str]:
+            if metadata is not None and entry["path"] in metadata.splits:
+                return metadata.splits[entry["path"]], "metadata"
+            return split_of(entry["sha256"], val_percent, test_percent), HASH_RULE
+
+        stats, kept = _record_results(todo, results, split_for)
         if not stats:
             reasons = sorted({e.get("reason", "duplicate") for e in manifest})
             raise InputError(f"{midi_dir}: none of the {len(manifest)} files could be converted ({', '.join(reasons)})")
@@ -490,6 +515,7 @@ def build_midi_dataset(
             "fingerprint": fingerprint,
             **shape,
             "steps_per_quarter": steps_per_quarter,
+            "split_rule": describe(metadata, [e["path"] for e in manifest], val_percent, test_percent),
         }
         card = make_card(header, manifest, stats, shape["num_pitches"])
         _write_json(stage / name / MANIFEST_FILE, manifest, lines=True)
@@ -561,6 +587,7 @@ def build_benchmark_dataset(
             "num_states": 2,
             "lowest_pitch": corpus.BENCHMARK_LOWEST_PITCH,
             "steps_per_quarter": steps_per_quarter,
+            "split_rule": {"by": "benchmark", "file": path.name},
         }
         card = make_card(header, manifest, stats, corpus.BENCHMARK_PITCHES)
         _write_json(stage / name / MANIFEST_FILE, manifest, lines=True)
