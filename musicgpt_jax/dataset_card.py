@@ -87,12 +87,13 @@ def format_split_rule(rule: Mapping[str, Any]) -> str:
     hashed = f"{hashed['val_percent']:g}% validation, {hashed['test_percent']:g}% test"
     if rule["by"] != "metadata":
         return f"  split: by the SHA-256 of each file ({hashed})"
-    line = f"  split: from {rule['file']} (MAESTRO's own) for {rule['listed_inputs']} files it lists"
+    files = lambda n: f"{n} file{'' if n == 1 else 's'}"
+    line = f"  split: from {rule['file']} (MAESTRO's own) for the {files(rule['listed_inputs'])} it lists"
     if rule["unlisted_inputs"]:
-        line += f"; {rule['unlisted_inputs']} files it does not list split by SHA-256 ({hashed})"
+        line += f"; {files(rule['unlisted_inputs'])} it does not list split by SHA-256 ({hashed})"
     if rule["missing"]:
         shown = ", ".join(rule["missing_files"][:3]) + (", ..." if rule["missing"] > 3 else "")
-        line += f"; {rule['missing']} files it lists are missing ({shown})"
+        line += f"; {files(rule['missing'])} it lists missing ({shown})"
     return line
 
 
