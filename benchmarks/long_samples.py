@@ -82,9 +82,9 @@ def log_likelihood_recomputed(params, cfg, pieces: np.ndarray, chunk: int = 32) 
     return result
 
 
-def held_out_midi(cfg, folder: Path) -> Path | None:
-    """The MIDI files of the run's test split (from its manifest), linked into `folder`; None for a dataset that
-    was not made from MIDI files (the benchmark sets)."""
+def held_out_midi(cfg, folder: Path, split: str) -> Path | None:
+    """The MIDI files of one held-out split of the run's dataset (from its manifest), linked into `folder`; None
+    for a dataset that was not made from MIDI files (the benchmark sets)."""
     card = records.load_card(cfg.data.data_dir, cfg.data.dataset)
     manifest = Path(cfg.data.data_dir) / cfg.data.dataset / "manifest.jsonl"
     source = Path(card.get("source", ""))
@@ -92,7 +92,7 @@ def held_out_midi(cfg, folder: Path) -> Path | None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     for entry in map(json.loads, manifest.read_text().splitlines()):
-        if entry.get("split") == "test" and entry.get("status") == "converted":
+        if entry.get("split") == split and entry.get("status") == "converted":
             link = folder / entry["path"].replace("/", "__")
             link.symlink_to((source / entry["path"]).resolve())
     return folder
@@ -117,6 +117,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recompute", action="store_true", help="score the samples cached and recomputed")
     parser.add_argument("--max_notes_per_bar", type=int, default=30)
     parser.add_argument("--json", help="write the figures to this JSON file")
+    parser.add_argument(
+        "--split",
+        choices=("validation", "test"),
+        default="validation",
+        help="the held-out files to compare with: choose settings on validation, report test once",
+    )
     sampling.add_strategy_flags(parser)
     return parser.parse_args(argv)
 
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(worst single bar {summary['worst_bar']}); {over} of {len(rows)} samples over {args.max_notes_per_bar} "
         f"notes per bar; {outside} outside {low}..{high}; pitches {summary['pitches'][0]}-{summary['pitches'][1]}"
     )
-    reference = held_out_midi(cfg, Path(tempfile.mkdtemp(prefix="held_out-")))
+    reference = held_out_midi(cfg, Path(tempfile.mkdtemp(prefix="held_out-")), args.split)
     if reference is not None:
         report = stats.measure(out, reference, steps_per_quarter=grid.steps_per_quarter)
         held = report["reference"]
@@ -197,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         scalars = ("notes_per_bar", "repeated_note_fraction", "polyphony_mean_sounding")
         summary["texture_values"] = {k: (report["samples"][k], held[k]) for k in scalars}
         print(
-            f"held-out test split ({held['num_pieces']} pieces): notes per bar median {np.median(per_piece):.1f}, "
-            f"max {np.max(per_piece):.1f}; pitches {held['pitch_min']}-{held['pitch_max']}"
+            f"held-out {args.split} split ({held['num_pieces']} pieces): "
+            f"notes per bar median {np.median(per_piece):.1f}, max {np.max(per_piece):.1f}; "
+            f"pitches {held['pitch_min']}-{held['pitch_max']}"
         )
         print("texture against the held-out split: distance / its split-half distance = ratio")
         for key in TEXTURE:
