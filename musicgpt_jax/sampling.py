@@ -327,13 +327,12 @@ def summary_line(name: str, frames: Frames, seconds: float, renderer: str) -> st
     )
 
 
-def _write_sample(frames: Frames, folder: Path, name: str, title: str, prime_frames: int) -> tuple[float, str]:
-    """sample_XX.mid, .png and .wav in `folder`; returns the MIDI's length in seconds and the WAV's renderer."""
+def _write_sample(frames: Frames, folder: Path, name: str, title: str, prime_frames: int) -> float:
+    """sample_XX.mid and .png in `folder`; returns the MIDI's length in seconds."""
     midi = frames_to_midi(frames)
     midi.write(str(folder / f"{name}.mid"))
     pianoroll.draw_piano_roll(frames, folder / f"{name}.png", title=title, prime_frames=prime_frames)
-    renderer = audio.render_wav(folder / f"{name}.mid", folder / f"{name}.wav")
-    return float(midi.get_end_time()), renderer
+    return float(midi.get_end_time())
 
 
 def command_line(options: SampleOptions) -> str:
@@ -397,16 +396,17 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     samples = []
-    render_seconds = 0.0
+    audio_seconds = 0.0
     try:
         for i, states in enumerate(generated):
             name = f"sample_{i:02d}"
             frames = output_frames(states, grid, primer, options.include_prime, options.bpm)
             prime_frames = len(primer.states) if primer is not None and options.include_prime else 0
             title = f"{name} · {options.workdir} step {step} · {strategy.describe()} · seed {options.seed}"
+            seconds = _write_sample(frames, staging, name, title, prime_frames)
             started = time.perf_counter()
-            seconds, renderer = _write_sample(frames, staging, name, title, prime_frames)
-            render_seconds += time.perf_counter() - started
+            renderer = audio.render_wav(staging / f"{name}.mid", staging / f"{name}.wav")
+            audio_seconds += time.perf_counter() - started
             summary = summary_line(name, frames, seconds, renderer)
             samples.append(Sample(name, frames, states, prime_frames, renderer, summary))
         provenance = listening_page.Provenance(
@@ -418,9 +418,10 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
         shutil.rmtree(staging, ignore_errors=True)
     for sample in samples:
         log(sample.summary)
+    renderers = " and ".join(sorted({sample.renderer for sample in samples}))
     log(
-        f"listen: {out / listening_page.PAGE_NAME} (sampling {sampling_seconds:.1f} s; MIDI, piano roll and audio "
-        f"{render_seconds:.1f} s)"
+        f"listen: {out / listening_page.PAGE_NAME} (sampling {sampling_seconds:.1f} s; audio {audio_seconds:.1f} s, "
+        f"by the {renderers})"
     )
     return samples
 

@@ -30,7 +30,9 @@ SUMMARY = re.compile(
     r"^sample_\d\d: \d+ notes, [\d.]+ s, ([\d.]+%|n/a) silent frames, "
     r"longest silence [\d.]+ bars, audio by the (FluidSynth|built-in synth)$"
 )
-LISTEN = re.compile(r"^listen: .*index\.html \(sampling [\d.]+ s; MIDI, piano roll and audio [\d.]+ s\)$")
+LISTEN = re.compile(
+    r"^listen: .*index\.html \(sampling [\d.]+ s; audio [\d.]+ s, by the (FluidSynth|built-in synth)\)$"
+)
 
 
 def save_checkpoints(workdir: Path, model: configs.ModelConfig, dataset: str, steps=(1, 2)) -> None:
