@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CPU_ENV := JAX_PLATFORMS=cpu
 
-.PHONY: demo test lint install prepare train sample benchmark clean
+.PHONY: demo test lint install prepare train sample benchmark browser clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; run 'make PYTHON=python3 ...'" >&2; exit 1; }
@@ -26,13 +26,24 @@ sample: $(STAMP)
 	$(CPU_ENV) $(PY) sample.py --workdir runs/default --out samples
 
 demo: train sample
-	@echo "Samples written to samples/ (MIDI + piano-roll PNG)."
+	@echo "Samples written to samples/ (MIDI, piano-roll PNG, WAV); open samples/index.html to listen."
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP)
+# Best effort: the listening-page test needs a headless Chromium; it skips, naming why, when there is none.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && exit 0; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "make: no chromium/chromedriver and no apt-get to install them: the browser test will skip"; exit 0; fi; \
+	echo "make: installing chromium and chromium-driver for the browser test (apt-get)"; \
+	$$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+	|| { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; } \
+	|| echo "make: could not install chromium: the browser test will skip"; exit 0
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(CPU_ENV) $(PY) -m pytest -q tests
 

@@ -1,7 +1,8 @@
 """Compose with a trained run: `python sample.py [--workdir runs/default] [--out samples] ...`.
 
 With no arguments: 4 samples of 8 bars from the latest checkpoint in runs/default, written to samples/ as
-sample_XX.mid and sample_XX.png (and sample_XX.wav when fluidsynth and a soundfont are installed).
+sample_XX.mid, sample_XX.png (piano roll) and sample_XX.wav (FluidSynth with a soundfont when installed, else
+a built-in synth), and index.html, a page to look at and listen to them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,12 @@ import argparse
 import sys
 
 from musicgpt_jax import host_memory
+
+EPILOG = """\
+examples:
+  python sample.py --workdir runs/default --out samples         # then open samples/index.html
+  python sample.py --workdir runs/default --prime theme.mid --include_prime --bars 16 --seed 3
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,7 +27,9 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from musicgpt_jax import sampling
 
-    parser = _Parser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="sample.py", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", default="runs/default", help="run to restore (default: runs/default)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--out", default="samples", help="output folder (default: samples)")

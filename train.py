@@ -13,13 +13,22 @@ import sys
 
 from musicgpt_jax import configs, host_memory
 
+EPILOG = """\
+Any --config.SECTION.FIELD=VALUE overrides a preset field, e.g. --config.train.learning_rate=3e-4
+--config.model.num_layers=6. A workdir trained on another dataset is refused: give each dataset its own.
+
+examples:
+  python train.py --workdir runs/default                        # the tiny demo: Bach chorales, minutes on CPU
+  python data/prepare.py --midi_dir ~/midi --name my_piano      # your own MIDI, then:
+  python train.py --config small --dataset my_piano --workdir runs/my_piano
+"""
+
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any --config.SECTION.FIELD=VALUE overrides a preset field, "
-        "e.g. --config.train.learning_rate=3e-4 --config.model.num_layers=6",
+        epilog=EPILOG,
     )
     parser.add_argument(
         "--config",

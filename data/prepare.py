@@ -19,10 +19,21 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+EPILOG = """\
+Errors print one line on stderr and exit with status 2.
+
+examples:
+  python data/prepare.py                                    # the Bach chorales -> data/records/bach_chorales
+  python data/prepare.py --midi_dir ~/midi --name my_piano  # then: python train.py --dataset my_piano ...
+  python data/prepare.py --benchmark ../shared/data/polyphonic/JSB_Chorales.mat
+"""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Errors print one line on stderr and exit with status 2.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--midi_dir",

@@ -369,6 +369,18 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return {"/".join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
+@contextlib.contextmanager
+def _quiet_read_only_notes() -> Iterator[None]:
+    """Orbax's warnings while it opens a read-only manager, dropped (errors still show)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_config_dict(workdir: str | epath.Path, step: int | None = None) -> tuple[dict, int]:
     """The resolved config saved with a checkpoint (`step`, or else the newest one whose config reads), and that
     step. CheckpointError when no such config can be read (another program's checkpoint, say)."""
@@ -377,7 +389,8 @@ def load_config_dict(workdir: str | epath.Path, step: int | None = None) -> tupl
         raise CheckpointError(
             f"{workdir}: no checkpoints (expected {directory}); train first: python train.py --workdir {workdir}"
         )
-    ckpt = Checkpointer(workdir, read_only=True, async_save=False)
+    with _quiet_read_only_notes():  # Orbax warns that a read-only manager saves nothing: we know
+        ckpt = Checkpointer(workdir, read_only=True, async_save=False)
     try:
         steps = ckpt.steps()
         if not steps:

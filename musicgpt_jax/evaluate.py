@@ -198,7 +198,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _Parser(
         prog="python -m musicgpt_jax.evaluate",
         description="Frame NLL (nats per frame, pooled over every frame of a split) of a trained run; prints JSON.",
-        epilog="Errors print one line on stderr and exit with status 2.",
+        epilog="Errors print one line on stderr and exit with status 2.\n\nexample:\n"
+        "  python -m musicgpt_jax.evaluate --workdir runs/jsb --dataset jsb_chorales --split test\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--workdir", required=True, help="the run's directory (holds checkpoints/)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")

@@ -1,4 +1,4 @@
-"""Sampling from a trained run: restore, encode the primer, generate, write MIDI, PNG and (maybe) WAV.
+"""Sampling from a trained run: restore, encode the primer, generate, write MIDI, PNG, WAV and the listening page.
 
 `sample_run(options)` is the one entry point; the top-level `sample.py` only parses flags.
 
@@ -14,6 +14,8 @@
   sounding is written as starting at step 0 of the sample (so the MIDI decodes back to the same frames).
   Generated onsets get velocity 80; the primer keeps its own.
 - Tempo: `--bpm`, else the primer's tempo at its end (its whole tempo map when it is included), else 120.
+- Each sample's WAV comes from `audio` (FluidSynth when installed, else the built-in synth); `index.html`
+  (`listening_page`) shows every sample's piano roll, player and statistics, and the command that made them.
 - All files are written into a temporary folder beside `--out` and moved into `--out` at the end, so a
   failure leaves nothing half-written there.
 """
@@ -23,16 +25,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from musicgpt_jax import decode, pianoroll, stats, train
+from musicgpt_jax import audio, decode, listening_page, pianoroll, stats, train
 from musicgpt_jax.checkpoint import CheckpointError, load_config_dict
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
@@ -51,12 +54,6 @@ DEFAULT_STRATEGY = Strategy("temperature", 1.0, 0.95)  # top_p: the nucleus stra
 KEYBOARDS = ("corpus", "all")
 DEFAULT_VELOCITY = 80
 DEFAULT_BPM = 120.0
-SOUNDFONTS = (
-    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
-    "/usr/share/soundfonts/FluidR3_GM.sf2",
-    "/usr/share/soundfonts/default.sf2",
-    "/usr/share/sounds/sf2/default-GM.sf2",
-)
 
 
 class SampleError(ValueError):
@@ -98,6 +95,7 @@ class Sample:
     frames: Frames  # what sample_XX.mid holds (primer included or not)
     generated: np.ndarray  # (num_frames, P) the sampled states, as the model produced them
     prime_frames: int  # how many leading frames of `frames` are the primer
+    renderer: str  # what wrote sample_XX.wav: audio.FLUIDSYNTH or audio.BUILT_IN
     summary: str
 
 
@@ -319,38 +317,37 @@ def output_frames(
     )
 
 
-def _soundfont() -> str | None:
-    candidates = [os.environ.get("SOUNDFONT", ""), *SOUNDFONTS]
-    return next((c for c in candidates if c and os.path.isfile(c)), None)
-
-
-def render_wav(midi_path: Path, wav_path: Path) -> bool:
-    """Render with fluidsynth when it and a General MIDI soundfont are installed; False (silently) if not."""
-    fluidsynth, soundfont = shutil.which("fluidsynth"), _soundfont()
-    if fluidsynth is None or soundfont is None:
-        return False
-    command = [fluidsynth, "-ni", "-F", str(wav_path), "-r", "44100", soundfont, str(midi_path)]
-    result = subprocess.run(command, capture_output=True, timeout=600, check=False)
-    return result.returncode == 0 and wav_path.is_file()
-
-
-def summary_line(name: str, frames: Frames, seconds: float) -> str:
+def summary_line(name: str, frames: Frames, seconds: float, renderer: str) -> str:
     silence = stats.silence_summary(frames)
     fraction, longest = silence["silent_fraction"], silence["longest_silence_bars"]
     fraction_text = "n/a" if fraction is None else f"{fraction:.1%}"
     return (
         f"{name}: {len(notes_of(frames))} notes, {seconds:.1f} s, {fraction_text} silent frames, "
-        f"longest silence {longest:.2f} bars"
+        f"longest silence {longest:.2f} bars, audio by the {renderer}"
     )
 
 
 def _write_sample(frames: Frames, folder: Path, name: str, title: str, prime_frames: int) -> float:
-    """sample_XX.mid, .png and maybe .wav in `folder`; returns the MIDI's length in seconds."""
+    """sample_XX.mid and .png in `folder`; returns the MIDI's length in seconds."""
     midi = frames_to_midi(frames)
     midi.write(str(folder / f"{name}.mid"))
     pianoroll.draw_piano_roll(frames, folder / f"{name}.png", title=title, prime_frames=prime_frames)
-    render_wav(folder / f"{name}.mid", folder / f"{name}.wav")
     return float(midi.get_end_time())
+
+
+def command_line(options: SampleOptions) -> str:
+    """The sample.py command that `options` stand for: --workdir and --out, then every flag not at its default."""
+    defaults = SampleOptions()
+    words = ["python", "sample.py", "--workdir", options.workdir, "--out", options.out]
+    for field in dataclasses.fields(SampleOptions):
+        value = getattr(options, field.name)
+        if field.name in ("workdir", "out") or value == getattr(defaults, field.name):
+            continue
+        if isinstance(value, bool):
+            words += [f"--{field.name}"] if value else []
+        elif value is not None:
+            words += [f"--{field.name}", str(value)]
+    return shlex.join(words)
 
 
 def _move_into(staging: Path, out: Path) -> None:
@@ -391,12 +388,15 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
     strategy = strategy_of(options)
     allowed = keyboard_of(cfg, grid) if options.keyboard == "corpus" else None
     rng = jax.random.key(options.seed)
+    started = time.perf_counter()
     generated = np.asarray(decode.generate(params, model, batch, num_frames, rng, strategy=strategy, allowed=allowed))
+    sampling_seconds = time.perf_counter() - started
 
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     samples = []
+    audio_seconds = 0.0
     try:
         for i, states in enumerate(generated):
             name = f"sample_{i:02d}"
@@ -404,12 +404,25 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
             prime_frames = len(primer.states) if primer is not None and options.include_prime else 0
             title = f"{name} · {options.workdir} step {step} · {strategy.describe()} · seed {options.seed}"
             seconds = _write_sample(frames, staging, name, title, prime_frames)
-            samples.append(Sample(name, frames, states, prime_frames, summary_line(name, frames, seconds)))
+            started = time.perf_counter()
+            renderer = audio.render_wav(staging / f"{name}.mid", staging / f"{name}.wav")
+            audio_seconds += time.perf_counter() - started
+            summary = summary_line(name, frames, seconds, renderer)
+            samples.append(Sample(name, frames, states, prime_frames, renderer, summary))
+        provenance = listening_page.Provenance(
+            command_line(options), options.workdir, step, cfg.data.dataset, options.prime, options.prime_bars
+        )
+        listening_page.write_page(staging, samples, provenance)
         _move_into(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for sample in samples:
         log(sample.summary)
+    renderers = " and ".join(sorted({sample.renderer for sample in samples}))
+    log(
+        f"listen: {out / listening_page.PAGE_NAME} (sampling {sampling_seconds:.1f} s; audio {audio_seconds:.1f} s, "
+        f"by the {renderers})"
+    )
     return samples
 
 

@@ -405,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m musicgpt_jax.stats",
         description="Musical statistics of a directory of MIDI files, optionally against a reference.",
+        epilog="example:\n  python -m musicgpt_jax.stats samples --reference data/default_corpus"
+        "   # JSON on stdout, samples/stats.{json,png}\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("samples_dir", help="directory of MIDI files (searched recursively)")
     parser.add_argument("--reference", help="directory of reference MIDI files to compare against")

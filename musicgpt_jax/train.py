@@ -309,7 +309,14 @@ def apply_dataset_shape(cfg: Config, num_pitches: int, num_states: int) -> None:
 
 
 def check_compatible(saved: dict, cfg: Config, workdir: str) -> None:
-    """A workdir's checkpoints must have been written by the same model shape."""
+    """A workdir's checkpoints must have been written on the same dataset (when they say which: older ones may
+    not), by the same model shape; a run that would resume another's is refused in one line."""
+    saved_dataset = saved.get("data", {}).get("dataset")
+    if saved_dataset is not None and saved_dataset != cfg.data.dataset:
+        raise TrainingError(
+            f"{workdir}: holds a run trained on dataset {saved_dataset}, not {cfg.data.dataset}; "
+            f"use another --workdir (e.g. runs/{cfg.data.dataset}), or --dataset {saved_dataset} to resume it"
+        )
     saved_model = saved.get("model", {})
     ours = dataclasses.asdict(cfg.model)
     shape_keys = ("num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers", "head")

@@ -3,8 +3,8 @@ the no-argument default, and bad input (one line on stderr, nothing half-written
 
 from __future__ import annotations
 
+import html
 import importlib.util
-import os
 import re
 import sys
 from pathlib import Path
@@ -28,7 +28,10 @@ _spec.loader.exec_module(sample_cli)
 
 SUMMARY = re.compile(
     r"^sample_\d\d: \d+ notes, [\d.]+ s, ([\d.]+%|n/a) silent frames, "
-    r"longest silence [\d.]+ bars$"
+    r"longest silence [\d.]+ bars, audio by the (FluidSynth|built-in synth)$"
+)
+LISTEN = re.compile(
+    r"^listen: .*index\.html \(sampling [\d.]+ s; audio [\d.]+ s, by the (FluidSynth|built-in synth)\)$"
 )
 
 
@@ -118,13 +121,16 @@ def test_same_seed_same_midi_other_seed_or_step_other_music(run_dir, tmp_path, c
             ["--workdir", str(run_dir), "--out", str(out), "--num_samples", "2", "--bars", "1", *flags], capsys
         )
         assert code == 0
-        lines = stdout.strip().splitlines()
-        assert len(lines) == 2 and all(SUMMARY.match(line) for line in lines), stdout
-        assert sorted(p.name for p in out.iterdir() if p.suffix != ".wav") == [
+        *lines, listen = stdout.strip().splitlines()
+        assert len(lines) == 2 and all(SUMMARY.match(line) for line in lines) and LISTEN.match(listen), stdout
+        assert sorted(p.name for p in out.iterdir()) == [
+            "index.html",
             "sample_00.mid",
             "sample_00.png",
+            "sample_00.wav",
             "sample_01.mid",
             "sample_01.png",
+            "sample_01.wav",
         ]
         return [(out / f"sample_0{i}.mid").read_bytes() for i in range(2)]
 
@@ -239,7 +245,7 @@ def test_no_arguments_sample_runs_default_into_samples(run_dir, tmp_path, monkey
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "default").symlink_to(run_dir)
     code, stdout, stderr = run_cli([], capsys)
-    assert code == 0 and len(stdout.strip().splitlines()) == 4, stderr
+    assert code == 0 and len(stdout.strip().splitlines()) == 5, stderr
     written = sorted(p.name for p in (tmp_path / "samples").glob("*.mid"))
     assert written == [f"sample_0{i}.mid" for i in range(4)]
     frames = midi_to_frames(tmp_path / "samples" / "sample_00.mid")
@@ -336,18 +342,24 @@ def test_a_failure_while_writing_leaves_out_untouched(run_dir, tmp_path, monkeyp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_wav_only_when_fluidsynth_and_a_soundfont_exist(tmp_path, monkeypatch):
-    midi = primer_file(tmp_path / "x.mid", 16)
-    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert not sampling.render_wav(midi, tmp_path / "x.wav")  # no fluidsynth: skipped silently
-    (tmp_path / "bin").mkdir()
-    fake = tmp_path / "bin" / "fluidsynth"  # writes the file named after -F, as fluidsynth does
-    fake.write_text('#!/bin/sh\nwhile [ "$1" != "-F" ]; do shift; done\necho RIFF > "$2"\n')
-    fake.chmod(0o755)
-    monkeypatch.setattr(sampling, "SOUNDFONTS", ())
-    monkeypatch.delenv("SOUNDFONT", raising=False)
-    assert not sampling.render_wav(midi, tmp_path / "x.wav")  # no soundfont: skipped silently
-    soundfont = tmp_path / "gm.sf2"
-    soundfont.write_bytes(b"sf2")
-    monkeypatch.setenv("SOUNDFONT", str(soundfont))
-    assert sampling.render_wav(midi, tmp_path / "x.wav") and os.path.getsize(tmp_path / "x.wav") > 0
+def test_every_sample_has_a_wav_and_the_page_lists_them_with_the_primer_and_command(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-fluidsynth"))
+    out = tmp_path / "out"
+    options = sampling.SampleOptions(
+        workdir=str(run_dir),
+        out=str(out),
+        num_samples=2,
+        bars=1,
+        prime=str(primer_file(tmp_path / "theme <1>.mid", 16)),
+        include_prime=True,
+        seed=3,
+    )
+    samples = sampling.sample_run(options, log=lambda _: None)
+    assert [s.renderer for s in samples] == ["built-in synth"] * 2
+    assert all((out / f"{s.name}.wav").stat().st_size > 44 for s in samples)
+    page = (out / "index.html").read_text()
+    assert page.count("<audio controls") == 2 and 'src="sample_01.wav"' in page and 'src="sample_01.png"' in page
+    assert "theme &lt;1&gt;.mid" in page and "theme <1>" not in page  # escaped
+    assert "its first 16 frames" in page and "begins at 1.2 s, in bar 1" in page  # 16 steps at 100 bpm
+    assert html.escape(f"--seed 3 --prime '{tmp_path}/theme <1>.mid' --include_prime") in page
+    assert "notes per bar" in page and "step 2 of" in page
