@@ -19,7 +19,7 @@ Any --config.SECTION.FIELD=VALUE overrides a preset field, e.g. --config.train.l
 
 examples:
   python train.py --workdir runs/default                        # the tiny demo: Bach chorales, minutes on CPU
-  python data/prepare.py --midi_dir ~/midi --name my_piano      # your own MIDI, then:
+  python data/prepare.py --midi_dir ~/midi --dataset my_piano   # your own MIDI, then:
   python train.py --config small --dataset my_piano --workdir runs/my_piano
 """
 

@@ -717,7 +717,7 @@ def disk_full_section(setup: TrainSetup, args: argparse.Namespace) -> Section:
 
 def prepare_command(midi_dir: Path, data_dir: Path, force: bool = False) -> list[str]:
     cmd = [sys.executable, "data/prepare.py", "--midi_dir", str(midi_dir), "--data_dir", str(data_dir)]
-    return cmd + ["--name", DATASET, "--workers", "2"] + (["--force"] if force else [])
+    return cmd + ["--dataset", DATASET, "--workers", "2"] + (["--force"] if force else [])
 
 
 def dataset_contents(data_dir: Path) -> dict[str, Any] | None:
@@ -829,7 +829,7 @@ def prepare_kills_section(scratch: Path, args: argparse.Namespace, env: dict[str
         for t in trials
     ]
     details = (
-        f"Command: `python data/prepare.py --midi_dir MIDI --data_dir DIR --name {DATASET} --workers 2` (odd trials "
+        f"Command: `python data/prepare.py --midi_dir MIDI --data_dir DIR --dataset {DATASET} --workers 2` (odd trials "
         f"add `--force` over a complete copy of the dataset). Uninterrupted build: {build_s:.1f} s; kills at a "
         "uniform random time within it.\n\n"
         "| trial | build | killed after | reads as complete after the kill | workers alive 10 s later | rerun exit | "
@@ -907,7 +907,7 @@ def mutants_section(scratch: Path, args: argparse.Namespace, env: dict[str, str]
         f"skipped without a reason {len(unexplained)}; unexpected output lines {len(odd)}",
     )
     details = (
-        f"Command: `python data/prepare.py --midi_dir MUTANTS --data_dir DIR --name {DATASET} --workers 2 "
+        f"Command: `python data/prepare.py --midi_dir MUTANTS --data_dir DIR --dataset {DATASET} --workers 2 "
         f"--timeout {args.file_timeout:g}`. Mutants of the {len(files)} files in `{args.midi_dir}`: "
         f"{', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}.\n"
     )

@@ -4,8 +4,8 @@ With no arguments: export music21's Bach chorales to data/default_corpus (once) 
 data/records; a complete dataset built from the same files with the same options is left as it is.
 
     python data/prepare.py
-    python data/prepare.py --midi_dir ~/midi --name my_piano [--workers 8]
-    python data/prepare.py --midi_dir maestro-v3.0.0 --name maestro     # MAESTRO's own train/validation/test
+    python data/prepare.py --midi_dir ~/midi --dataset my_piano [--workers 8]
+    python data/prepare.py --midi_dir maestro-v3.0.0 --dataset maestro  # MAESTRO's own train/validation/test
     python data/prepare.py --benchmark ../shared/data/polyphonic/JSB_Chorales.mat
 """
 
@@ -24,7 +24,7 @@ Errors print one line on stderr and exit with status 2.
 
 examples:
   python data/prepare.py                                    # the Bach chorales -> data/records/bach_chorales
-  python data/prepare.py --midi_dir ~/midi --name my_piano  # then: python train.py --dataset my_piano ...
+  python data/prepare.py --midi_dir ~/midi --dataset my_piano  # then: python train.py --dataset my_piano ...
   python data/prepare.py --benchmark ../shared/data/polyphonic/JSB_Chorales.mat
 """
 
@@ -42,9 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--data_dir", default="data/records", help="where datasets are written (default: %(default)s)")
     parser.add_argument(
+        "--dataset",
         "--name",
-        help="dataset name (default: bach_chorales, the --midi_dir folder's name, "
-        "or the benchmark's name, e.g. jsb_chorales)",
+        dest="dataset",
+        help="dataset name, as train.py --dataset takes it (default: bach_chorales, the --midi_dir folder's name, "
+        "or the benchmark's name, e.g. jsb_chorales; --name is the old spelling)",
     )
     parser.add_argument(
         "--steps_per_quarter",
@@ -92,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.benchmark:
-            result = records.build_benchmark_dataset(args.benchmark, args.data_dir, args.name, force=args.force)
+            result = records.build_benchmark_dataset(args.benchmark, args.data_dir, args.dataset, force=args.force)
         else:
             if args.midi_dir is None:
                 corpus.export_default_corpus(corpus.DEFAULT_CORPUS_DIR, workers=args.workers)
-                midi_dir, name = corpus.DEFAULT_CORPUS_DIR, args.name or records.DEFAULT_DATASET
+                midi_dir, name = corpus.DEFAULT_CORPUS_DIR, args.dataset or records.DEFAULT_DATASET
             else:
-                midi_dir, name = args.midi_dir, args.name or records.dataset_name_for(args.midi_dir)
+                midi_dir, name = args.midi_dir, args.dataset or records.dataset_name_for(args.midi_dir)
             result = records.build_midi_dataset(
                 midi_dir,
                 args.data_dir,

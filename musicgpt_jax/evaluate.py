@@ -1,6 +1,6 @@
 """Frame NLL of a trained run on a whole split, in the polyphonic benchmark's unit: nats per frame.
 
-    python -m musicgpt_jax.evaluate --workdir DIR [--step N] [--data_dir DIR --dataset NAME] [--split test]
+    python -m musicgpt_jax.evaluate [--workdir runs/default] [--step N] [--data_dir DIR --dataset NAME] [--split test]
 
 prints one JSON object: `nats_per_frame` = Σ NLL / Σ frames pooled over every frame of every sequence of the split
 (the convention of Boulanger-Lewandowski et al. 2012; a frame's NLL is the sum over all its pitches), `frames`,
@@ -198,11 +198,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _Parser(
         prog="python -m musicgpt_jax.evaluate",
         description="Frame NLL (nats per frame, pooled over every frame of a split) of a trained run; prints JSON.",
-        epilog="Errors print one line on stderr and exit with status 2.\n\nexample:\n"
+        epilog="Errors print one line on stderr and exit with status 2.\n\nexamples:\n"
+        "  python -m musicgpt_jax.evaluate --split validation   # the run in runs/default, on its own dataset\n"
         "  python -m musicgpt_jax.evaluate --workdir runs/jsb --dataset jsb_chorales --split test\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--workdir", required=True, help="the run's directory (holds checkpoints/)")
+    parser.add_argument(
+        "--workdir", default="runs/default", help="the run's directory, holds checkpoints/ (default: %(default)s)"
+    )
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--data_dir", help="records directory (default: the one the run trained on)")
     parser.add_argument("--dataset", help="dataset name (default: the one the run trained on)")

@@ -102,7 +102,7 @@ def prepare_command(data_dir: str | os.PathLike, name: str) -> str:
     if name in corpus.BENCHMARKS:
         command += f" --benchmark ../shared/data/polyphonic/{corpus.BENCHMARKS[name][0]}"
     elif name != DEFAULT_DATASET:
-        command += f" --midi_dir DIR --name {name}"
+        command += f" --midi_dir DIR --dataset {name}"
     if os.path.normpath(data_dir) != os.path.normpath(DEFAULT_DATA_DIR):
         command += f" --data_dir {data_dir}"
     return command
@@ -206,7 +206,7 @@ def load_split(data_dir: epath.PathLike, name: str, split: str) -> Sequence[dict
 
 def _check_name(name: str) -> None:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise InputError(f"--name {name!r}: use lowercase letters, digits and underscores, starting with a letter")
+        raise InputError(f"--dataset {name!r}: use lowercase letters, digits and underscores, starting with a letter")
 
 
 def dataset_name_for(directory: str | os.PathLike) -> str:

@@ -3,7 +3,7 @@
 Why: a model writing 32nd-note frames can learn to write long silences (it predicts "all off" frame after
 frame, since so many frames look like that). These numbers show that, and other drifts, at a glance:
 
-    python -m musicgpt_jax.stats SAMPLES_DIR [--reference MIDI_DIR] [--out FILE.json] [--png FILE.png]
+    python -m musicgpt_jax.stats SAMPLES_DIR [--reference MIDI_DIR] [--json FILE.json] [--png FILE.png]
                                  [--steps_per_quarter 8]
 
 MIDI files (``.mid``/``.midi``, any case, found recursively) are read through the project's codec
@@ -405,14 +405,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m musicgpt_jax.stats",
         description="Musical statistics of a directory of MIDI files, optionally against a reference.",
-        epilog="example:\n  python -m musicgpt_jax.stats samples --reference data/default_corpus"
-        "   # JSON on stdout, samples/stats.{json,png}\n",
+        epilog="examples:\n  python -m musicgpt_jax.stats samples --reference data/default_corpus"
+        "   # JSON on stdout, samples/stats.{json,png}\n"
+        "  python -m musicgpt_jax.stats samples --json /tmp/stats.json --png /tmp/stats.png\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("samples_dir", help="directory of MIDI files (searched recursively)")
     parser.add_argument("--reference", help="directory of reference MIDI files to compare against")
-    parser.add_argument("--out", help="JSON report (default SAMPLES_DIR/stats.json)")
-    parser.add_argument("--png", help="histogram picture (default SAMPLES_DIR/stats.png)")
+    parser.add_argument(
+        "--json",
+        "--out",
+        dest="json",
+        metavar="PATH",
+        help="JSON report (default SAMPLES_DIR/stats.json; --out: old name)",
+    )
+    parser.add_argument("--png", metavar="PATH", help="histogram picture (default SAMPLES_DIR/stats.png)")
     parser.add_argument("--steps_per_quarter", type=int, default=8, help="grid (default 8: 32nd notes)")
     args = parser.parse_args(argv)
     if args.steps_per_quarter < 1:
@@ -424,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     text = json.dumps(report, indent=2, allow_nan=False)
     print(text)
-    out = Path(args.out or Path(args.samples_dir) / "stats.json")
+    out = Path(args.json or Path(args.samples_dir) / "stats.json")
     png = Path(args.png or Path(args.samples_dir) / "stats.png")
     try:
         out.write_text(text + "\n")

@@ -36,3 +36,12 @@ def test_help_ends_with_an_example(name, parse, command, capsys):
     assert example[0] in ("example:", "examples:"), text[-500:]
     assert len(example) > 1 and all(line.startswith("  python ") for line in example[1:]), example
     assert any(line.startswith(f"  {command} ") for line in example[1:]), example
+
+
+def test_old_flag_names_still_work():
+    """One name per meaning across the tools (--dataset, --workdir, --out = a folder); the old names stay aliases."""
+    prepare = script("data/prepare.py")
+    assert prepare.parse_args(["--dataset", "my_piano"]).dataset == "my_piano"
+    assert prepare.parse_args(["--name", "my_piano"]).dataset == "my_piano"  # before --dataset
+    assert evaluate.parse_args([]).workdir == "runs/default"  # as train.py and sample.py; it was required
+    # stats: --json PATH (was --out, which elsewhere is sample.py's output folder): tests/test_stats.py runs both.

@@ -195,7 +195,6 @@ def test_cli_refuses_bad_workdirs_and_flags_in_one_line(tiny_run, tmp_path):
     exit status 2, nothing on stdout."""
     workdirs = bad_workdirs(Path(tiny_run), tmp_path)
     cases = {
-        "no_workdir": ([], "the following arguments are required: --workdir"),
         "empty": (["--workdir", str(workdirs["empty"])], f"{workdirs['empty']}: no checkpoints"),
         "not_a_run": (["--workdir", str(workdirs["not_a_run"])], "checkpoints/7: not a checkpoint of this project"),
         "other_shape": (

@@ -71,7 +71,9 @@ def write_json(path: Path, table: list[dict], layout: str = "columns") -> Path:
 
 def prepare(folder: Path, out: Path, *extra: str) -> tuple[str, dict[str, dict], dict]:
     """Run data/prepare.py on `folder`; (stdout, manifest by path, card)."""
-    done = run_prepare("--midi_dir", str(folder), "--data_dir", str(out), "--name", "maestro", "--workers", "2", *extra)
+    done = run_prepare(
+        "--midi_dir", str(folder), "--data_dir", str(out), "--dataset", "maestro", "--workers", "2", *extra
+    )
     assert done.returncode == 0, done.stderr
     root = out / "maestro"
     manifest = {e["path"]: e for e in map(json.loads, (root / records.MANIFEST_FILE).read_text().splitlines())}
@@ -122,7 +124,7 @@ def test_csv_split_with_a_missing_row_and_an_unlisted_file(pieces, tmp_path):
     assert "split: from maestro-v3.0.0.csv (MAESTRO's own) for the 6 files it lists" in stdout
     assert "1 file it does not list split by SHA-256" in stdout and f"1 file it lists missing ({MISSING_ROW})" in stdout
 
-    again = run_prepare("--midi_dir", str(folder), "--data_dir", str(tmp_path / "out"), "--name", "maestro")
+    again = run_prepare("--midi_dir", str(folder), "--data_dir", str(tmp_path / "out"), "--dataset", "maestro")
     assert "up to date" in again.stdout
     write_csv(folder / "maestro-v3.0.0.csv", rows({**listed, next(iter(listed)): "test"}))  # metadata edited
     _, manifest, _ = prepare(folder, tmp_path / "out")
@@ -155,7 +157,7 @@ def test_a_malformed_metadata_file_stops_with_one_line_and_hash_split_overrides(
     listed = maestro_layout(folder, pieces[:2], ["train", "test"])
     metadata = folder / "maestro-v3.0.0.csv"
     metadata.write_text("canonical_composer,split,midi_filename\nBach,dev,2017/x.midi\n")
-    done = run_prepare("--midi_dir", str(folder), "--data_dir", str(tmp_path / "out"), "--name", "maestro")
+    done = run_prepare("--midi_dir", str(folder), "--data_dir", str(tmp_path / "out"), "--dataset", "maestro")
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert str(metadata) in lines[0] and "row 1: split 'dev'" in lines[0] and "--hash_split" in lines[0]

@@ -61,7 +61,9 @@ def written(synthetic_midi, tmp_path_factory):
     folder = link_folder(tmp / "in", sorted(synthetic_midi.glob("*.mid")))
     (folder / "zz_copy_of_chorale_00.mid").write_bytes((synthetic_midi / "chorale_00.mid").read_bytes())
     broken = synthetic.write_broken_files(folder / "broken", synthetic_midi / "chorale_00.mid")
-    done = run_prepare("--midi_dir", str(folder), "--data_dir", str(tmp / "out"), "--name", "written", "--workers", "2")
+    done = run_prepare(
+        "--midi_dir", str(folder), "--data_dir", str(tmp / "out"), "--dataset", "written", "--workers", "2"
+    )
     assert done.returncode == 0, done.stderr
     return folder, tmp / "out", {f"broken/{name}": reason for name, reason in broken.items()}, done.stdout
 
@@ -164,7 +166,7 @@ def test_an_interrupted_build_never_reads_as_a_dataset(written, synthetic_midi, 
     for i in range(4):  # about a second each: the build still runs when the first frames appear
         synthetic.write_long_file(slow / f"long_{i}.mid")
     proc = subprocess.Popen(
-        [sys.executable, str(PREPARE), "--midi_dir", str(slow), "--data_dir", str(tmp_path), "--name", "cut"]
+        [sys.executable, str(PREPARE), "--midi_dir", str(slow), "--data_dir", str(tmp_path), "--dataset", "cut"]
         + ["--workers", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -327,7 +329,8 @@ def test_cli_bad_inputs_give_one_line_and_nonzero_exit(synthetic_midi, tmp_path)
             ["--benchmark", str(tmp_path / "README.md"), *records_dir],
             "README.md",
         ),
-        "bad name": (["--midi_dir", str(midi), "--name", "Bad-Name", *records_dir], "--name"),
+        "bad name": (["--midi_dir", str(midi), "--dataset", "Bad-Name", *records_dir], "--dataset 'Bad-Name'"),
+        "bad name, old flag": (["--midi_dir", str(midi), "--name", "Bad-Name", *records_dir], "--dataset 'Bad-Name'"),
     }
     for case, (args, named) in cases.items():
         done = run_prepare(*args)

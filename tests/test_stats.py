@@ -183,11 +183,12 @@ def test_cli_writes_json_and_png(tmp_path):
         assert math.isfinite(entry["distance"]) and math.isfinite(entry["split_half"])
 
 
-def test_cli_out_and_png_flags(tmp_path, capsys):
+@pytest.mark.parametrize("json_flag", ["--json", "--out"])  # --out: the old name, kept as an alias
+def test_cli_json_and_png_flags(tmp_path, capsys, json_flag):
     samples = make_samples_dir(tmp_path / "samples")
     out, png = tmp_path / "out" / "s.json", tmp_path / "s.png"
     out.parent.mkdir()
-    assert stats.main([str(samples), "--out", str(out), "--png", str(png)]) == 0
+    assert stats.main([str(samples), json_flag, str(out), "--png", str(png)]) == 0
     assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out)
     assert png.stat().st_size > 0 and not (samples / "stats.json").exists()
     assert "distances" not in json.loads(out.read_text())
