@@ -1,16 +1,9 @@
-"""MIDI ⇄ frames: the piano-roll representation every later stage reads and writes.
+"""MIDI ⇄ frames: reading MIDI files into ``frames.Frames`` and writing them back (pretty_midi).
 
-A piece is a grid of ``T`` frames (time steps) by ``P`` pitches. The grid comes from MIDI *ticks*, not
-seconds: step = round(tick * steps_per_quarter / resolution), halves rounding up, so a tempo change does not
-bend it. The tempo map and the time signatures ride along as metadata, in steps, and ``frames_to_midi`` writes
-them back.
-
-Each cell holds a state. For 128-pitch MIDI data (``num_states=3``) it is OFF, ONSET (a note starts in this
-frame) or HOLD (a note that started earlier still sounds): the onset state tells two repeated C's from one
-held C, and a note shorter than a step still gets its ONSET frame. ``velocities`` holds the onset velocity at
-ONSET cells (the loudest, when two notes start in one cell), 0 elsewhere. The polyphonic benchmark sets are
-sustain-only (``num_states=2``, 1 = sounding) on 88 pitches from MIDI 21 (``lowest_pitch=21``); there every
-run of 1s is one note.
+The grid comes from MIDI *ticks*, not seconds: step = round(tick * steps_per_quarter / resolution), halves
+rounding up, so a tempo change does not bend it. The tempo map and the time signatures are kept in steps, and
+``frames_to_midi`` writes them back. Reading gives 128 pitches and 3 states (``frames`` says what they mean): a
+note shorter than a step still gets its ONSET frame, and an ONSET cell holds the loudest velocity of its notes.
 
 Reading merges all non-drum instruments into one roll and by default applies the sustain pedal (CC64 >= 64 is
 down) per pretty_midi instrument (program, channel, track): a note released under the pedal sounds on until
@@ -24,7 +17,6 @@ A file that cannot be read raises ``MidiDecodeError`` (a ``ValueError``) whose m
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import warnings
@@ -33,60 +25,12 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
-OFF, ONSET, HOLD = 0, 1, 2
+from musicgpt_jax.frames import DEFAULT_TEMPO, DEFAULT_TIME_SIGNATURE, HOLD, OFF, ONSET, Frames, note_arrays
+
 NUM_PITCHES = 128
 MAX_STEPS = 1_000_000  # 35 hours of 32nd notes at 120 bpm; a longer grid means a corrupt file, not music
 SUSTAIN_CC = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class Frames:
-    """A piano roll on the tick grid; see the module docstring for what the states mean."""
-
-    states: np.ndarray  # (T, P) uint8
-    velocities: np.ndarray  # (T, P) uint8
-    steps_per_quarter: int = 8
-    lowest_pitch: int = 0
-    num_states: int = 3
-    tempos: tuple[tuple[int, float], ...] = ((0, 120.0),)  # (step, quarter notes per minute)
-    time_signatures: tuple[tuple[int, int, int], ...] = ((0, 4, 4),)  # (step, numerator, denominator)
-
-    def __post_init__(self) -> None:
-        # Accept anything array-like (model output, lists from JSON) and store the canonical types.
-        set_ = lambda name, value: object.__setattr__(self, name, value)
-        set_("states", np.asarray(self.states, dtype=np.uint8))
-        set_("velocities", np.asarray(self.velocities, dtype=np.uint8))
-        set_("tempos", tuple((int(s), float(q)) for s, q in self.tempos))
-        set_("time_signatures", tuple((int(s), int(n), int(d)) for s, n, d in self.time_signatures))
-        if self.states.ndim != 2 or self.velocities.shape != self.states.shape:
-            raise ValueError(
-                f"states {self.states.shape} and velocities {self.velocities.shape} must be one (T, P) shape"
-            )
-
-    @property
-    def num_frames(self) -> int:
-        return self.states.shape[0]
-
-    @property
-    def num_pitches(self) -> int:
-        return self.states.shape[1]
-
-    def steps_per_bar(self) -> int:
-        """Steps in one bar of the first time signature."""
-        _, numerator, denominator = self.time_signatures[0] if self.time_signatures else (0, 4, 4)
-        return max(1, round(self.steps_per_quarter * 4 * numerator / denominator))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Frames):
-            return NotImplemented
-        meta = lambda f: (f.steps_per_quarter, f.lowest_pitch, f.num_states, f.tempos, f.time_signatures)
-        return (
-            meta(self) == meta(other)
-            and np.array_equal(self.states, other.states)
-            and np.array_equal(self.velocities, other.velocities)
-        )
-
-    __hash__ = None  # arrays are mutable
+MIDI_SUFFIXES = (".mid", ".midi", ".kar")  # what a folder of MIDI files is searched for, in any case
 
 
 class MidiDecodeError(ValueError):
@@ -147,7 +91,7 @@ def midi_to_frames(
     sig_values = np.array([(ts.numerator, ts.denominator) for ts in signatures], np.int64).reshape(-1, 2)
     time_signatures = _changes(to_step(sig_ticks), sig_values)
     if not time_signatures or time_signatures[0][0] > 0:
-        time_signatures.insert(0, (0, 4, 4))  # MIDI's default, which a writer would add anyway
+        time_signatures.insert(0, (0, *DEFAULT_TIME_SIGNATURE))  # MIDI's default, which a writer would add anyway
     return Frames(
         states,
         velocities,
@@ -299,34 +243,6 @@ def _changes(steps: np.ndarray, values: np.ndarray) -> list[tuple]:
 # ---------------------------------------------------------------------------------------------------- writing
 
 
-def notes_of(frames: Frames) -> list[tuple[int, int, int, int]]:
-    """The notes of ``frames`` as sorted (pitch, onset_step, offset_step, velocity); velocity 0 = unknown."""
-    return list(zip(*(a.tolist() for a in _note_arrays(frames)), strict=True))
-
-
-def _note_arrays(frames: Frames) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pitches, onsets, offsets, velocities) sorted by pitch then onset.
-
-    A note starts at an ONSET, or at a HOLD that follows silence (model output may do that); it runs while the
-    next frames are HOLD. Sustain-only data: every run of sounding frames is one note."""
-    states = frames.states
-    num_frames = states.shape[0]
-    sounding = states != OFF
-    before = np.zeros_like(sounding)
-    before[1:] = sounding[:-1]
-    continues = before & (sounding if frames.num_states == 2 else states == HOLD)
-    starts = sounding & ~continues
-    # Pitch-major with one silent frame after each pitch's row, so every run ends inside its own row.
-    width = num_frames + 1
-    pad = lambda a, fill: np.concatenate([a.T, np.full((a.shape[1], 1), fill)], axis=1).ravel()
-    first = np.flatnonzero(pad(starts, False))
-    boundaries = np.flatnonzero(pad(starts | ~sounding, True))
-    last = boundaries[np.searchsorted(boundaries, first, side="right")]
-    columns, onsets = np.divmod(first, width)
-    offsets = last - columns * width
-    return columns + frames.lowest_pitch, onsets, offsets, frames.velocities[onsets, columns].astype(np.int64)
-
-
 def frames_to_midi(frames: Frames, *, program: int = 0, default_velocity: int = 80) -> pretty_midi.PrettyMIDI:
     """One piano (``program``) playing the notes of ``frames``, with its tempo map and time signatures.
 
@@ -336,7 +252,7 @@ def frames_to_midi(frames: Frames, *, program: int = 0, default_velocity: int = 
     spq = frames.steps_per_quarter
     resolution = spq * max(1, round(480 / spq))
     ticks_per_step = resolution // spq
-    pitches, onsets, offsets, velocities = _note_arrays(frames)
+    pitches, onsets, offsets, velocities = note_arrays(frames)
     if len(pitches) and (pitches.min() < 0 or pitches.max() >= NUM_PITCHES):
         raise ValueError(f"pitches {pitches.min()}..{pitches.max()} are outside MIDI's 0..127")
     velocities = np.where(velocities > 0, velocities, default_velocity).clip(1, 127)
@@ -346,7 +262,7 @@ def frames_to_midi(frames: Frames, *, program: int = 0, default_velocity: int = 
     # so a quarter of a microsecond is added to make it write exactly the tempo that was read.
     tempos = list(frames.tempos)
     if not tempos or tempos[0][0] > 0:
-        tempos.insert(0, (0, 120.0))  # MIDI's default before the first tempo event
+        tempos.insert(0, (0, DEFAULT_TEMPO))  # MIDI's default before the first tempo event
     steps = [step for step, _ in tempos]
     microseconds = [round(6e7 / qpm) for _, qpm in tempos]
     pm._tick_scales = [

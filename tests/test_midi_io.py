@@ -1,5 +1,5 @@
-"""The MIDI ⇄ frames codec: on the shared real and broken MIDI files (../shared; skipped without it), on pieces and
-broken files written here (tests/synthetic.py), and on random note sets."""
+"""The MIDI ⇄ frames codec (midi_io): on the shared real and broken MIDI files (../shared; skipped without it),
+on pieces and broken files written here (tests/synthetic.py), and on random note sets."""
 
 import functools
 import io
@@ -16,17 +16,8 @@ from conftest import require_shared, shared_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from musicgpt_jax.frames import (
-    HOLD,
-    OFF,
-    ONSET,
-    Frames,
-    MidiDecodeError,
-    frames_to_midi,
-    midi_to_frames,
-    notes_of,
-    write_midi,
-)
+from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames, notes_of
+from musicgpt_jax.midi_io import MidiDecodeError, frames_to_midi, midi_to_frames, write_midi
 
 SPQ = 8
 
@@ -257,7 +248,7 @@ def test_written_piece_metadata(written_pieces):
         change = round(pm.time_to_tick(pm.time_signature_changes[1].time) * SPQ / pm.resolution)
         assert frames.time_signatures == ((0, 4, 4), (change, 3, 4)), path.name
         assert change % (4 * SPQ) == 0  # the change falls on a bar line of the 4/4 part
-        assert frames.steps_per_bar() == 4 * SPQ  # of the first time signature
+        assert frames.meter.steps_per_bar() == 4 * SPQ  # of the first time signature
         assert len(frames.tempos) == 1 and frames.tempos[0][0] == 0
         assert frames.tempos[0][1] == pytest.approx(pm.get_tempo_changes()[1][0], rel=1e-6)
 
@@ -340,10 +331,10 @@ def test_sustain_only_benchmark_frames():
 
 def test_frames_metadata():
     frames = midi_to_frames(parsed(require_shared("midi/real/nott_jigs1.mid")))
-    assert frames.time_signatures[0][1:] == (6, 8) and frames.steps_per_bar() == SPQ * 3
+    assert frames.time_signatures[0][1:] == (6, 8) and frames.meter.steps_per_bar() == SPQ * 3
     assert frames.num_pitches == 128 and frames.states.dtype == frames.velocities.dtype == np.uint8
     coarse = midi_to_frames(parsed(require_shared("midi/real/nott_jigs1.mid")), steps_per_quarter=2)
-    assert coarse.steps_per_quarter == 2 and coarse.steps_per_bar() == 6
+    assert coarse.steps_per_quarter == 2 and coarse.meter.steps_per_bar() == 6
     assert Frames(frames.states.astype(np.int64), frames.velocities.tolist(), tempos=[[0, 120]]) == Frames(
         frames.states, frames.velocities
     )

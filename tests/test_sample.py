@@ -18,7 +18,8 @@ from flax import linen as nn
 
 from musicgpt_jax import configs, sampling
 from musicgpt_jax.checkpoint import Checkpointer
-from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames, midi_to_frames, write_midi
+from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames
+from musicgpt_jax.midi_io import midi_to_frames, write_midi
 from musicgpt_jax.model import MusicTransformer
 from musicgpt_jax.train import TrainState, make_optimizer
 
