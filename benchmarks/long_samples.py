@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from musicgpt_jax import decode, host_memory, records, sampling, stats  # noqa: E402
-from musicgpt_jax.frames import OFF, note_starts  # noqa: E402
+from musicgpt_jax.frames import OFF, Meter, note_starts  # noqa: E402
 from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood  # noqa: E402
 from musicgpt_jax.train import restore_params  # noqa: E402
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.set_verbosity(logging.ERROR)
     cfg, step = sampling.load_config(args.workdir)
     grid = sampling.grid_of(cfg)
-    steps_per_bar = 4 * grid.steps_per_quarter
+    steps_per_bar = Meter((), grid.steps_per_quarter).steps_per_bar()  # generated pieces are 4/4
     out = Path(args.out or tempfile.mkdtemp(prefix="long_samples-"))
     options = sampling.SampleOptions(
         workdir=args.workdir,

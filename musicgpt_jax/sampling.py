@@ -36,7 +36,7 @@ from musicgpt_jax import decode, pianoroll, stats, train
 from musicgpt_jax.checkpoint import CheckpointError, load_config_dict
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
-from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames, Meter, note_starts, notes_of
+from musicgpt_jax.frames import DEFAULT_TIME_SIGNATURE, HOLD, OFF, ONSET, Frames, Meter, note_starts, notes_of
 from musicgpt_jax.midi_io import MidiDecodeError, frames_to_midi, midi_to_frames
 
 DEFAULT_STRATEGY = Strategy("temperature", 1.0, 0.95)  # top_p: the nucleus strategy's default
@@ -264,7 +264,7 @@ def output_frames(
     velocities = np.where(velocities > 0, velocities, DEFAULT_VELOCITY)
     velocities = np.where(note_starts(states, grid.num_states), velocities, 0)
     if primer is None:
-        tempos, signatures = ((0, bpm or DEFAULT_BPM),), ((0, 4, 4),)
+        tempos, signatures = ((0, bpm or DEFAULT_BPM),), ((0, *DEFAULT_TIME_SIGNATURE),)
     elif include_prime:
         tempos = ((0, bpm),) if bpm else primer.tempos
         signatures = primer.time_signatures
@@ -346,7 +346,7 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
                 f"{model.max_len}-frame context; using its last {len(primer.states)} frames",
                 file=sys.stderr,
             )
-    steps_per_bar = primer.steps_per_bar if primer else 4 * grid.steps_per_quarter
+    steps_per_bar = primer.steps_per_bar if primer else Meter((), grid.steps_per_quarter).steps_per_bar()
     num_frames = num_frames_of(options, steps_per_bar)
     params = train.restore_params(options.workdir, cfg, step)
     prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
