@@ -32,14 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from musicgpt_jax import decode, host_memory, records, sampling, stats  # noqa: E402
-from musicgpt_jax.frames import OFF, midi_to_frames  # noqa: E402
+from musicgpt_jax.frames import OFF, Meter, note_starts  # noqa: E402
+from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood  # noqa: E402
 from musicgpt_jax.train import restore_params  # noqa: E402
 
 
 def bar_figures(states: np.ndarray, num_states: int, steps_per_bar: int) -> dict:
     """Note starts in each bar, the busiest bar and the sounding pitch range of one piece (T, P)."""
-    starts = sampling.note_starts(states, num_states).sum(axis=1)
+    starts = note_starts(states, num_states).sum(axis=1)
     bars = len(states) // steps_per_bar
     per_bar = starts[: bars * steps_per_bar].reshape(bars, steps_per_bar).sum(axis=1) if bars else starts[:0]
     sounding = np.flatnonzero((states != OFF).any(axis=0))
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.set_verbosity(logging.ERROR)
     cfg, step = sampling.load_config(args.workdir)
     grid = sampling.grid_of(cfg)
-    steps_per_bar = 4 * grid.steps_per_quarter
+    steps_per_bar = Meter((), grid.steps_per_quarter).steps_per_bar()  # generated pieces are 4/4
     out = Path(args.out or tempfile.mkdtemp(prefix="long_samples-"))
     options = sampling.SampleOptions(
         workdir=args.workdir,

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from musicgpt_jax.frames import OFF, note_starts
+
 SPLITS = ("train", "validation", "test")
 _NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -20,17 +22,13 @@ _NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 def sequence_stats(states: np.ndarray, num_states: int) -> dict[str, Any]:
     """Frames, notes, sounding cells, silent frames and per-pitch sounding frames of one (T, P) sequence.
 
-    With 3 states a note is an onset (state 1); with 2 (sustain-only, the benchmark) a note is a run of 1s, so
-    a repeated note there counts once.
+    Notes are counted where they start (``frames.note_starts``): with 2 states (sustain-only, the benchmark) a
+    note is a run of sounding frames, so a repeated note there counts once.
     """
-    sounding = states != 0
-    if num_states >= 3:
-        notes = int(np.count_nonzero(states == 1))
-    else:
-        notes = int(np.count_nonzero(sounding[:1]) + np.count_nonzero(sounding[1:] & ~sounding[:-1]))
+    sounding = states != OFF
     return {
         "frames": int(states.shape[0]),
-        "notes": notes,
+        "notes": int(np.count_nonzero(note_starts(states, num_states))),
         "sounding": int(np.count_nonzero(sounding)),
         "silent_frames": int(np.count_nonzero(~sounding.any(axis=1))),
         "pitch_frames": np.count_nonzero(sounding, axis=0).tolist(),

@@ -4,9 +4,10 @@
 `generate` builds that function from the model and its key-value cache, and draws each frame with
 `frame_choice.sample_frame`. `sampling.py` turns the frames into MIDI.
 
-Sequence convention (as in training): a piece starts with an all-OFF frame, and the logits at frame t predict
-frame t+1. The context of a generation is that empty frame followed by the primer, cut to its last
-`max_len` frames when longer (the empty frame is dropped first, then the oldest primer frames).
+Sequence convention (as in training): a piece starts with the all-OFF start frame (`frames.with_start_frame`),
+and the logits at frame t predict frame t+1. The context of a generation is that start frame followed by the
+primer, cut to its last `max_len` frames when longer (the start frame is dropped first, then the oldest primer
+frames).
 
 The cache holds `max_len` positions (the training window), or fewer when the whole sequence fits in fewer:
 a step attends over the whole cache, masked, so its cost follows the cache's length. When a `max_len` cache
@@ -39,6 +40,7 @@ from jax.sharding import Mesh
 from musicgpt_jax import sharding
 from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.frame_choice import Strategy, sample_frame
+from musicgpt_jax.frames import with_start_frame
 from musicgpt_jax.model import CACHE_LOGICAL_AXES, Cache, MusicTransformer, init_cache
 
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
@@ -51,9 +53,8 @@ class DecodeState(NamedTuple):
 
 
 def context_of(primer: jax.Array, max_len: int) -> jax.Array:
-    """The empty start frame followed by `primer` (B, Tp, P), cut to its last `max_len` frames."""
-    empty = jnp.zeros((primer.shape[0], 1, primer.shape[2]), primer.dtype)
-    return jnp.concatenate([empty, primer], axis=1)[:, -max_len:]
+    """The start frame followed by `primer` (B, Tp, P), cut to its last `max_len` frames."""
+    return with_start_frame(primer, jnp)[:, -max_len:]
 
 
 def _constrain(x: jax.Array, mesh: Mesh | None, logical_axes: tuple[str | None, ...]) -> jax.Array:

@@ -8,7 +8,7 @@ prints one JSON object: `nats_per_frame` = Σ NLL / Σ frames pooled over every 
 
 What is scored, exactly:
 - A sequence of T frames x_1..x_T is scored as log p(x_1..x_T) = Σ_t log p(x_t | x_0..x_{t-1}), where x_0 is an
-  all-zero (silent) start frame, the same one the training pipeline prepends (`pipeline._with_start_frame`). So the
+  all-zero (silent) start frame, the same one the training pipeline prepends (`frames.with_start_frame`). So the
   FIRST real frame is scored too, conditioned on the empty start frame only (the model's learned distribution
   of how pieces begin); the start frame itself is never scored. Every one of the T frames counts once in `frames`.
 - Sequences are scored whole. Up to `max_len` (the model's context window) frames of input fit in one pass. A
@@ -43,6 +43,7 @@ import numpy as np
 
 from musicgpt_jax import host_memory, train
 from musicgpt_jax.configs import Config, ModelConfig
+from musicgpt_jax.frames import with_start_frame
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 
 
@@ -111,7 +112,7 @@ def evaluate_nll(
     window = max(1, min(model_cfg.max_len, max(lengths)))
     stride = min(stride, window)  # only matters when some sequence is longer than the window
     plan = plan_windows(lengths, window, stride)
-    padded = [np.concatenate([np.zeros((1, model_cfg.num_pitches), np.int32), s.astype(np.int32)]) for s in seqs]
+    padded = [with_start_frame(s.astype(np.int32)) for s in seqs]
     window_nll = make_window_nll(model_cfg)
 
     total = 0.0

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from musicgpt_jax.dataset_card import sequence_stats
-from musicgpt_jax.frames import Frames, MidiDecodeError, midi_to_frames
+from musicgpt_jax.frames import Frames
+from musicgpt_jax.midi_io import MidiDecodeError, midi_to_frames
 
 
 @dataclass(frozen=True)

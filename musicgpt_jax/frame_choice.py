@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from musicgpt_jax.configs import ModelConfig
-from musicgpt_jax.model import HOLD_STATE, OFF_STATE, nade_parameters, split_nade_output
+from musicgpt_jax.frames import HOLD, OFF
+from musicgpt_jax.model import nade_parameters, split_nade_output
 
 STRATEGIES = ("greedy", "temperature", "nucleus")
 
@@ -83,14 +84,14 @@ def _restrict(logits: jax.Array, allowed: jax.Array | None) -> jax.Array:
     """Logits (..., P, S) or (..., S) for one pitch with every state but OFF impossible where `allowed` is False."""
     if allowed is None:
         return logits
-    sounding = jnp.arange(logits.shape[-1]) != OFF_STATE
+    sounding = jnp.arange(logits.shape[-1]) != OFF
     return jnp.where(~allowed[..., None] & sounding, -jnp.inf, logits)
 
 
 def _pick_states(logits: jax.Array, rng: jax.Array, choice: ChoiceArrays, previous: jax.Array, num_states: int):
     states = choose(logits, rng, choice)
     if num_states == 3:  # a HOLD only continues a sounding note
-        states = jnp.where((states == HOLD_STATE) & (previous == OFF_STATE), OFF_STATE, states)
+        states = jnp.where((states == HOLD) & (previous == OFF), OFF, states)
     return states
 
 

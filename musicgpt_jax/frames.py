@@ -1,55 +1,40 @@
-"""MIDI ⇄ frames: the piano-roll representation every later stage reads and writes.
+"""The music format: frames of pitch states on a grid of steps, their notes, and their bars. numpy only.
 
-A piece is a grid of ``T`` frames (time steps) by ``P`` pitches. The grid comes from MIDI *ticks*, not
-seconds: step = round(tick * steps_per_quarter / resolution), halves rounding up, so a tempo change does not
-bend it. The tempo map and the time signatures ride along as metadata, in steps, and ``frames_to_midi`` writes
-them back.
+A piece is a grid of ``T`` frames (time steps, ``steps_per_quarter`` per quarter note) by ``P`` pitches, column
+``j`` being MIDI pitch ``lowest_pitch + j``. Each cell holds a state. With ``num_states=3`` (128-pitch MIDI data)
+it is OFF, ONSET (a note starts in this frame) or HOLD (a note that started earlier still sounds); with
+``num_states=2`` (the sustain-only polyphonic benchmarks) it is OFF or 1 = sounding, and every run of sounding
+frames is one note. ``velocities`` holds the onset velocity at note starts, 0 elsewhere. The tempo map and the
+time signatures ride along as metadata, in steps; ``Meter`` answers where the bars are.
 
-Each cell holds a state. For 128-pitch MIDI data (``num_states=3``) it is OFF, ONSET (a note starts in this
-frame) or HOLD (a note that started earlier still sounds): the onset state tells two repeated C's from one
-held C, and a note shorter than a step still gets its ONSET frame. ``velocities`` holds the onset velocity at
-ONSET cells (the loudest, when two notes start in one cell), 0 elsewhere. The polyphonic benchmark sets are
-sustain-only (``num_states=2``, 1 = sounding) on 88 pitches from MIDI 21 (``lowest_pitch=21``); there every
-run of 1s is one note.
-
-Reading merges all non-drum instruments into one roll and by default applies the sustain pedal (CC64 >= 64 is
-down) per pretty_midi instrument (program, channel, track): a note released under the pedal sounds on until
-the pedal lifts or its pitch is struck again. On the ten MAESTRO performances in the shared test set this
-turns 21% silent frames into 8%. Reading is canonical, so frames → MIDI → frames gives the same frames; tempos
-are kept as whole microseconds per quarter note, as MIDI stores them, so they survive that trip exactly.
-
-A file that cannot be read raises ``MidiDecodeError`` (a ``ValueError``) whose message is one line,
-"<path>: <reason>". A file without notes is not an error: its frames have ``T = 0``.
+A sequence the model reads begins with the start frame (``with_start_frame``): one all-OFF frame that the first
+real frame is predicted from. Reading and writing MIDI is ``midi_io``'s job.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import os
-import warnings
-from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
-import pretty_midi
 
 OFF, ONSET, HOLD = 0, 1, 2
-NUM_PITCHES = 128
-MAX_STEPS = 1_000_000  # 35 hours of 32nd notes at 120 bpm; a longer grid means a corrupt file, not music
-SUSTAIN_CC = 64
+DEFAULT_TEMPO = 120.0  # quarter notes per minute before the first tempo change, as in MIDI
+DEFAULT_TIME_SIGNATURE = (4, 4)  # before the first time signature, as in MIDI
 
 
 @dataclasses.dataclass(frozen=True)
 class Frames:
-    """A piano roll on the tick grid; see the module docstring for what the states mean."""
+    """A piano roll on the step grid; see the module docstring for what the states mean."""
 
     states: np.ndarray  # (T, P) uint8
     velocities: np.ndarray  # (T, P) uint8
     steps_per_quarter: int = 8
     lowest_pitch: int = 0
     num_states: int = 3
-    tempos: tuple[tuple[int, float], ...] = ((0, 120.0),)  # (step, quarter notes per minute)
-    time_signatures: tuple[tuple[int, int, int], ...] = ((0, 4, 4),)  # (step, numerator, denominator)
+    tempos: tuple[tuple[int, float], ...] = ((0, DEFAULT_TEMPO),)  # (step, quarter notes per minute)
+    time_signatures: tuple[tuple[int, int, int], ...] = ((0, *DEFAULT_TIME_SIGNATURE),)  # (step, num, denom)
 
     def __post_init__(self) -> None:
         # Accept anything array-like (model output, lists from JSON) and store the canonical types.
@@ -71,10 +56,21 @@ class Frames:
     def num_pitches(self) -> int:
         return self.states.shape[1]
 
-    def steps_per_bar(self) -> int:
-        """Steps in one bar of the first time signature."""
-        _, numerator, denominator = self.time_signatures[0] if self.time_signatures else (0, 4, 4)
-        return max(1, round(self.steps_per_quarter * 4 * numerator / denominator))
+    @property
+    def meter(self) -> Meter:
+        """The bars of this piece, from its time signatures."""
+        return Meter(self.time_signatures, self.steps_per_quarter)
+
+    def cut(self, start: int, end: int | None = None) -> Frames:
+        """Frames ``[start, end)``, step ``start`` becoming step 0, with the tempo and time signature maps cut to
+        match (the change in effect at ``start`` moves to step 0)."""
+        return dataclasses.replace(
+            self,
+            states=self.states[start:end],
+            velocities=self.velocities[start:end],
+            tempos=_changes_from(self.tempos, start, DEFAULT_TEMPO),
+            time_signatures=_changes_from(self.time_signatures, start, *DEFAULT_TIME_SIGNATURE),
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Frames):
@@ -89,286 +85,120 @@ class Frames:
     __hash__ = None  # arrays are mutable
 
 
-class MidiDecodeError(ValueError):
-    """A MIDI file that cannot be read; ``str(e)`` is one line: "<path>: <reason>"."""
-
-    def __init__(self, path: str, reason: str):
-        self.path, self.reason = path, " ".join(str(reason).split())
-        super().__init__(f"{path}: {self.reason}")
-
-
-# ---------------------------------------------------------------------------------------------------- reading
-
-
-def midi_to_frames(
-    source: str | os.PathLike | bytes | pretty_midi.PrettyMIDI,
-    *,
-    steps_per_quarter: int = 8,
-    sustain_pedal: bool = True,
-    include_drums: bool = False,
-    name: str | None = None,
-) -> Frames:
-    """Reads a MIDI file (path, bytes or parsed ``PrettyMIDI``) into 128-pitch onset/hold frames.
-
-    ``name`` labels the source in error messages (default: the path, "<bytes>" or "<PrettyMIDI>").
-    """
-    if steps_per_quarter < 1:
-        raise ValueError(f"steps_per_quarter must be at least 1, not {steps_per_quarter}")
-    pm, label = _load(source, name)
-    res, spq = pm.resolution, steps_per_quarter
-    segments = _tempo_segments(pm._tick_scales)  # pretty_midi keeps its tick-level tempo map only here
-    to_step = lambda ticks: (2 * np.asarray(ticks, np.int64) * spq + res) // (2 * res)  # round half up
-
-    instruments = [i for i in pm.instruments if (include_drums or not i.is_drum) and i.notes]
-    notes = [_note_ticks(i, segments) for i in instruments]
-    if sustain_pedal and notes:
-        last_tick = max((int(ends.max()) for _, ends, _, _ in notes if len(ends)), default=0)
-        notes = [
-            (starts, _apply_pedal(starts, ends, pitches, _pedal_events(i, segments), last_tick), pitches, vel)
-            for i, (starts, ends, pitches, vel) in zip(instruments, notes, strict=True)
-        ]
-    if notes:
-        starts, ends, pitches, vels = (np.concatenate(parts) for parts in zip(*notes, strict=True))
-    else:
-        starts = ends = pitches = vels = np.zeros(0, np.int64)
-    onsets = to_step(starts)
-    offsets = np.maximum(to_step(ends), onsets + 1)  # a note shorter than a step keeps its onset frame
-
-    num_frames = int(offsets.max()) if len(offsets) else 0
-    if num_frames > MAX_STEPS:
-        raise MidiDecodeError(label, f"too long: {num_frames} steps (limit {MAX_STEPS})")
-    states, velocities = _paint(onsets, offsets, pitches, vels, num_frames)
-
-    tempo_ticks = np.array([tick for tick, _ in pm._tick_scales], np.int64)
-    microseconds = np.rint(segments[2] * res * 1e6).astype(np.int64)  # per quarter note, as MIDI stores it
-    tempos = [(s, 6e7 / us) for s, us in _changes(to_step(tempo_ticks), microseconds[:, None])]
-    signatures = pm.time_signature_changes
-    sig_ticks = _seconds_to_ticks(np.array([ts.time for ts in signatures]), segments)
-    sig_values = np.array([(ts.numerator, ts.denominator) for ts in signatures], np.int64).reshape(-1, 2)
-    time_signatures = _changes(to_step(sig_ticks), sig_values)
-    if not time_signatures or time_signatures[0][0] > 0:
-        time_signatures.insert(0, (0, 4, 4))  # MIDI's default, which a writer would add anyway
-    return Frames(
-        states,
-        velocities,
-        steps_per_quarter=spq,
-        tempos=tuple(tempos),
-        time_signatures=tuple(time_signatures),
-    )
+def _changes_from(changes: tuple[tuple, ...], start: int, *default: Any) -> tuple[tuple, ...]:
+    """A (step, *value) map cut to begin at ``start``: the change in effect there (``default`` before the first
+    change) at step 0, then the later changes, shifted."""
+    in_effect = (0, *default)
+    for change in sorted(changes):
+        if change[0] <= start:
+            in_effect = (0, *change[1:])
+    return (in_effect, *((s - start, *v) for s, *v in sorted(changes) if s > start))
 
 
-def _load(source: str | os.PathLike | bytes | pretty_midi.PrettyMIDI, name: str | None):
-    """Parses ``source``; every failure becomes a ``MidiDecodeError``."""
-    if isinstance(source, pretty_midi.PrettyMIDI):
-        label = name or "<PrettyMIDI>"
-        pm = source
-    else:
-        is_bytes = isinstance(source, bytes | bytearray | memoryview)
-        label = name or ("<bytes>" if is_bytes else os.fspath(source))
-        try:
-            data = bytes(source) if is_bytes else Path(source).read_bytes()
-        except OSError as e:
-            raise MidiDecodeError(label, f"cannot read file ({e.strerror or e})") from e
-        _check_header(data, label)
-        try:
-            with warnings.catch_warnings():
-                # e.g. "Tempo ... on non-zero tracks": such tempos are lost, but the grid is in ticks anyway.
-                warnings.simplefilter("ignore")
-                pm = pretty_midi.PrettyMIDI(io.BytesIO(data))
-        except Exception as e:  # mido and pretty_midi raise OSError, EOFError, ValueError, KeyError, ...
-            message = str(e).strip() or "unexpected end of data (truncated file or wrong chunk length)"
-            raise MidiDecodeError(label, f"unreadable MIDI: {type(e).__name__}: {message}") from e
-    if not pm.resolution > 0:
-        raise MidiDecodeError(label, f"bad resolution: {pm.resolution} ticks per quarter note")
-    return pm, label
+# ---------------------------------------------------------------------------------------------------- notes
 
 
-def _check_header(data: bytes, label: str) -> None:
-    """Rejects what mido would misread rather than refuse: no header, SMPTE or zero time division."""
-    if not data:
-        raise MidiDecodeError(label, "empty file (0 bytes)")
-    if not data.startswith(b"MThd"):
-        raise MidiDecodeError(label, "not a MIDI file (MThd not found)")
-    if len(data) < 14:
-        raise MidiDecodeError(label, f"truncated header ({len(data)} bytes)")
-    division = int.from_bytes(data[12:14], "big")
-    if division & 0x8000:
-        raise MidiDecodeError(label, f"SMPTE time division (0x{division:04x}) is not supported")
-    if division == 0:
-        raise MidiDecodeError(label, "bad resolution: 0 ticks per quarter note")
+def note_starts(states: np.ndarray, num_states: int) -> np.ndarray:
+    """(T, P) bool: where a note starts. With 3 states: an ONSET, or a HOLD after silence (model output may hold
+    one); with 2 states: the first sounding frame of each run."""
+    states = np.asarray(states)
+    sounding = states != OFF
+    before = np.zeros_like(sounding)
+    before[1:] = sounding[:-1]
+    continues = before & (sounding if num_states == 2 else states == HOLD)
+    return sounding & ~continues
 
 
-def _tempo_segments(tick_scales: list[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(start tick, start second, seconds per tick) of each constant-tempo segment."""
-    ticks = np.array([tick for tick, _ in tick_scales], np.int64)
-    scales = np.array([scale for _, scale in tick_scales], np.float64)
-    seconds = np.concatenate([[0.0], np.cumsum(np.diff(ticks) * scales[:-1])])
-    return ticks, seconds, scales
+def note_arrays(frames: Frames) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pitches, onsets, offsets, velocities) of the notes of ``frames``, sorted by pitch then onset. A note runs
+    from its start (``note_starts``) while its pitch sounds and no other note starts there."""
+    sounding = frames.states != OFF
+    starts = note_starts(frames.states, frames.num_states)
+    first, last = _runs(starts, starts | ~sounding)
+    columns, onsets = np.divmod(first, frames.num_frames + 1)
+    offsets = last - columns * (frames.num_frames + 1)
+    return columns + frames.lowest_pitch, onsets, offsets, frames.velocities[onsets, columns].astype(np.int64)
 
 
-def _seconds_to_ticks(seconds: np.ndarray, segments: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Vectorised ``PrettyMIDI.time_to_tick``: exact for times that came from ticks."""
-    ticks, starts, scales = segments
-    k = np.maximum(np.searchsorted(starts, seconds, side="right") - 1, 0)
-    return np.maximum(np.rint(ticks[k] + (seconds - starts[k]) / scales[k]), 0).astype(np.int64)
+def note_lengths(frames: Frames) -> np.ndarray:
+    """The length in steps of every note of ``frames``, in the order of ``note_arrays``."""
+    sounding = frames.states != OFF
+    starts = note_starts(frames.states, frames.num_states)
+    first, last = _runs(starts, starts | ~sounding)
+    return last - first
 
 
-def _ticks_to_seconds(ticks: np.ndarray, segments: tuple[np.ndarray, ...]) -> np.ndarray:
-    starts, seconds, scales = segments
-    k = np.maximum(np.searchsorted(starts, ticks, side="right") - 1, 0)
-    return seconds[k] + (ticks - starts[k]) * scales[k]
-
-
-def _note_ticks(instrument: pretty_midi.Instrument, segments) -> tuple[np.ndarray, ...]:
-    """(start ticks, end ticks, pitches, velocities) of an instrument's notes in 0..127."""
-    notes = [n for n in instrument.notes if 0 <= n.pitch < NUM_PITCHES]
-    times = np.array([(n.start, n.end) for n in notes], np.float64).reshape(-1, 2)
-    starts, ends = _seconds_to_ticks(times[:, 0], segments), _seconds_to_ticks(times[:, 1], segments)
-    pitches = np.array([n.pitch for n in notes], np.int64)
-    velocities = np.clip([n.velocity for n in notes], 0, 127).astype(np.int64)
-    return starts, np.maximum(ends, starts), pitches, velocities
-
-
-def _pedal_events(instrument: pretty_midi.Instrument, segments) -> tuple[np.ndarray, np.ndarray]:
-    """(ticks, pedal down after the event) of the instrument's CC64 events, in time order."""
-    events = [(c.time, c.value >= 64) for c in instrument.control_changes if c.number == SUSTAIN_CC]
-    times = np.array([t for t, _ in events], np.float64)
-    down = np.array([d for _, d in events], bool)
-    order = np.argsort(times, kind="stable")
-    return _seconds_to_ticks(times[order], segments), down[order]
-
-
-def _apply_pedal(
-    starts: np.ndarray,
-    ends: np.ndarray,
-    pitches: np.ndarray,
-    pedal: tuple[np.ndarray, np.ndarray],
-    last_tick: int,
-) -> np.ndarray:
-    """End ticks with the pedal applied: a note released while the pedal is down sounds until it lifts
-    (or ``last_tick`` if it never does), or until its pitch is struck again, whichever comes first."""
-    pedal_ticks, down = pedal
-    if not down.any():
-        return ends
-    k = np.searchsorted(pedal_ticks, ends, side="right") - 1  # the last pedal event at or before the release
-    held = (k >= 0) & down[np.maximum(k, 0)]
-    never = np.iinfo(np.int64).max
-    lifts = np.append(pedal_ticks[~down], never)
-    lift = lifts[np.searchsorted(lifts, ends, side="right")]
-    lift[lift == never] = last_tick
-    # The next onset of the same pitch strictly after this note's onset, found in one sorted array of keys.
-    keys = pitches * (1 << 40) + starts
-    ordered = np.sort(keys)
-    i = np.searchsorted(ordered, keys, side="right")
-    following = ordered[np.minimum(i, len(ordered) - 1)]
-    same_pitch = (i < len(ordered)) & (following >> 40 == pitches)
-    restrike = np.where(same_pitch, following & ((1 << 40) - 1), never)
-    return np.where(held, np.maximum(ends, np.minimum(lift, restrike)), ends)
-
-
-def _paint(
-    onsets: np.ndarray, offsets: np.ndarray, pitches: np.ndarray, velocities: np.ndarray, num_frames: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The (T, 128) states and velocities of notes [onset, offset) in steps. Overlapping notes of one pitch
-    become one sounding run, split at every onset."""
-    # Pitch-major rows of T + 1 cells: +1 at a note's first HOLD, -1 after its last. Each row sums to zero,
-    # so one flat cumsum (much faster than a 2-D one) counts the notes holding each cell.
-    width = num_frames + 1
-    edges = np.zeros(NUM_PITCHES * width, np.int32)
-    np.add.at(edges, pitches * width + onsets + 1, 1)
-    np.add.at(edges, pitches * width + offsets, -1)
-    held = np.cumsum(edges, dtype=np.int32).reshape(NUM_PITCHES, width)[:, :num_frames] > 0
-    states = np.ascontiguousarray(np.where(held.T, HOLD, OFF).astype(np.uint8))
-    states[onsets, pitches] = ONSET
-    vels = np.zeros((num_frames, NUM_PITCHES), np.uint8)
-    np.maximum.at(vels, (onsets, pitches), velocities.astype(np.uint8))
-    return states, vels
-
-
-def _changes(steps: np.ndarray, values: np.ndarray) -> list[tuple]:
-    """(step, *value) metadata changes: the last of several on one step wins; repeated values are dropped."""
-    kept: list[tuple] = []
-    for step, value in zip(steps.tolist(), values.tolist(), strict=True):
-        if kept and kept[-1][0] == step:
-            kept.pop()
-        if not kept or list(kept[-1][1:]) != value:
-            kept.append((step, *value))
-    return kept
-
-
-# ---------------------------------------------------------------------------------------------------- writing
+def _runs(starts: np.ndarray, boundaries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat pitch-major indices of each run's first cell and of the boundary that ends it; every pitch's row gets
+    one boundary cell after it, so every run ends inside its own row (vectorised, no Python loop)."""
+    pad = lambda a, fill: np.concatenate([a.T, np.full((a.shape[1], 1), fill)], axis=1).ravel()
+    first = np.flatnonzero(pad(starts, False))
+    ends = np.flatnonzero(pad(boundaries, True))
+    return first, ends[np.searchsorted(ends, first, side="right")]
 
 
 def notes_of(frames: Frames) -> list[tuple[int, int, int, int]]:
     """The notes of ``frames`` as sorted (pitch, onset_step, offset_step, velocity); velocity 0 = unknown."""
-    return list(zip(*(a.tolist() for a in _note_arrays(frames)), strict=True))
+    return list(zip(*(a.tolist() for a in note_arrays(frames)), strict=True))
 
 
-def _note_arrays(frames: Frames) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pitches, onsets, offsets, velocities) sorted by pitch then onset.
-
-    A note starts at an ONSET, or at a HOLD that follows silence (model output may do that); it runs while the
-    next frames are HOLD. Sustain-only data: every run of sounding frames is one note."""
-    states = frames.states
-    num_frames = states.shape[0]
-    sounding = states != OFF
-    before = np.zeros_like(sounding)
-    before[1:] = sounding[:-1]
-    continues = before & (sounding if frames.num_states == 2 else states == HOLD)
-    starts = sounding & ~continues
-    # Pitch-major with one silent frame after each pitch's row, so every run ends inside its own row.
-    width = num_frames + 1
-    pad = lambda a, fill: np.concatenate([a.T, np.full((a.shape[1], 1), fill)], axis=1).ravel()
-    first = np.flatnonzero(pad(starts, False))
-    boundaries = np.flatnonzero(pad(starts | ~sounding, True))
-    last = boundaries[np.searchsorted(boundaries, first, side="right")]
-    columns, onsets = np.divmod(first, width)
-    offsets = last - columns * width
-    return columns + frames.lowest_pitch, onsets, offsets, frames.velocities[onsets, columns].astype(np.int64)
+# ---------------------------------------------------------------------------------------------------- sequences
 
 
-def frames_to_midi(frames: Frames, *, program: int = 0, default_velocity: int = 80) -> pretty_midi.PrettyMIDI:
-    """One piano (``program``) playing the notes of ``frames``, with its tempo map and time signatures.
+def with_start_frame(states: Any, xp: ModuleType = np) -> Any:
+    """``states`` (..., T, P) with the all-OFF start frame prepended on the time axis; ``xp`` is the array module
+    (numpy, or ``jax.numpy`` inside a traced function)."""
+    start = xp.full((*states.shape[:-2], 1, states.shape[-1]), OFF, states.dtype)
+    return xp.concatenate([start, states], axis=-2)
 
-    Resolution: 480 ticks per quarter when ``steps_per_quarter`` divides it (else the nearest multiple), so
-    every step is a whole number of ticks. Notes without a velocity get ``default_velocity``.
+
+# ---------------------------------------------------------------------------------------------------- bars
+
+
+class Meter:
+    """Where the bars of a piece are, from its time signatures (step, numerator, denominator).
+
+    Each time signature starts a bar; before the first one the meter is 4/4. A bar lasts
+    ``steps_per_quarter * 4 * numerator / denominator`` steps: bar lines and bar starts use that rounded to a
+    whole step (at least 1), lengths in bars (``bars_between``) use it exactly. The two agree whenever a bar is
+    a whole number of steps, as on every grid with 8 steps per quarter note.
     """
-    spq = frames.steps_per_quarter
-    resolution = spq * max(1, round(480 / spq))
-    ticks_per_step = resolution // spq
-    pitches, onsets, offsets, velocities = _note_arrays(frames)
-    if len(pitches) and (pitches.min() < 0 or pitches.max() >= NUM_PITCHES):
-        raise ValueError(f"pitches {pitches.min()}..{pitches.max()} are outside MIDI's 0..127")
-    velocities = np.where(velocities > 0, velocities, default_velocity).clip(1, 127)
 
-    pm = pretty_midi.PrettyMIDI(resolution=resolution)
-    # pretty_midi has no public way to set a tempo map; its writer truncates 6e7 / bpm to whole microseconds,
-    # so a quarter of a microsecond is added to make it write exactly the tempo that was read.
-    tempos = list(frames.tempos)
-    if not tempos or tempos[0][0] > 0:
-        tempos.insert(0, (0, 120.0))  # MIDI's default before the first tempo event
-    steps = [step for step, _ in tempos]
-    microseconds = [round(6e7 / qpm) for _, qpm in tempos]
-    pm._tick_scales = [
-        (step * ticks_per_step, (us + 0.25) * 1e-6 / resolution) for step, us in zip(steps, microseconds, strict=True)
-    ]
-    sig_steps = [step for step, _, _ in frames.time_signatures]
-    last_step = max([int(offsets.max()) if len(offsets) else 0, *steps, *sig_steps])
-    pm._update_tick_to_time(last_step * ticks_per_step + 1)
-    segments = _tempo_segments(pm._tick_scales)
-    seconds = lambda steps: _ticks_to_seconds(np.asarray(steps, np.int64) * ticks_per_step, segments)
+    def __init__(self, time_signatures: tuple[tuple[int, int, int], ...], steps_per_quarter: int):
+        signatures = sorted(time_signatures)
+        if not signatures or signatures[0][0] > 0:
+            signatures.insert(0, (0, *DEFAULT_TIME_SIGNATURE))
+        self.starts = np.array([s for s, _, _ in signatures], np.int64)
+        self.bar_lengths = np.array([steps_per_quarter * 4 * n / d for _, n, d in signatures], np.float64)
+        self.steps = np.maximum(1, np.round(self.bar_lengths)).astype(np.int64)  # on the grid
+        self.bars_before = np.concatenate([[0.0], np.cumsum(np.diff(self.starts) / self.bar_lengths[:-1])])
 
-    piano = pretty_midi.Instrument(program=program)
-    columns = (pitches.tolist(), velocities.tolist(), seconds(onsets).tolist(), seconds(offsets).tolist())
-    piano.notes = [pretty_midi.Note(velocity=v, pitch=p, start=s, end=e) for p, v, s, e in zip(*columns, strict=True)]
-    pm.instruments.append(piano)
-    pm.time_signature_changes = [
-        pretty_midi.TimeSignature(n, d, t)
-        for (_, n, d), t in zip(frames.time_signatures, seconds(sig_steps).tolist(), strict=True)
-    ]
-    return pm
+    def _segment(self, steps: np.ndarray) -> np.ndarray:
+        """Index of the time signature in effect at each step (the first one for steps before 0)."""
+        return np.maximum(np.searchsorted(self.starts, steps, side="right") - 1, 0)
 
+    def steps_per_bar(self, step: int = 0) -> int:
+        """Steps in a bar of the time signature in effect at ``step``."""
+        return int(self.steps[self._segment(np.int64(step))])
 
-def write_midi(frames: Frames, path: str | os.PathLike, **kw) -> None:
-    """Writes ``frames_to_midi(frames, **kw)`` to ``path``."""
-    frames_to_midi(frames, **kw).write(os.fspath(path))
+    def bar_start(self, step: int) -> int:
+        """The first step of the bar that holds ``step``."""
+        k = self._segment(np.int64(step))
+        origin, length = int(self.starts[k]), int(self.steps[k])
+        return origin + (step - origin) // length * length
+
+    def bar_lines(self, length: int) -> list[int]:
+        """Steps in ``[0, length]`` where a bar starts, ascending."""
+        ends = [*self.starts[1:].tolist(), length]
+        lines: list[int] = []
+        for start, end, step in zip(self.starts.tolist(), ends, self.steps.tolist(), strict=True):
+            lines.extend(s for s in range(start, min(end, length) + 1, step) if not lines or s > lines[-1])
+        return lines
+
+    def bars_between(self, begin: Any, end: Any) -> np.ndarray:
+        """Length in bars of the step ranges ``[begin, end)`` (arrays); exact within one time signature."""
+        begin, end = np.asarray(begin, np.int64), np.asarray(end, np.int64)
+        seg_begin, seg_end = self._segment(begin), self._segment(end)
+        position = lambda s, k: self.bars_before[k] + (s - self.starts[k]) / self.bar_lengths[k]
+        within = (end - begin) / self.bar_lengths[seg_begin]
+        return np.where(seg_begin == seg_end, within, position(end, seg_end) - position(begin, seg_begin))

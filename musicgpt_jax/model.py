@@ -25,8 +25,6 @@ from flax import linen as nn
 
 from musicgpt_jax.configs import ModelConfig
 
-OFF_STATE, ONSET_STATE, HOLD_STATE = 0, 1, 2  # frames.OFF, frames.ONSET, frames.HOLD
-
 Cache = dict[str, jax.Array]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

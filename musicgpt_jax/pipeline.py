@@ -1,9 +1,10 @@
 """Grain input pipeline: seeded shuffle, random crops, transposition, batching, a disjoint share per process.
 
-Every sequence gets an empty frame prepended (the start-of-piece context the first real frame is predicted from);
-a training example is a window of `seq_len + 1` frames of that, split into inputs (frames 0..T-1) and targets
-(frames 1..T). Long pieces yield proportionally more windows per epoch than short ones, so every frame has about
-the same chance of being seen. Pieces shorter than a window are zero-padded with `mask` = 0 on the padding.
+Every sequence gets the start frame prepended (`frames.with_start_frame`: the start-of-piece context the first
+real frame is predicted from); a training example is a window of `seq_len + 1` frames of that, split into inputs
+(frames 0..T-1) and targets (frames 1..T). Long pieces yield proportionally more windows per epoch than short
+ones, so every frame has about the same chance of being seen. Pieces shorter than a window are zero-padded with
+`mask` = 0 on the padding.
 
 The pipeline is a `grain.MapDataset`, so its iterator state is just the next index: it is saved with each
 checkpoint and restoring it resumes the exact data order.
@@ -16,11 +17,9 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
+from musicgpt_jax.frames import with_start_frame
+
 Example = dict[str, np.ndarray]
-
-
-def _with_start_frame(states: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.zeros((1, states.shape[1]), states.dtype), states], axis=0)
 
 
 def window_example(states: np.ndarray, start: int, seq_len: int) -> Example:
@@ -87,7 +86,7 @@ def train_dataset(
 
     def make_window(flat: int, rng: np.random.Generator) -> Example:
         seq = index.sequence_of(flat)
-        states = _with_start_frame(np.asarray(source[seq]["states"]))
+        states = with_start_frame(np.asarray(source[seq]["states"]))
         start = int(rng.integers(0, max(1, states.shape[0] - seq_len)))
         example = window_example(states, start, seq_len)
         if transpose:
@@ -127,7 +126,7 @@ def eval_examples(source: Sequence[dict], *, seq_len: int) -> list[Example]:
     """Consecutive, non-overlapping windows covering every frame of every sequence exactly once."""
     examples = []
     for i in range(len(source)):
-        states = _with_start_frame(np.asarray(source[i]["states"]))
+        states = with_start_frame(np.asarray(source[i]["states"]))
         for start in range(0, states.shape[0] - 1, seq_len):
             examples.append(window_example(states, start, seq_len))
     return examples

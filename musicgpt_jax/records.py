@@ -50,6 +50,7 @@ from musicgpt_jax import corpus
 from musicgpt_jax.dataset_card import SPLITS, format_card, make_card, sequence_stats
 from musicgpt_jax.deadline_pool import Failed, TimedOut, run_with_deadline
 from musicgpt_jax.file_conversion import ConversionOptions, convert_file
+from musicgpt_jax.midi_io import MIDI_SUFFIXES
 from musicgpt_jax.split_rules import HASH_RULE, Metadata, MetadataError, describe, find_metadata, read_metadata
 from musicgpt_jax.split_rules import split_of as split_of
 
@@ -57,7 +58,6 @@ DEFAULT_DATA_DIR = "data/records"
 DEFAULT_DATASET = "bach_chorales"
 DEFAULT_MAX_FRAMES = 100_000
 DEFAULT_TIMEOUT_S = 60.0
-MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 VERSION = "1.0.0"
 CARD_FILE = "card.json"
 MANIFEST_FILE = "manifest.jsonl"

@@ -8,8 +8,8 @@
   model's shape: 88-pitch sustain-only models are benchmark models (lowest pitch 21, the benchmark's own
   frames per quarter), 128-pitch models use 8 steps per quarter.
 - A primer is read by the same codec, mapped onto the model's keyboard and states, and cut to its last
-  `--prime_bars` bars (bar lines from its last time signature). A primer longer than the context is cut to
-  its last window, at a bar line when a whole bar fits, so bar lines stay where they were.
+  `--prime_bars` bars (the bar lines of its time signatures, `frames.Meter`). A primer longer than the context
+  is cut to its last window, at a bar line when one falls inside it, so bar lines stay where they were.
 - Output frames start right after the primer's last frame. Without `--include_prime` a note the primer left
   sounding is written as starting at step 0 of the sample (so the MIDI decodes back to the same frames).
   Generated onsets get velocity 80; the primer keeps its own.
@@ -39,16 +39,8 @@ from musicgpt_jax import audio, decode, listening_page, pianoroll, stats, train
 from musicgpt_jax.checkpoint import CheckpointError, load_config_dict
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
-from musicgpt_jax.frames import (
-    HOLD,
-    OFF,
-    ONSET,
-    Frames,
-    MidiDecodeError,
-    frames_to_midi,
-    midi_to_frames,
-    notes_of,
-)
+from musicgpt_jax.frames import DEFAULT_TIME_SIGNATURE, HOLD, OFF, ONSET, Frames, Meter, note_starts, notes_of
+from musicgpt_jax.midi_io import MidiDecodeError, frames_to_midi, midi_to_frames
 
 DEFAULT_STRATEGY = Strategy("temperature", 1.0, 0.95)  # top_p: the nucleus strategy's default
 KEYBOARDS = ("corpus", "all")
@@ -209,35 +201,6 @@ def to_grid(frames: Frames, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     return states, velocities.astype(np.uint8)
 
 
-def note_starts(states: np.ndarray, num_states: int) -> np.ndarray:
-    """(T, P) bool: where the codec's writer starts a note (see `frames.notes_of`)."""
-    sounding = states != OFF
-    before = np.zeros_like(sounding)
-    before[1:] = sounding[:-1]
-    return sounding & ~(before & (sounding if num_states == 2 else states == HOLD))
-
-
-def _in_effect(changes: tuple[tuple, ...], step: int) -> tuple:
-    """The metadata change (step, *value) in effect at `step`."""
-    current = changes[0]
-    for change in changes:
-        if change[0] <= step:
-            current = change
-    return current
-
-
-def _from_step(changes: tuple[tuple, ...], start: int) -> tuple[tuple, ...]:
-    """A tempo or time-signature map cut to begin at `start` (which becomes step 0)."""
-    first = (0, *_in_effect(changes, start)[1:])
-    return (first, *((s - start, *v) for s, *v in changes if s > start))
-
-
-def _bar_start(frames: Frames, step: int, steps_per_bar: int) -> int:
-    """The first step of the bar that holds `step` (bar lines of the time signature in effect there)."""
-    origin = _in_effect(frames.time_signatures, step)[0]
-    return origin + (step - origin) // steps_per_bar * steps_per_bar
-
-
 @dataclasses.dataclass(frozen=True)
 class Primer:
     states: np.ndarray  # (T, P) on the model's grid
@@ -256,27 +219,27 @@ def read_primer(path: str, grid: Grid, prime_bars: int, context: int) -> Primer:
         highest = grid.lowest_pitch + grid.num_pitches - 1
         where = f" in the model's range (MIDI {grid.lowest_pitch}..{highest})" if frames.num_frames else ""
         raise SampleError(f"--prime {path}: no notes{where}")
-    end = frames.num_frames
-    _, numerator, denominator = _in_effect(frames.time_signatures, end - 1)
-    steps_per_bar = max(1, round(grid.steps_per_quarter * 4 * numerator / denominator))
-    start = max(0, _bar_start(frames, end - 1, steps_per_bar) - (prime_bars - 1) * steps_per_bar)
+    meter, end = frames.meter, frames.num_frames
+    start = _primer_start(meter, end, prime_bars)
     cut = end - start > context
     if cut:
-        start = end - context
-        aligned = _bar_start(frames, start, steps_per_bar)
-        if aligned < start and aligned + steps_per_bar < end:
-            start = aligned + steps_per_bar
-    states, velocities = to_grid(
-        dataclasses.replace(frames, states=frames.states[start:end], velocities=frames.velocities[start:end]), grid
-    )
-    return Primer(
-        states,
-        velocities,
-        _from_step(frames.tempos, start),
-        _from_step(frames.time_signatures, start),
-        steps_per_bar,
-        cut,
-    )
+        start = _window_start(meter, end, context)
+    kept = frames.cut(start)
+    states, velocities = to_grid(kept, grid)
+    return Primer(states, velocities, kept.tempos, kept.time_signatures, meter.steps_per_bar(end - 1), cut)
+
+
+def _primer_start(meter: Meter, end: int, bars: int) -> int:
+    """The first step of the last `bars` bars before `end` (step 0 when the piece has fewer)."""
+    lines = meter.bar_lines(end - 1)
+    return lines[max(0, len(lines) - bars)]
+
+
+def _window_start(meter: Meter, end: int, context: int) -> int:
+    """The start of the last `context` frames before `end`, moved on to the next bar line when there is one
+    before `end`, so bar lines stay where they were."""
+    start = end - context
+    return next((line for line in meter.bar_lines(end - 1) if line >= start), start)
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -299,7 +262,7 @@ def output_frames(
     velocities = np.where(velocities > 0, velocities, DEFAULT_VELOCITY)
     velocities = np.where(note_starts(states, grid.num_states), velocities, 0)
     if primer is None:
-        tempos, signatures = ((0, bpm or DEFAULT_BPM),), ((0, 4, 4),)
+        tempos, signatures = ((0, bpm or DEFAULT_BPM),), ((0, *DEFAULT_TIME_SIGNATURE),)
     elif include_prime:
         tempos = ((0, bpm),) if bpm else primer.tempos
         signatures = primer.time_signatures
@@ -380,7 +343,7 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
                 f"{model.max_len}-frame context; using its last {len(primer.states)} frames",
                 file=sys.stderr,
             )
-    steps_per_bar = primer.steps_per_bar if primer else 4 * grid.steps_per_quarter
+    steps_per_bar = primer.steps_per_bar if primer else Meter((), grid.steps_per_quarter).steps_per_bar()
     num_frames = num_frames_of(options, steps_per_bar)
     params = train.restore_params(options.workdir, cfg, step)
     prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)

@@ -6,10 +6,10 @@ frame, since so many frames look like that). These numbers show that, and other 
     python -m musicgpt_jax.stats SAMPLES_DIR [--reference MIDI_DIR] [--json FILE.json] [--png FILE.png]
                                  [--steps_per_quarter 8]
 
-MIDI files (``.mid``/``.midi``, any case, found recursively) are read through the project's codec
-(``frames.midi_to_frames``), so the statistics see what the model is trained on (pedal applied, drums
-dropped, instruments merged). Unreadable files are skipped with one line on stderr and listed under
-``skipped``.
+MIDI files (``midi_io.MIDI_SUFFIXES``: ``.mid``/``.midi``/``.kar``, any case, found recursively) are read
+through the project's codec (``midi_io.midi_to_frames``), so the statistics see what the model is trained on
+(pedal applied, drums dropped, instruments merged). Unreadable files are skipped with one line on stderr and
+listed under ``skipped``.
 
 Definitions (per piece, then pooled over the set unless said otherwise):
 
@@ -20,7 +20,8 @@ Definitions (per piece, then pooled over the set unless said otherwise):
   (``trailing_silence_bars``).
 - A frame is **silent** when no pitch sounds (is not OFF). ``silent_fraction`` = silent frames / extent
   frames, each summed over the set (pooled: long pieces weigh more).
-- **Bars** follow the piece's time-signature map (a bar of ``num/den`` is ``num * 4 / den`` quarters). A run
+- **Bars** follow the piece's time-signature map (``frames.Meter``: a bar of ``num/den`` is ``num * 4 / den``
+  quarters, 4/4 before the first time signature). A run
   of silent frames is measured from its first silent step to the next sounding step.
   ``longest_silence_bars`` is the maximum over pieces (each piece's own value is in ``pieces``);
   ``pieces_with_long_silence_fraction`` is the fraction of pieces whose longest silence is ``>= 2`` bars.
@@ -31,8 +32,8 @@ Definitions (per piece, then pooled over the set unless said otherwise):
   ``polyphony_histogram`` is the fraction of extent frames with 0, 1, ..., 9 and ``>= 10`` sounding pitches.
 - **Pitch**: ``pitch_min``/``pitch_max`` over note onsets (MIDI numbers). ``pitch_class_histogram``:
   onsets per pitch class C, C#, ..., B, normalised to sum 1 (each onset counts once, whatever its length).
-- **Notes** are read as ``frames.notes_of`` reads them: a note starts at an ONSET (or at a HOLD after
-  silence, which only a sampler writes) and runs while the next frames are HOLD; in sustain-only frames
+- **Notes** are read as ``frames.notes_of`` reads them (``frames.note_starts``): a note starts at an ONSET (or
+  at a HOLD after silence, which only a sampler writes) and runs while the next frames are HOLD; in sustain-only frames
   (``num_states == 2``, the benchmark sets) each run of sounding frames is one note. "Onset" below means a
   note start. **Note length** in steps: ``note_length_histogram`` is normalised over the log2 bins
   ``1, 2-3, 4-7, 8-15, 16-31, 32-63, >=64`` steps (``note_length_bins``).
@@ -65,13 +66,13 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgpt_jax.frames import HOLD, OFF, Frames, midi_to_frames
+from musicgpt_jax.frames import OFF, Frames, Meter, note_lengths, note_starts
+from musicgpt_jax.midi_io import MIDI_SUFFIXES, midi_to_frames
 
 LONG_SILENCE_BARS = 2.0
 MAX_POLYPHONY_BIN = 10  # the last polyphony bin holds ">= 10"
 NOTE_LENGTH_BINS = ("1", "2-3", "4-7", "8-15", "16-31", "32-63", ">=64")
 PITCH_CLASS_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-MIDI_SUFFIXES = (".mid", ".midi")
 
 HISTOGRAMS = ("pitch_class_histogram", "note_length_histogram", "polyphony_histogram")
 SCALARS = (
@@ -96,78 +97,37 @@ class NoMidiFilesError(ValueError):
 # One piece: additive counts, so a set (or half a set) is the sum of its pieces.
 
 
-def _bar_lengths(frames: Frames) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Segments of constant bar length: (start step, steps per bar, bars before the segment)."""
-    signatures = sorted(frames.time_signatures) or [(0, 4, 4)]
-    if signatures[0][0] > 0:
-        signatures.insert(0, (0, 4, 4))  # MIDI's default before the first time signature
-    starts = np.array([s for s, _, _ in signatures], dtype=np.int64)
-    quarters = np.array([n * 4 / d for _, n, d in signatures], dtype=np.float64)
-    steps_per_bar = quarters * frames.steps_per_quarter
-    bars_before = np.concatenate([[0.0], np.cumsum(np.diff(starts) / steps_per_bar[:-1])])
-    return starts, steps_per_bar, bars_before
-
-
-def _bars_between(frames: Frames, begin: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Length in bars of the step ranges [begin, end), vectorised; exact when a range has one bar length."""
-    starts, steps_per_bar, bars_before = _bar_lengths(frames)
-    begin, end = np.asarray(begin, dtype=np.int64), np.asarray(end, dtype=np.int64)
-    seg_begin = np.searchsorted(starts, begin, side="right") - 1
-    seg_end = np.searchsorted(starts, end, side="right") - 1
-    pos_begin = bars_before[seg_begin] + (begin - starts[seg_begin]) / steps_per_bar[seg_begin]
-    pos_end = bars_before[seg_end] + (end - starts[seg_end]) / steps_per_bar[seg_end]
-    within = (end - begin) / steps_per_bar[seg_begin]
-    return np.where(seg_begin == seg_end, within, pos_end - pos_begin)
-
-
 def _extent(polyphony: np.ndarray) -> int:
     sounding = np.flatnonzero(polyphony)
     return int(sounding[-1]) + 1 if sounding.size else int(polyphony.shape[0])
 
 
-def _silent_runs_bars(frames: Frames, polyphony: np.ndarray, extent: int) -> np.ndarray:
+def _silent_runs_bars(meter: Meter, polyphony: np.ndarray, extent: int) -> np.ndarray:
     silent = np.concatenate([[False], polyphony[:extent] == 0, [False]])
     edges = np.diff(silent.astype(np.int8))
-    return _bars_between(frames, np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))
-
-
-def _note_starts(frames: Frames, sounding: np.ndarray) -> np.ndarray:
-    """(T, P) bool: where a note starts, as ``frames.notes_of`` reads it: an ONSET, or a HOLD after silence
-    (a sampler may write one); in sustain-only frames (``num_states == 2``) the first frame of each run."""
-    before = np.zeros_like(sounding)
-    before[1:] = sounding[:-1]
-    continues = before & (sounding if frames.num_states == 2 else frames.states == HOLD)
-    return sounding & ~continues
-
-
-def _note_lengths(sounding: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Length in steps of every note: from its start to the next start or silence of its pitch (vectorised:
-    pitch-major, with one silent frame after each pitch's row so that every note ends inside its row)."""
-    pad = lambda a, fill: np.concatenate([a.T, np.full((a.shape[1], 1), fill)], axis=1).ravel()
-    first = np.flatnonzero(pad(starts, False))
-    boundaries = np.flatnonzero(pad(starts | ~sounding, True))
-    return boundaries[np.searchsorted(boundaries, first, side="right")] - first
+    return meter.bars_between(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))
 
 
 def _piece_counts(frames: Frames) -> dict:
     sounding = np.asarray(frames.states) != OFF
     polyphony = np.count_nonzero(sounding, axis=1)
     extent = _extent(polyphony)
-    runs = _silent_runs_bars(frames, polyphony, extent)
-    starts = _note_starts(frames, sounding)
+    meter = frames.meter
+    runs = _silent_runs_bars(meter, polyphony, extent)
+    starts = note_starts(frames.states, frames.num_states)
     onsets_per_column = np.count_nonzero(starts, axis=0)
     columns = np.flatnonzero(onsets_per_column)
     pitches = columns + frames.lowest_pitch
     onset_rows = starts[np.flatnonzero(starts.any(axis=1))]
-    lengths = _note_lengths(sounding, starts)
+    lengths = note_lengths(frames)
     _, exponent = np.frexp(lengths.astype(np.float64))  # length = m * 2**e with m in [0.5, 1)
     in_extent = polyphony[:extent]
     return {
         "frames": extent,
-        "bars": float(_bars_between(frames, [0], [extent])[0]),
+        "bars": float(meter.bars_between([0], [extent])[0]),
         "silent_frames": int(np.count_nonzero(in_extent == 0)),
         "longest_silence_bars": float(runs.max()) if runs.size else 0.0,
-        "trailing_silence_bars": float(_bars_between(frames, [extent], [frames.num_frames])[0]),
+        "trailing_silence_bars": float(meter.bars_between([extent], [frames.num_frames])[0]),
         "onsets": int(onsets_per_column.sum()),
         "sounding_frames": int(np.count_nonzero(in_extent)),
         "polyphony_sum": int(in_extent.sum()),
@@ -259,13 +219,13 @@ def compute_stats(frames_list: Sequence[Frames], names: Sequence[str] | None = N
 
 
 def midi_files(path: str | os.PathLike) -> list[Path]:
-    """MIDI files under ``path`` (recursive; .mid/.midi in any case), sorted by path for a stable order."""
+    """MIDI files under ``path`` (recursive; ``MIDI_SUFFIXES`` in any case), sorted by path for a stable order."""
     root = Path(path)
     if not root.is_dir():
         raise NoMidiFilesError(f"{root}: no such directory")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
     if not files:
-        raise NoMidiFilesError(f"{root}: no .mid or .midi files")
+        raise NoMidiFilesError(f"{root}: no .mid, .midi or .kar files")
     return files
 
 

@@ -31,10 +31,8 @@ from jax.sharding import Mesh
 from musicgpt_jax import sharding
 from musicgpt_jax.configs import Config, TrainConfig
 from musicgpt_jax.frame_choice import sample_frame
+from musicgpt_jax.frames import HOLD, OFF, ONSET
 from musicgpt_jax.model import (
-    HOLD_STATE,
-    OFF_STATE,
-    ONSET_STATE,
     MusicTransformer,
     count_params,
     flops_per_frame,
@@ -208,7 +206,7 @@ def restart_held_notes(inputs: jax.Array, targets: jax.Array, num_states: int) -
     learns HOLD after OFF, which sampling turns into OFF: voices it dropped would never come back."""
     if num_states != 3:
         return targets
-    return jnp.where((targets == HOLD_STATE) & (inputs == OFF_STATE), ONSET_STATE, targets)
+    return jnp.where((targets == HOLD) & (inputs == OFF), ONSET, targets)
 
 
 def scheduled_sampling_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:

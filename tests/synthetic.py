@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
-from musicgpt_jax.frames import OFF, midi_to_frames
+from musicgpt_jax.frames import OFF
+from musicgpt_jax.midi_io import midi_to_frames
 
 KINDS = ("chorale", "arpeggio", "melody")
 MAJOR, MINOR = (0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10)

@@ -11,7 +11,7 @@ import scipy.io
 from conftest import SHARED, require_shared
 
 from musicgpt_jax import corpus
-from musicgpt_jax.frames import midi_to_frames
+from musicgpt_jax.midi_io import midi_to_frames
 
 POLY = SHARED / "polyphonic"
 SPLITS = ("train", "validation", "test")

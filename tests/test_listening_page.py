@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from musicgpt_jax import audio, listening_page, pianoroll
-from musicgpt_jax.frames import HOLD, ONSET, Frames, frames_to_midi
+from musicgpt_jax.frames import HOLD, ONSET, Frames
+from musicgpt_jax.midi_io import frames_to_midi
 
 
 def browser_or_skip():

@@ -19,7 +19,7 @@ import synthetic
 from conftest import REPO, SHARED, require_shared
 
 from musicgpt_jax import corpus, records
-from musicgpt_jax.frames import midi_to_frames
+from musicgpt_jax.midi_io import midi_to_frames
 
 MIDI = SHARED / "midi"
 JSB = SHARED / "polyphonic" / "JSB_Chorales.mat"

@@ -18,7 +18,8 @@ from flax import linen as nn
 
 from musicgpt_jax import configs, sampling
 from musicgpt_jax.checkpoint import Checkpointer
-from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames, midi_to_frames, write_midi
+from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames
+from musicgpt_jax.midi_io import midi_to_frames, write_midi
 from musicgpt_jax.model import MusicTransformer
 from musicgpt_jax.train import TrainState, make_optimizer
 
@@ -363,3 +364,23 @@ def test_every_sample_has_a_wav_and_the_page_lists_them_with_the_primer_and_comm
     assert "its first 16 frames" in page and "begins at 1.2 s, in bar 1" in page  # 16 steps at 100 bpm
     assert html.escape(f"--seed 3 --prime '{tmp_path}/theme <1>.mid' --include_prime") in page
     assert "notes per bar" in page and "step 2 of" in page
+
+
+def test_primer_bars_follow_a_time_signature_change(tmp_path):
+    """The last bars of a primer are its real bars (frames.Meter): here a 4/4 bar, then two of 3/4."""
+    states = np.zeros((80, 128), np.uint8)
+    states[::8, 60], states[1::8, 60] = ONSET, HOLD
+    states[73:, 60] = HOLD  # the last note lasts to the end
+    path = tmp_path / "meter.mid"
+    write_midi(Frames(states, states * 40, time_signatures=((0, 4, 4), (32, 3, 4))), path)
+    grid = sampling.Grid(8, 0, 128, 3)
+    starts = {bars: 80 - len(sampling.read_primer(str(path), grid, bars, 1024).states) for bars in (1, 2, 3, 4)}
+    assert starts == {1: 56, 2: 32, 3: 0, 4: 0}
+    primer = sampling.read_primer(str(path), grid, 2, 1024)
+    assert primer.time_signatures == ((0, 3, 4),) and primer.steps_per_bar == 24 and not primer.cut_to_context
+    whole = sampling.read_primer(str(path), grid, 3, 1024)
+    assert whole.time_signatures == ((0, 4, 4), (32, 3, 4))
+    np.testing.assert_array_equal(whole.states, states)
+    # a primer longer than the context starts at the first bar line inside its last window
+    cut = sampling.read_primer(str(path), grid, 3, 30)
+    assert cut.cut_to_context and len(cut.states) == 24

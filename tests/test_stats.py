@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO, require_shared
 
 from musicgpt_jax import stats
-from musicgpt_jax.frames import HOLD, ONSET, Frames, midi_to_frames, notes_of
+from musicgpt_jax.frames import HOLD, ONSET, Frames, notes_of
+from musicgpt_jax.midi_io import midi_to_frames
 
 NOT_MIDI = "These are not the notes you are looking for.\n"  # a text file named .mid
 STEP = 0.0625  # seconds per 32nd note at 120 bpm; 60 ticks at 480 per quarter, so every time is exact
