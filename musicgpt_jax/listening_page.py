@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
-from musicgpt_jax import pianoroll, stats
+from musicgpt_jax import stats
 from musicgpt_jax.frames import Frames
 
 PAGE_NAME = "index.html"
@@ -90,7 +90,7 @@ def primer_note(sample: PageSample, provenance: Provenance) -> str | None:
     source = f"primer {provenance.primer} (its last {provenance.prime_bars} bars)"
     if not sample.prime_frames:
         return f"Continues {source}; the primer itself is not in this file."
-    lines = pianoroll.bar_lines(sample.frames, sample.prime_frames)
+    lines = sample.frames.meter.bar_lines(sample.prime_frames)
     bar = sum(1 for line in lines if line <= sample.prime_frames)
     return (
         f"Starts with {source}: its first {sample.prime_frames} frames, shaded in the piano roll. The primer ends "

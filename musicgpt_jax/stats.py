@@ -37,6 +37,9 @@ Definitions (per piece, then pooled over the set unless said otherwise):
   (``num_states == 2``, the benchmark sets) each run of sounding frames is one note. "Onset" below means a
   note start. **Note length** in steps: ``note_length_histogram`` is normalised over the log2 bins
   ``1, 2-3, 4-7, 8-15, 16-31, 32-63, >=64`` steps (``note_length_bins``).
+- **Velocity** (loudness) of each note start with a known velocity (MIDI 1-127; 0 means unknown and is left
+  out): ``velocity_histogram`` over the bins ``1-16, 17-32, ..., 113-127`` (``velocity_bins``),
+  ``velocity_mean`` and ``velocity_std`` (the spread: how much the dynamics vary), pooled over the set.
 - ``repeated_note_fraction``: the onset times of a piece are the steps where at least one note starts. An
   onset of pitch p at onset time t_k is *repeated* when pitch p also has an onset at the previous onset time
   t_{k-1} of the piece (the same chord struck twice in a row is all repeated; a note struck again after a
@@ -74,7 +77,9 @@ MAX_POLYPHONY_BIN = 10  # the last polyphony bin holds ">= 10"
 NOTE_LENGTH_BINS = ("1", "2-3", "4-7", "8-15", "16-31", "32-63", ">=64")
 PITCH_CLASS_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
-HISTOGRAMS = ("pitch_class_histogram", "note_length_histogram", "polyphony_histogram")
+VELOCITY_BINS = ("1-16", "17-32", "33-48", "49-64", "65-80", "81-96", "97-112", "113-127")
+
+HISTOGRAMS = ("pitch_class_histogram", "note_length_histogram", "polyphony_histogram", "velocity_histogram")
 SCALARS = (
     "silent_fraction",
     "longest_silence_bars",
@@ -86,6 +91,8 @@ SCALARS = (
     "pitch_min",
     "pitch_max",
     "repeated_note_fraction",
+    "velocity_mean",
+    "velocity_std",
 )
 
 
@@ -122,6 +129,8 @@ def _piece_counts(frames: Frames) -> dict:
     lengths = note_lengths(frames)
     _, exponent = np.frexp(lengths.astype(np.float64))  # length = m * 2**e with m in [0.5, 1)
     in_extent = polyphony[:extent]
+    velocities = np.asarray(frames.velocities)[starts].astype(np.float64)
+    velocities = velocities[velocities > 0]
     return {
         "frames": extent,
         "bars": float(meter.bars_between([0], [extent])[0]),
@@ -140,6 +149,11 @@ def _piece_counts(frames: Frames) -> dict:
             np.minimum(exponent - 1, len(NOTE_LENGTH_BINS) - 1), minlength=len(NOTE_LENGTH_BINS)
         ),
         "repeated_onsets": int(np.count_nonzero(onset_rows[1:] & onset_rows[:-1])),
+        "velocity_counts": np.bincount(
+            np.minimum((velocities.astype(np.int64) - 1) // 16, len(VELOCITY_BINS) - 1), minlength=len(VELOCITY_BINS)
+        ),
+        "velocity_sum": float(velocities.sum()),
+        "velocity_square_sum": float(np.square(velocities).sum()),
     }
 
 
@@ -163,6 +177,14 @@ def silence_summary(frames: Frames) -> dict:
 
 def _ratio(numerator: float, denominator: float) -> float | None:
     return float(numerator) / float(denominator) if denominator else None
+
+
+def _velocity_moments(count: int, total: float, square_total: float) -> dict:
+    """Mean and standard deviation of the known velocities from their count, sum and sum of squares."""
+    if not count:
+        return {"velocity_mean": None, "velocity_std": None}
+    mean = total / count
+    return {"velocity_mean": mean, "velocity_std": float(np.sqrt(max(square_total / count - mean * mean, 0.0)))}
 
 
 def _normalised(counts: np.ndarray) -> list[float] | None:
@@ -198,6 +220,11 @@ def _aggregate(names: Sequence[str], pieces: Sequence[dict]) -> dict:
         "note_length_bins": list(NOTE_LENGTH_BINS),
         "note_length_histogram": _normalised(total("note_length_counts")) if pieces else None,
         "repeated_note_fraction": _ratio(total("repeated_onsets"), total("onsets")),
+        "velocity_bins": list(VELOCITY_BINS),
+        "velocity_histogram": _normalised(total("velocity_counts")) if pieces else None,
+        **_velocity_moments(
+            total("velocity_counts").sum() if pieces else 0, total("velocity_sum"), total("velocity_square_sum")
+        ),
         "pieces": [
             {
                 "name": name,
@@ -334,11 +361,14 @@ def plot_report(report: dict, path: str | os.PathLike) -> None:
             [str(i) for i in range(MAX_POLYPHONY_BIN)] + [f">={MAX_POLYPHONY_BIN}"],
         ),
         ("longest silence per piece (bars)", None, [f"{e}-{e + 1}" for e in silence_edges[:-1]]),
+        ("velocity (note starts)", "velocity_histogram", list(VELOCITY_BINS)),
     ]
-    figure = Figure(figsize=(12, 8), layout="constrained")
+    figure = Figure(figsize=(18, 8), layout="constrained")
     FigureCanvasAgg(figure)
     width = 0.8 / len(sets)
-    for axes, (title, key, labels) in zip(figure.subplots(2, 2).ravel(), panels, strict=True):
+    grid = figure.subplots(2, 3).ravel()
+    grid[-1].set_axis_off()
+    for axes, (title, key, labels) in zip(grid[: len(panels)], panels, strict=True):
         x = np.arange(len(labels))
         for i, (label, stats) in enumerate(sets):
             if key is None:

@@ -263,3 +263,21 @@ def test_real_music_against_a_reference_has_a_yardstick(tmp_path):
     assert stats.measure(samples, reference)["distances"] == report["distances"]  # deterministic
     stats.plot_report(report, tmp_path / "real.png")
     json.dumps(report, allow_nan=False)
+
+
+def test_velocity_histogram_mean_and_spread_of_note_starts():
+    """Velocities count once per note start (not per held frame); 0 (unknown) is left out; distances see them."""
+    states = np.zeros((32, 128), np.uint8)
+    velocities = np.zeros((32, 128), np.uint8)
+    for step, pitch, velocity in ((0, 60, 20), (0, 64, 100), (8, 60, 100), (16, 67, 0)):
+        states[step, pitch], velocities[step, pitch] = ONSET, velocity
+        states[step + 1 : step + 4, pitch] = HOLD
+    loud = stats.compute_stats([Frames(states, velocities)])
+    assert loud["velocity_histogram"] == [0.0, 1 / 3, 0.0, 0.0, 0.0, 0.0, 2 / 3, 0.0]  # 20 -> 17-32, 100 -> 97-112
+    assert loud["velocity_mean"] == pytest.approx(220 / 3)
+    assert loud["velocity_std"] == pytest.approx(np.std([20, 100, 100]))
+    even = stats.compute_stats([Frames(states, np.where(velocities > 0, 64, 0).astype(np.uint8))])
+    assert even["velocity_histogram"][3] == 1.0 and even["velocity_std"] == 0.0
+    distance = stats.compare(loud, even)["velocity_histogram"]["distance"]
+    assert distance == pytest.approx(1.0)  # no overlap at all
+    assert stats.compute_stats([Frames(states, np.zeros_like(velocities))])["velocity_histogram"] is None
