@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from musicgpt_jax import configs, sharding, train
+from musicgpt_jax import configs, sharding, train_state, train_step
 from musicgpt_jax.configs import Config
 from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame
 
@@ -138,7 +138,7 @@ def topology_devices(topology: str) -> list[jax.Device]:
 
 
 def abstract_batch(cfg: Config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global batch train.py feeds (`pipeline.window_example` rows), sharded as `train.global_batch`."""
+    """The global batch train.py feeds (`pipeline.window_example` rows), sharded as `train_step.global_batch`."""
     b, t, p = cfg.train.batch_size, cfg.model.max_len, cfg.model.num_pitches
     shapes = {"inputs": ((b, t, p), jnp.int32), "targets": ((b, t, p), jnp.int32), "mask": ((b, t), jnp.float32)}
     return {
@@ -168,11 +168,11 @@ def step_flops(cfg: Config) -> float:
         cfg, model=dataclasses.replace(cfg.model, scan_layers=False), train=dataclasses.replace(cfg.train, grad_accum=1)
     )
     model = MusicTransformer(flat_cfg.model)
-    tx = train.make_optimizer(flat_cfg.train)
+    tx = train_state.make_optimizer(flat_cfg.train)
     mesh = sharding.make_mesh("", jax.devices()[:1])  # global shapes: the count is for the whole step
-    state_shardings = train.train_state_shardings(model, tx, flat_cfg, mesh)
-    state = train.abstract_train_state(state_shardings, model, tx, flat_cfg)
-    lowered = jax.jit(train.make_train_step(model, tx, 1)).lower(state, abstract_batch(flat_cfg, mesh))
+    state_shardings = train_state.train_state_shardings(model, tx, flat_cfg, mesh)
+    state = train_state.abstract_train_state(state_shardings, model, tx, flat_cfg)
+    lowered = jax.jit(train_step.make_train_step(model, tx, 1)).lower(state, abstract_batch(flat_cfg, mesh))
     return float((lowered.cost_analysis() or {}).get("flops", 0.0))
 
 
@@ -201,15 +201,15 @@ def compile_train_step(cfg: Config, topology: str) -> AOTReport:
         )
 
     model = MusicTransformer(cfg.model)
-    tx = train.make_optimizer(tcfg)
-    state_shardings = train.train_state_shardings(model, tx, cfg, mesh)
-    abstract_state = train.abstract_train_state(state_shardings, model, tx, cfg)
+    tx = train_state.make_optimizer(tcfg)
+    state_shardings = train_state.train_state_shardings(model, tx, cfg, mesh)
+    abstract_state = train_state.abstract_train_state(state_shardings, model, tx, cfg)
     batch = abstract_batch(cfg, mesh)
-    # As in train.train_and_evaluate: the same step function, shardings and donation, traced under the rules.
-    train_step = train.jit_train_step(model, tx, tcfg.grad_accum, state_shardings)
+    # As in train.py's loop: the same step function, shardings and donation, traced under the rules.
+    step_fn = train_step.jit_train_step(model, tx, tcfg.grad_accum, state_shardings)
     start = time.perf_counter()
     with sharding.activate(mesh):
-        lowered = train_step.lower(abstract_state, batch)
+        lowered = step_fn.lower(abstract_state, batch)
     memory: dict[str, int | None] = {
         "argument": _shard_bytes((abstract_state, batch)),
         "output": None,

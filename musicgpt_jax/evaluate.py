@@ -40,9 +40,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from musicgpt_jax import host_memory, train
+from musicgpt_jax import host_memory, records
+from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_params
 from musicgpt_jax.configs import Config, ModelConfig
+from musicgpt_jax.dataset_card import SPLITS
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 
 
@@ -147,10 +150,6 @@ def evaluate_run(
     stride: int | None = None,
 ) -> dict[str, Any]:
     """Restore a run's checkpoint (latest or `step`) and evaluate it on a split of its dataset (or another)."""
-    from musicgpt_jax import records
-    from musicgpt_jax.checkpoint import load_config_dict
-    from musicgpt_jax.dataset_card import SPLITS
-
     if split not in SPLITS:
         raise EvaluationError(f"--split {split!r}: unknown split (known: {', '.join(SPLITS)})")
     config_dict, step = load_config_dict(workdir, step)
@@ -166,7 +165,7 @@ def evaluate_run(
     if not info.split_sizes.get(split):
         raise EvaluationError(f"--split {split}: dataset {dataset} in {data_dir} has no sequences in it")
     sequences = records.load_split(data_dir, dataset, split)
-    params = train.restore_params(workdir, cfg, step)
+    params = restore_params(workdir, cfg, step)
     result = evaluate_nll(params, cfg.model, [sequences[i] for i in range(len(sequences))], batch_size, stride)
     return {
         **result,
@@ -214,12 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from absl import logging  # Orbax logs its read-only notes as warnings: stderr holds only our one line
-
-    from musicgpt_jax import records
-    from musicgpt_jax.checkpoint import CheckpointError
-
-    logging.set_verbosity(logging.ERROR)
+    logging.set_verbosity(logging.ERROR)  # Orbax logs its read-only notes as warnings: stderr holds only our line
 
     try:
         result = evaluate_run(

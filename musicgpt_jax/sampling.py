@@ -32,8 +32,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from musicgpt_jax import decode, pianoroll, stats, train
-from musicgpt_jax.checkpoint import CheckpointError, load_config_dict
+from musicgpt_jax import decode, pianoroll, stats
+from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_params
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
 from musicgpt_jax.frames import (
@@ -385,7 +385,7 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
             )
     steps_per_bar = primer.steps_per_bar if primer else 4 * grid.steps_per_quarter
     num_frames = num_frames_of(options, steps_per_bar)
-    params = train.restore_params(options.workdir, cfg, step)
+    params = restore_params(options.workdir, cfg, step)
     prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
     batch = np.broadcast_to(prime_states, (options.num_samples, *prime_states.shape))
     strategy = strategy_of(options)
