@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from musicgpt_jax import sharding
 from musicgpt_jax.configs import Config, TrainConfig
-from musicgpt_jax.model import MusicTransformer
+from musicgpt_jax.model import SCANNED_LAYERS, MusicTransformer
 
 
 @flax.struct.dataclass
@@ -25,12 +25,14 @@ class TrainState:
     rng: jax.Array  # raw uint32 key data, so checkpoints hold a plain array
 
 
+def decays(path: tuple, leaf: Any) -> bool:
+    """Whether weight decay applies to a parameter: matrices and higher (kernels, embeddings, the NADE weights),
+    never vectors (norm scales, biases), as nanoGPT chooses. The stack axis of scanned layers is not counted."""
+    stacked = bool(path) and getattr(path[0], "key", None) == SCANNED_LAYERS
+    return jnp.ndim(leaf) - int(stacked) >= 2
+
+
 def _decay_mask(params: Any) -> Any:
-    """Weight decay on matmul kernels only: not on norms, biases or the frame embedding."""
-
-    def decays(path, _leaf) -> bool:
-        return getattr(path[-1], "key", "") not in ("scale", "bias", "table")
-
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
