@@ -1,20 +1,9 @@
 """Ahead-of-time compilation of the train step for a Cloud TPU topology, on a CPU host: memory per chip.
 
-`python -m musicgpt_jax.aot --config base --topology v5e:2x4` answers "does this preset fit that slice?"
-before any TPU is rented. libtpu (a pip package) describes a topology's chips without owning them; the mesh is
-built over those compile-only devices with `sharding.make_mesh`, and the step compiled is the one `train.py`
-runs: `make_optimizer`, `train_state_shardings`, `make_train_step`, jitted with the same shardings and
-donation, traced under `sharding.activate` so the rule table's activation constraints apply. XLA:TPU then
-reports bytes per chip: arguments (train state + batch), outputs, temporaries (activations, gradients,
-optimizer scratch) and code. The libtpu runtime's own reserve is not counted, so treat a config within a few
-percent of the HBM as not fitting. A program over HBM is refused by XLA:TPU itself ("CompileTimeHbmOom"); the
-total its message gives is then reported, the arguments are counted from their shardings, and the rest is
-unknown.
-
-FLOPs come from XLA's HLO cost analysis of the same step. XLA counts a loop body once whatever its trip count,
-so the count is taken on a copy with the layer scan unrolled (`step_flops`), not from the compiled program.
-
-v4 and v5p slices are described with the "megacore" chip config: one JAX device per chip, as on their TPU VMs.
+`python -m musicgpt_jax.aot --config base --topology v5e:2x4` answers "does this preset fit that slice?" before any
+TPU is rented: libtpu describes the topology's chips (v4 and v5p as "megacore": one device per chip), the real train
+step (`train_state`, `train_step`) is compiled for them, and XLA:TPU reports bytes per chip and FLOPs (counted with
+the layer scan unrolled, `step_flops`). What the numbers mean: docs/PERFORMANCE.md, "Ahead-of-time compilation for TPU".
 """
 
 from __future__ import annotations

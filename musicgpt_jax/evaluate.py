@@ -6,24 +6,7 @@ prints one JSON object: `nats_per_frame` = Σ NLL / Σ frames pooled over every 
 (the convention of Boulanger-Lewandowski et al. 2012; a frame's NLL is the sum over all its pitches), `frames`,
 `sequences`, the checkpoint `step`, `dataset`, `split`, and the window (`max_len`, `stride`) used.
 
-What is scored, exactly:
-- A sequence of T frames x_1..x_T is scored as log p(x_1..x_T) = Σ_t log p(x_t | x_0..x_{t-1}), where x_0 is an
-  all-zero (silent) start frame, the same one the training pipeline prepends (`pipeline._with_start_frame`). So the
-  FIRST real frame is scored too, conditioned on the empty start frame only (the model's learned distribution
-  of how pieces begin); the start frame itself is never scored. Every one of the T frames counts once in `frames`.
-- Sequences are scored whole. Up to `max_len` (the model's context window) frames of input fit in one pass. A
-  longer sequence goes through a sliding window of `max_len` inputs moved by `stride` (default `max_len // 2`):
-  the first window scores all its positions; each later window scores only its last `stride` positions, which
-  are exactly the frames the previous windows have not scored. Every frame is thus scored exactly once, with
-  its whole history when t <= max_len and otherwise with at least `max_len - stride + 1` previous frames (the
-  start frame included when it is still in the window). Rotary positions restart at 0 in every window, as in
-  training crops. `stride=1` gives every frame the full `max_len` context (slow).
-- All windows of all sequences are stacked into fixed-shape batches (batch_size, window, pitches) with a mask
-  over the scored positions; one jitted function computes the masked per-window NLL sums, which are summed on
-  the host in float64. The window is `min(max_len, longest sequence)`, so a split of short pieces pays no padding
-  up to `max_len`, and results do not depend on it (attention is causal).
-- The head's `frame_log_likelihood` is the only place pitch probabilities are combined, so the evaluator does not
-  assume the pitches of a frame are independent.
+How a split is scored (the start frame, sliding windows, batching): docs/RESULTS.md, "How a split is scored".
 
 `evaluate_nll(params, model_cfg, sequences, batch_size)` is the library entry (no checkpoint needed). Errors from
 the command line are one line on stderr and exit status 2.

@@ -2,20 +2,7 @@
 
 `sample_run(options)` is the one entry point; the top-level `sample.py` only parses flags.
 
-- The model config and parameters come from the workdir's latest (or `--step`) checkpoint. Only the
-  parameters are kept; they are restored onto one device (the decode cache is sized for one device too).
-- The time grid and keyboard come from the run's dataset card when the dataset is at hand, else from the
-  model's shape: 88-pitch sustain-only models are benchmark models (lowest pitch 21, the benchmark's own
-  frames per quarter), 128-pitch models use 8 steps per quarter.
-- A primer is read by the same codec, mapped onto the model's keyboard and states, and cut to its last
-  `--prime_bars` bars (bar lines from its last time signature). A primer longer than the context is cut to
-  its last window, at a bar line when a whole bar fits, so bar lines stay where they were.
-- Output frames start right after the primer's last frame. Without `--include_prime` a note the primer left
-  sounding is written as starting at step 0 of the sample (so the MIDI decodes back to the same frames).
-  Generated onsets get velocity 80; the primer keeps its own.
-- Tempo: `--bpm`, else the primer's tempo at its end (its whole tempo map when it is included), else 120.
-- All files are written into a temporary folder beside `--out` and moved into `--out` at the end, so a
-  failure leaves nothing half-written there.
+What comes from where (config, grid, primer, tempo) and how the files are written: docs/SAMPLING.md.
 """
 
 from __future__ import annotations
