@@ -73,7 +73,7 @@ def test_every_window_is_seen_once_per_epoch():
 
 @pytest.mark.parametrize("processes", [2, 4])
 def test_processes_read_disjoint_shares_that_make_up_the_global_batch(processes):
-    source = make_source()
+    source = make_source(lengths=(40,) * 30)  # 90 windows: the 5 batches of 8 below are within one epoch
     global_batch = 8
     whole = batches(source, 5, batch_size=global_batch)
     shares = [
