@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -99,7 +98,6 @@ class _Run:
 
     cfg: Config
     mesh: Mesh
-    tx: optax.GradientTransformation
     checkpointer: Checkpointer
     state: TrainState
     data_iter: Any  # grain DatasetIterator: next() and get_state()/set_state()
@@ -167,7 +165,6 @@ def _set_up(cfg: Config, workdir: epath.Path) -> _Run:
     return _Run(
         cfg=cfg,
         mesh=mesh,
-        tx=tx,
         checkpointer=checkpointer,
         state=state,
         data_iter=data_iter,
