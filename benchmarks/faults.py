@@ -251,7 +251,7 @@ def restore_final(workdir: Path) -> tuple[Any, dict, int]:
     from musicgpt_jax import configs, sharding
     from musicgpt_jax.checkpoint import Checkpointer, load_config_dict
     from musicgpt_jax.model import MusicTransformer
-    from musicgpt_jax.train import abstract_train_state, make_optimizer, train_state_shardings
+    from musicgpt_jax.train_state import abstract_train_state, make_optimizer, train_state_shardings
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notes on read-only managers
     cfg = configs.Config.from_dict(load_config_dict(workdir)[0])

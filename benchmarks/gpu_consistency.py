@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from musicgpt_jax import configs, sharding  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, frame_nll  # noqa: E402
-from musicgpt_jax.train import create_train_state, global_batch, jit_train_step, make_optimizer  # noqa: E402
+from musicgpt_jax.train_state import create_train_state, make_optimizer  # noqa: E402
+from musicgpt_jax.train_step import global_batch, jit_train_step  # noqa: E402
 
 
 def chord_frames(rng: np.random.Generator, batch: int, length: int, pitches: int) -> np.ndarray:

@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from musicgpt_jax import decode, host_memory, records, sampling, stats  # noqa: E402
+from musicgpt_jax.checkpoint import restore_params  # noqa: E402
 from musicgpt_jax.frames import OFF, Meter, note_starts  # noqa: E402
 from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood  # noqa: E402
-from musicgpt_jax.train import restore_params  # noqa: E402
 
 
 def bar_figures(states: np.ndarray, num_states: int, steps_per_bar: int) -> dict:

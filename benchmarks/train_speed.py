@@ -5,7 +5,7 @@
     python benchmarks/train_speed.py --presets base base:model.remat=false,model.attention=xla \\
         --batch_size 0 --dtype bfloat16 [--config.model.dropout=0]      # variants; overrides for all of them
 
-For each preset the real jitted train step (`train.jit_train_step`: train.py's optimizer, shardings and donation,
+For each preset the real jitted train step (`train_step.jit_train_step`: train.py's optimizer, shardings and donation,
 on one device) runs on a batch of random frames. Two FLOP counts per step are reported:
 - XLA: the cost analysis of the compiled step. It counts what is executed, remat recompute included, and does not
   see inside fused custom calls (cuDNN attention).
@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from musicgpt_jax import configs, host_memory, sharding  # noqa: E402
 from musicgpt_jax.hardware import measure_matmul_flops, peak_flops_per_device  # noqa: E402
 from musicgpt_jax.model import GatedMLP, MusicTransformer, count_params, flops_per_frame  # noqa: E402
-from musicgpt_jax.train import create_train_state, global_batch, jit_train_step, make_optimizer  # noqa: E402
+from musicgpt_jax.train_state import create_train_state, make_optimizer  # noqa: E402
+from musicgpt_jax.train_step import global_batch, jit_train_step  # noqa: E402
 
 
 def measure(variant: str, batch_size: int | None, steps: int, dtype: str, overrides: list[str]) -> dict:

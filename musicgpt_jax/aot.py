@@ -1,20 +1,9 @@
 """Ahead-of-time compilation of the train step for a Cloud TPU topology, on a CPU host: memory per chip.
 
-`python -m musicgpt_jax.aot --config base --topology v5e:2x4` answers "does this preset fit that slice?"
-before any TPU is rented. libtpu (a pip package) describes a topology's chips without owning them; the mesh is
-built over those compile-only devices with `sharding.make_mesh`, and the step compiled is the one `train.py`
-runs: `make_optimizer`, `train_state_shardings`, `make_train_step`, jitted with the same shardings and
-donation, traced under `sharding.activate` so the rule table's activation constraints apply. XLA:TPU then
-reports bytes per chip: arguments (train state + batch), outputs, temporaries (activations, gradients,
-optimizer scratch) and code. The libtpu runtime's own reserve is not counted, so treat a config within a few
-percent of the HBM as not fitting. A program over HBM is refused by XLA:TPU itself ("CompileTimeHbmOom"); the
-total its message gives is then reported, the arguments are counted from their shardings, and the rest is
-unknown.
-
-FLOPs come from XLA's HLO cost analysis of the same step. XLA counts a loop body once whatever its trip count,
-so the count is taken on a copy with the layer scan unrolled (`step_flops`), not from the compiled program.
-
-v4 and v5p slices are described with the "megacore" chip config: one JAX device per chip, as on their TPU VMs.
+`python -m musicgpt_jax.aot --config base --topology v5e:2x4` answers "does this preset fit that slice?" before any
+TPU is rented: libtpu describes the topology's chips (v4 and v5p as "megacore": one device per chip), the real train
+step (`train_state`, `train_step`) is compiled for them, and XLA:TPU reports bytes per chip and FLOPs (counted with
+the layer scan unrolled, `step_flops`). What the numbers mean: docs/PERFORMANCE.md, "Ahead-of-time compilation for TPU".
 """
 
 from __future__ import annotations
@@ -36,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from musicgpt_jax import configs, sharding, train
+from musicgpt_jax import configs, sharding, train_state, train_step
 from musicgpt_jax.configs import Config
 from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame
 
@@ -138,7 +127,7 @@ def topology_devices(topology: str) -> list[jax.Device]:
 
 
 def abstract_batch(cfg: Config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global batch train.py feeds (`pipeline.window_example` rows), sharded as `train.global_batch`."""
+    """The global batch train.py feeds (`pipeline.window_example` rows), sharded as `train_step.global_batch`."""
     b, t, p = cfg.train.batch_size, cfg.model.max_len, cfg.model.num_pitches
     shapes = {"inputs": ((b, t, p), jnp.int32), "targets": ((b, t, p), jnp.int32), "mask": ((b, t), jnp.float32)}
     return {
@@ -168,11 +157,11 @@ def step_flops(cfg: Config) -> float:
         cfg, model=dataclasses.replace(cfg.model, scan_layers=False), train=dataclasses.replace(cfg.train, grad_accum=1)
     )
     model = MusicTransformer(flat_cfg.model)
-    tx = train.make_optimizer(flat_cfg.train)
+    tx = train_state.make_optimizer(flat_cfg.train)
     mesh = sharding.make_mesh("", jax.devices()[:1])  # global shapes: the count is for the whole step
-    state_shardings = train.train_state_shardings(model, tx, flat_cfg, mesh)
-    state = train.abstract_train_state(state_shardings, model, tx, flat_cfg)
-    lowered = jax.jit(train.make_train_step(model, tx, 1)).lower(state, abstract_batch(flat_cfg, mesh))
+    state_shardings = train_state.train_state_shardings(model, tx, flat_cfg, mesh)
+    state = train_state.abstract_train_state(state_shardings, model, tx, flat_cfg)
+    lowered = jax.jit(train_step.make_train_step(model, tx, 1)).lower(state, abstract_batch(flat_cfg, mesh))
     return float((lowered.cost_analysis() or {}).get("flops", 0.0))
 
 
@@ -201,15 +190,15 @@ def compile_train_step(cfg: Config, topology: str) -> AOTReport:
         )
 
     model = MusicTransformer(cfg.model)
-    tx = train.make_optimizer(tcfg)
-    state_shardings = train.train_state_shardings(model, tx, cfg, mesh)
-    abstract_state = train.abstract_train_state(state_shardings, model, tx, cfg)
+    tx = train_state.make_optimizer(tcfg)
+    state_shardings = train_state.train_state_shardings(model, tx, cfg, mesh)
+    abstract_state = train_state.abstract_train_state(state_shardings, model, tx, cfg)
     batch = abstract_batch(cfg, mesh)
-    # As in train.train_and_evaluate: the same step function, shardings and donation, traced under the rules.
-    train_step = train.jit_train_step(model, tx, tcfg.grad_accum, state_shardings)
+    # As in train.py's loop: the same step function, shardings and donation, traced under the rules.
+    step_fn = train_step.jit_train_step(model, tx, tcfg.grad_accum, state_shardings)
     start = time.perf_counter()
     with sharding.activate(mesh):
-        lowered = train_step.lower(abstract_state, batch)
+        lowered = step_fn.lower(abstract_state, batch)
     memory: dict[str, int | None] = {
         "argument": _shard_bytes((abstract_state, batch)),
         "output": None,

@@ -35,8 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
+from musicgpt_jax import sharding
 from musicgpt_jax.configs import Config, ConfigError
+from musicgpt_jax.model import MusicTransformer
+from musicgpt_jax.train_state import abstract_train_state, evaluation_params, make_optimizer, train_state_shardings
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -335,8 +339,6 @@ class Checkpointer:
             target.parent.mkdir(parents=True, exist_ok=True)
             (self.directory / str(step)).rename(target)
         if jax.process_count() > 1:  # the others must not reload before process 0 has moved it
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
         self.manager.reload()
         return target
@@ -422,3 +424,17 @@ def _read_newest_config(ckpt: Checkpointer, candidates: list[int]) -> tuple[dict
     raise CheckpointError(
         f"{ckpt.directory / str(candidates[0])}: not a checkpoint of this project (no readable config: {first_reason})"
     )
+
+
+def restore_params(workdir: str | epath.Path, cfg: Config, step: int | None = None) -> Any:
+    """The parameters of a checkpoint (the latest, or `step`) on one device — their moving average when training
+    kept one (`train.ema_decay`); the rest of the optimizer state is dropped."""
+    mesh = sharding.make_mesh("", devices=jax.devices()[:1])
+    model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
+    target = abstract_train_state(train_state_shardings(model, tx, cfg, mesh), model, tx, cfg)
+    checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
+    try:
+        state, _, _ = checkpointer.restore(target, step)
+    finally:
+        checkpointer.close()
+    return evaluation_params(state)

@@ -200,7 +200,7 @@ def _benchmark(dataset: str, steps: int, max_len: int, batch_size: int) -> Confi
     """The recipe for one polyphonic benchmark set: 88 pitches, sustain-only (2 states).
 
     Every set is transposed to C major / C minor, the test splits too; random transposition by up to ±6
-    semitones during training is augmentation only (it stopped JSB overfitting, see `jsb`).
+    semitones during training is augmentation only (it stopped JSB overfitting: docs/RESULTS.md).
     """
     return Config(
         model=ModelConfig(
@@ -230,17 +230,8 @@ def _benchmark(dataset: str, steps: int, max_len: int, batch_size: int) -> Confi
 
 
 def jsb() -> Config:
-    """JSB Chorales (quarter-note frames; sequences of 25-160 frames, median 57).
-
-    Sized for the 10-minute CPU benchmark budget (benchmarks/polyphonic.py) and chosen on validation NLL only.
-    JSB is tiny (13.8k training frames): without augmentation every model tried overfits within a few hundred
-    steps, so capacity and dropout matter more than compute. Best validation NLL of short runs without
-    transposition (3 layers unless stated): d_model 128, dropout 0.1 / 0.3 / 0.5 (+ weight decay 1.0):
-    8.53 / (8.64, cut at 131 steps) / 8.49 (8.49); d_model 64, dropout 0.3 / 0.4: 8.38 / 8.37 (window 32: 8.33);
-    2 layers, d_model 96, dropout 0.5: 8.28 (window 32: 8.31; dropout 0.6: 8.34). A 64-frame window holds most
-    chorales whole. With transposition by up to ±6 semitones the same model keeps improving: 8.18 at 1500 steps,
-    8.06 at 3500 steps.
-    """
+    """JSB Chorales (quarter-note frames; sequences of 25-160 frames, median 57); how it was chosen: docs/RESULTS.md,
+    "How the JSB preset was chosen"."""
     cfg = _benchmark("jsb_chorales", steps=3000, max_len=64, batch_size=32)
     cfg.model.num_layers, cfg.model.d_model, cfg.model.mlp_dim, cfg.model.dropout = 2, 96, 288, 0.5
     cfg.train.learning_rate, cfg.train.warmup_steps = 3e-3, 50

@@ -6,24 +6,7 @@ prints one JSON object: `nats_per_frame` = Σ NLL / Σ frames pooled over every 
 (the convention of Boulanger-Lewandowski et al. 2012; a frame's NLL is the sum over all its pitches), `frames`,
 `sequences`, the checkpoint `step`, `dataset`, `split`, and the window (`max_len`, `stride`) used.
 
-What is scored, exactly:
-- A sequence of T frames x_1..x_T is scored as log p(x_1..x_T) = Σ_t log p(x_t | x_0..x_{t-1}), where x_0 is an
-  all-zero (silent) start frame, the same one the training pipeline prepends (`frames.with_start_frame`). So the
-  FIRST real frame is scored too, conditioned on the empty start frame only (the model's learned distribution
-  of how pieces begin); the start frame itself is never scored. Every one of the T frames counts once in `frames`.
-- Sequences are scored whole. Up to `max_len` (the model's context window) frames of input fit in one pass. A
-  longer sequence goes through a sliding window of `max_len` inputs moved by `stride` (default `max_len // 2`):
-  the first window scores all its positions; each later window scores only its last `stride` positions, which
-  are exactly the frames the previous windows have not scored. Every frame is thus scored exactly once, with
-  its whole history when t <= max_len and otherwise with at least `max_len - stride + 1` previous frames (the
-  start frame included when it is still in the window). Rotary positions restart at 0 in every window, as in
-  training crops. `stride=1` gives every frame the full `max_len` context (slow).
-- All windows of all sequences are stacked into fixed-shape batches (batch_size, window, pitches) with a mask
-  over the scored positions; one jitted function computes the masked per-window NLL sums, which are summed on
-  the host in float64. The window is `min(max_len, longest sequence)`, so a split of short pieces pays no padding
-  up to `max_len`, and results do not depend on it (attention is causal).
-- The head's `frame_log_likelihood` is the only place pitch probabilities are combined, so the evaluator does not
-  assume the pitches of a frame are independent.
+How a split is scored (the start frame, sliding windows, batching): docs/RESULTS.md, "How a split is scored".
 
 `evaluate_nll(params, model_cfg, sequences, batch_size)` is the library entry (no checkpoint needed). Errors from
 the command line are one line on stderr and exit status 2.
@@ -40,9 +23,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from musicgpt_jax import host_memory, train
+from musicgpt_jax import host_memory, records
+from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_params
 from musicgpt_jax.configs import Config, ModelConfig
+from musicgpt_jax.dataset_card import SPLITS
 from musicgpt_jax.frames import with_start_frame
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 
@@ -148,10 +134,6 @@ def evaluate_run(
     stride: int | None = None,
 ) -> dict[str, Any]:
     """Restore a run's checkpoint (latest or `step`) and evaluate it on a split of its dataset (or another)."""
-    from musicgpt_jax import records
-    from musicgpt_jax.checkpoint import load_config_dict
-    from musicgpt_jax.dataset_card import SPLITS
-
     if split not in SPLITS:
         raise EvaluationError(f"--split {split!r}: unknown split (known: {', '.join(SPLITS)})")
     config_dict, step = load_config_dict(workdir, step)
@@ -167,7 +149,7 @@ def evaluate_run(
     if not info.split_sizes.get(split):
         raise EvaluationError(f"--split {split}: dataset {dataset} in {data_dir} has no sequences in it")
     sequences = records.load_split(data_dir, dataset, split)
-    params = train.restore_params(workdir, cfg, step)
+    params = restore_params(workdir, cfg, step)
     result = evaluate_nll(params, cfg.model, [sequences[i] for i in range(len(sequences))], batch_size, stride)
     return {
         **result,
@@ -220,12 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from absl import logging  # Orbax logs its read-only notes as warnings: stderr holds only our one line
-
-    from musicgpt_jax import records
-    from musicgpt_jax.checkpoint import CheckpointError
-
-    logging.set_verbosity(logging.ERROR)
+    logging.set_verbosity(logging.ERROR)  # Orbax logs its read-only notes as warnings: stderr holds only our line
 
     try:
         result = evaluate_run(

@@ -38,6 +38,9 @@ def _init(stddev: float, names: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(stddev), names)
 
 
+SCANNED_LAYERS = "layers"  # the parameter subtree of the scanned layers (scan_layers): a leading layer axis
+
+
 class RMSNorm(nn.Module):
     dtype: Any = jnp.float32
     eps: float = 1e-6
@@ -318,7 +321,7 @@ class MusicTransformer(nn.Module):
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, new_cache = stack(cfg, name="layers")(x, cache, positions, cache_index, deterministic)
+            x, new_cache = stack(cfg, name=SCANNED_LAYERS)(x, cache, positions, cache_index, deterministic)
         else:
             per_layer = []
             for i in range(cfg.num_layers):

@@ -2,22 +2,7 @@
 
 `sample_run(options)` is the one entry point; the top-level `sample.py` only parses flags.
 
-- The model config and parameters come from the workdir's latest (or `--step`) checkpoint. Only the
-  parameters are kept; they are restored onto one device (the decode cache is sized for one device too).
-- The time grid and keyboard come from the run's dataset card when the dataset is at hand, else from the
-  model's shape: 88-pitch sustain-only models are benchmark models (lowest pitch 21, the benchmark's own
-  frames per quarter), 128-pitch models use 8 steps per quarter.
-- A primer is read by the same codec, mapped onto the model's keyboard and states, and cut to its last
-  `--prime_bars` bars (the bar lines of its time signatures, `frames.Meter`). A primer longer than the context
-  is cut to its last window, at a bar line when one falls inside it, so bar lines stay where they were.
-- Output frames start right after the primer's last frame. Without `--include_prime` a note the primer left
-  sounding is written as starting at step 0 of the sample (so the MIDI decodes back to the same frames).
-  Generated onsets get velocity 80; the primer keeps its own.
-- Tempo: `--bpm`, else the primer's tempo at its end (its whole tempo map when it is included), else 120.
-- Each sample's WAV comes from `audio` (FluidSynth when installed, else the built-in synth); `index.html`
-  (`listening_page`) shows every sample's piano roll, player and statistics, and the command that made them.
-- All files are written into a temporary folder beside `--out` and moved into `--out` at the end, so a
-  failure leaves nothing half-written there.
+What comes from where (config, grid, primer, tempo) and how the files are written: docs/SAMPLING.md.
 """
 
 from __future__ import annotations
@@ -35,8 +20,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from musicgpt_jax import audio, decode, listening_page, pianoroll, stats, train
-from musicgpt_jax.checkpoint import CheckpointError, load_config_dict
+from musicgpt_jax import audio, decode, listening_page, pianoroll, stats
+from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_params
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
 from musicgpt_jax.frames import DEFAULT_TIME_SIGNATURE, HOLD, OFF, ONSET, Frames, Meter, note_starts, notes_of
@@ -345,7 +330,7 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
             )
     steps_per_bar = primer.steps_per_bar if primer else Meter((), grid.steps_per_quarter).steps_per_bar()
     num_frames = num_frames_of(options, steps_per_bar)
-    params = train.restore_params(options.workdir, cfg, step)
+    params = restore_params(options.workdir, cfg, step)
     prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
     batch = np.broadcast_to(prime_states, (options.num_samples, *prime_states.shape))
     strategy = strategy_of(options)

@@ -64,6 +64,8 @@ def parse_mesh(spec: str, num_devices: int) -> dict[str, int]:
         name, sep, value = item.strip().partition("=")
         if not sep or name not in sizes:
             raise MeshError(f"--mesh {spec}: '{item}' is not AXIS=SIZE with AXIS in {', '.join(MESH_AXES)}")
+        if name in given:
+            raise MeshError(f"--mesh {spec}: axis {name} is given twice")
         try:
             sizes[name] = int(value)
         except ValueError:

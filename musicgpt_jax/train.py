@@ -1,303 +1,52 @@
-"""The training loop: sharded state creation, the jitted train/eval steps, logging, checkpoints and resume.
+"""The training loop: set-up, the step, and the periodic actions (log, evaluate, checkpoint, stop).
 
-`train_and_evaluate(cfg, workdir)` is the one entry point; the top-level `train.py` only parses flags.
-State is created already sharded (`jax.eval_shape` -> logical specs -> rule table -> `jit(out_shardings=...)`),
-batches are global arrays assembled from each process's local rows, and a workdir that holds checkpoints resumes
-from the latest one onto whatever mesh is given now. On CPU, N + N steps with a stop in between give bitwise the
-same parameters as 2N steps in one go: the dropout key is derived from (seed, step) and the data order from the
-restored grain iterator state.
+`train_and_evaluate(cfg, workdir)` is the one entry point; the top-level `train.py` only parses flags. A workdir
+that holds checkpoints resumes from the latest one onto whatever mesh is given now; on CPU, N + N steps with a stop
+in between give bitwise the same parameters as 2N steps in one go (the dropout key comes from (seed, step), the
+data order from the restored grain iterator state).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
-import sys
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from etils import epath
-from flax import linen as nn
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
+from tqdm import tqdm
 
-from musicgpt_jax import sharding
-from musicgpt_jax.configs import Config, TrainConfig
-from musicgpt_jax.frame_choice import sample_frame
-from musicgpt_jax.frames import HOLD, OFF, ONSET
-from musicgpt_jax.model import (
-    MusicTransformer,
-    count_params,
-    flops_per_frame,
-    frame_nll,
+from musicgpt_jax import pipeline, records, sharding
+from musicgpt_jax.checkpoint import Checkpointer, load_config_dict
+from musicgpt_jax.configs import Config
+from musicgpt_jax.hardware import peak_flops_per_device
+from musicgpt_jax.metrics_log import MetricsWriter, log
+from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame
+from musicgpt_jax.train_state import (
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    evaluation_params,
+    learning_rate_schedule,
+    make_optimizer,
 )
+from musicgpt_jax.train_step import global_batch, jit_train_step, make_eval_step
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (bad data, NaN loss, incompatible checkpoint); the message is one line."""
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    rng: jax.Array  # raw uint32 key data, so checkpoints hold a plain array
-
-
-def _decay_mask(params: Any) -> Any:
-    """Weight decay on matmul kernels only: not on norms, biases or the frame embedding."""
-
-    def decays(path, _leaf) -> bool:
-        return getattr(path[-1], "key", "") not in ("scale", "bias", "table")
-
-    return jax.tree_util.tree_map_with_path(decays, params)
-
-
-def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
-    total = cfg.schedule_steps or cfg.steps
-    warmup = max(1, min(cfg.warmup_steps, total - 1))
-    return optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, warmup, max(total, warmup + 1), end_value=cfg.learning_rate * cfg.min_lr_ratio
-    )
-
-
-class ParamsEmaState(NamedTuple):
-    count: jax.Array
-    ema: Any
-
-
-def params_ema(decay: float) -> optax.GradientTransformation:
-    """Last in a chain: passes the updates through and keeps an exponential moving average of the parameters
-    they produce, with the decay ramped up as min(decay, (1 + n) / (10 + n))."""
-
-    def init(params):
-        return ParamsEmaState(count=jnp.zeros((), jnp.int32), ema=jax.tree.map(jnp.copy, params))
-
-    def update(updates, state, params):
-        new_params = optax.apply_updates(params, updates)
-        rate = jnp.minimum(decay, (1.0 + state.count) / (10.0 + state.count))
-        ema = jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, state.ema, new_params)
-        return updates, ParamsEmaState(count=state.count + 1, ema=ema)
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    parts = [
-        optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=_decay_mask),
-    ]
-    if cfg.ema_decay > 0:
-        parts.append(params_ema(cfg.ema_decay))
-    return optax.chain(*parts)
-
-
-def evaluation_params(state: TrainState) -> Any:
-    """The parameters to evaluate and sample with: the moving average when the optimizer keeps one."""
-    found = [
-        x for x in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, ParamsEmaState))
-        if isinstance(x, ParamsEmaState)
-    ]  # fmt: skip
-    return found[0].ema if found else state.params
-
-
-def train_state_shardings(
-    model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config, mesh: Mesh
-) -> TrainState:
-    """The NamedSharding of every TrainState leaf, from the rule table; traces shapes, allocates nothing."""
-    dummy = jnp.zeros((1, min(8, cfg.model.max_len), cfg.model.num_pitches), jnp.int32)
-    abstract_boxed = jax.eval_shape(lambda rng: model.init(rng, dummy)["params"], jax.random.PRNGKey(cfg.train.seed))
-    param_specs = nn.get_partition_spec(abstract_boxed)
-    param_shardings = sharding.tree_shardings(mesh, param_specs)
-    abstract_params = nn.meta.unbox(abstract_boxed)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_shardings = optax.tree_map_params(
-        tx, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: sharding.replicated(mesh)
-    )
-    return TrainState(
-        step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings, rng=sharding.replicated(mesh)
-    )
-
-
-def create_train_state(
-    model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config, mesh: Mesh
-) -> tuple[TrainState, Any]:
-    """(state, state shardings), with every parameter and optimizer leaf created already sharded."""
-    mcfg = cfg.model
-    dummy = jnp.zeros((1, min(8, mcfg.max_len), mcfg.num_pitches), jnp.int32)
-    state_shardings = train_state_shardings(model, tx, cfg, mesh)
-
-    def init_state(seed_key):
-        params = nn.meta.unbox(model.init(seed_key, dummy)["params"])
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), 1)),
-        )
-
-    # No rule context here: out_shardings place the parameters (and DenseGeneral's init reshapes would trip it).
-    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.PRNGKey(cfg.train.seed))
-    return state, state_shardings
-
-
-def abstract_train_state(
-    state_shardings: Any, model: MusicTransformer, tx: optax.GradientTransformation, cfg: Config
-) -> Any:
-    """ShapeDtypeStructs with shardings: the restore target for Orbax."""
-    dummy = jnp.zeros((1, min(8, cfg.model.max_len), cfg.model.num_pitches), jnp.int32)
-
-    def init_state(rng):
-        params = nn.meta.unbox(model.init(rng, dummy)["params"])
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=jax.random.key_data(rng)
-        )
-
-    shapes = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings)
-
-
-def restore_params(workdir: str, cfg: Config, step: int | None = None) -> Any:
-    """The parameters of a checkpoint (the latest, or `step`) on one device — their moving average when training
-    kept one (`train.ema_decay`); the rest of the optimizer state is dropped."""
-    from musicgpt_jax.checkpoint import Checkpointer
-
-    mesh = sharding.make_mesh("", devices=jax.devices()[:1])
-    model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
-    target = abstract_train_state(train_state_shardings(model, tx, cfg, mesh), model, tx, cfg)
-    checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
-    try:
-        state, _, _ = checkpointer.restore(target, step)
-    finally:
-        checkpointer.close()
-    return evaluation_params(state)
-
-
-def with_own_samples(model: MusicTransformer, params: Any, inputs: jax.Array, rng: jax.Array, rate: float | jax.Array):
-    """`inputs` (B, T, P) with each frame after the first replaced, with probability `rate`, by a frame the model
-    samples (temperature 1) from the true frames before it: parallel scheduled sampling (Duckworth et al. 2019).
-
-    Trained on such inputs against the true targets, the model learns to lead its own stray notes back to the
-    music instead of continuing them (docs/RESULTS.md, "Long samples").
-    """
-    sample_rng, mix_rng = jax.random.split(rng)
-    params = jax.lax.stop_gradient(params)
-    out, _ = model.apply({"params": params}, inputs, deterministic=True)
-    batch, length, pitches = inputs.shape
-    flat_out = out[:, :-1].reshape(batch * (length - 1), *out.shape[2:])
-    previous = inputs[:, :-1].reshape(-1, pitches)
-    sampled = sample_frame(flat_out, sample_rng, 1.0, previous, model.cfg.num_states, model.cfg, params)
-    sampled = jax.lax.stop_gradient(sampled.reshape(batch, length - 1, pitches)).astype(inputs.dtype)
-    replace = jax.random.bernoulli(mix_rng, rate, (batch, length - 1, 1))
-    return inputs.at[:, 1:].set(jnp.where(replace, sampled, inputs[:, 1:]))
-
-
-def restart_held_notes(inputs: jax.Array, targets: jax.Array, num_states: int) -> jax.Array:
-    """Targets (B, T, P) made consistent with inputs that may hold the model's samples: a HOLD of a pitch that
-    the frame before it has off is an ONSET, as `sample_frame` and the MIDI writer read it. Without this the model
-    learns HOLD after OFF, which sampling turns into OFF: voices it dropped would never come back."""
-    if num_states != 3:
-        return targets
-    return jnp.where((targets == HOLD) & (inputs == OFF), ONSET, targets)
-
-
-def scheduled_sampling_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:
-    """The share of input frames that are the model's own samples at `step`: 0 until
-    `cfg.scheduled_sampling_start` (an untrained model's samples are noise), then rising linearly to
-    `cfg.scheduled_sampling` half-way through the rest of the schedule."""
-    start = cfg.scheduled_sampling_start
-    ramp = max(1, ((cfg.schedule_steps or cfg.steps) - start) // 2)
-    return cfg.scheduled_sampling * jnp.clip((step.astype(jnp.float32) - start) / ramp, 0.0, 1.0)
-
-
-def make_train_step(
-    model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int, tcfg: TrainConfig | None = None
-) -> Callable:
-    """train_step(state, batch) -> (state, metrics); `batch` leaves are (global_batch, ...). With
-    `tcfg.scheduled_sampling` > 0 a share of the input frames is the model's own samples (`with_own_samples`)."""
-    own_samples = tcfg is not None and tcfg.scheduled_sampling > 0
-
-    def loss_sums(params, micro, rng, step):
-        inputs, targets = micro["inputs"], micro["targets"]
-        if own_samples:
-            own_rng, rate = jax.random.fold_in(rng, 1), scheduled_sampling_rate(tcfg, step)  # dropout keeps `rng`
-            inputs = jax.lax.cond(  # before the start, no extra forward pass
-                rate > 0, lambda x: with_own_samples(model, params, x, own_rng, rate), lambda x: x, inputs
-            )
-            targets = restart_held_notes(inputs, targets, model.cfg.num_states)
-        out, _ = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
-        return frame_nll(out, targets, micro["mask"], model.cfg, params)
-
-    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
-
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        if grad_accum == 1:
-            (nll_sum, frames), grads = grad_fn(state.params, batch, rng, state.step)
-        else:
-            micro_batches = jax.tree.map(
-                lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch
-            )
-
-            def accumulate(carry, xs):
-                micro, i = xs
-                (nll, n), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i), state.step)
-                acc_nll, acc_n, acc_g = carry
-                return (acc_nll + nll, acc_n + n, jax.tree.map(jnp.add, acc_g, g)), None
-
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (nll_sum, frames, grads), _ = jax.lax.scan(
-                accumulate, (jnp.zeros(()), jnp.zeros(()), zeros), (micro_batches, jnp.arange(grad_accum))
-            )
-        frames = jnp.maximum(frames, 1.0)
-        grads = jax.tree.map(lambda g: g / frames, grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": nll_sum / frames, "grad_norm": optax.global_norm(grads), "frames": frames}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    return train_step
-
-
-def jit_train_step(
-    model: MusicTransformer,
-    tx: optax.GradientTransformation,
-    grad_accum: int,
-    state_shardings: Any,
-    tcfg: TrainConfig | None = None,
-) -> Callable:
-    """The train step as training runs it: state sharded by the rule table (in and out) and donated.
-    Trace and call it inside `sharding.activate(mesh)`."""
-    return jax.jit(
-        make_train_step(model, tx, grad_accum, tcfg),
-        in_shardings=(state_shardings, None),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
-    )
-
-
-def make_eval_step(model: MusicTransformer) -> Callable:
-    def eval_step(params, batch) -> dict:
-        out, _ = model.apply({"params": params}, batch["inputs"], deterministic=True)
-        nll_sum, frames = frame_nll(out, batch["targets"], batch["mask"], model.cfg, params)
-        return {"nll_sum": nll_sum, "frames": frames}
-
-    return eval_step
-
-
-def global_batch(local: dict, mesh: Mesh) -> dict:
-    """Each process's rows -> one global jax.Array per key, batch axis split over ("data", "fsdp")."""
-    return {
-        k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v) for k, v in local.items()
-    }
+def itstime(step: int, every: int, total: int) -> bool:
+    """Whether an action done every `every` steps (never when `every` <= 0) is due after `step`: it is also due
+    after the last step, `total` (as big_vision's `itstime`)."""
+    return (every > 0 and step % every == 0) or step == total
 
 
 def apply_dataset_shape(cfg: Config, num_pitches: int, num_states: int) -> None:
@@ -350,72 +99,90 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def is_local(path: str | epath.Path) -> bool:
-    """False for object-store URIs (gs://, s3://, ...), which cannot be appended to."""
-    return "://" not in str(path)
+@dataclasses.dataclass
+class _Run:
+    """Everything the loop needs, built once by `_set_up`."""
+
+    cfg: Config
+    mesh: Mesh
+    checkpointer: Checkpointer
+    state: TrainState
+    data_iter: Any  # grain DatasetIterator: next() and get_state()/set_state()
+    start_step: int
+    val_source: Any
+    local_batch: int
+    train_step: Callable
+    eval_step: Callable
+    flops_per_frame: float
+    peak_flops: float
 
 
-def _tensorboard_writer(logdir: epath.Path) -> Any:
-    """A tensorboardX SummaryWriter, or None when tensorboardX cannot write there.
+def _local_batch_size(cfg: Config, mesh: Mesh) -> int:
+    tcfg, dp = cfg.train, sharding.data_parallel_size(mesh)
+    if tcfg.batch_size % (dp * tcfg.grad_accum) or tcfg.batch_size % jax.process_count():
+        raise TrainingError(
+            f"--config.train.batch_size={tcfg.batch_size} must be divisible by data*fsdp={dp} "
+            f"times grad_accum={tcfg.grad_accum} and by the {jax.process_count()} processes"
+        )
+    return tcfg.batch_size // jax.process_count()
 
-    tensorboardX writes gs:// only with google-cloud-storage installed (and s3:// only with boto3); other remote
-    workdirs get metrics.jsonl alone.
-    """
+
+def _set_up(cfg: Config, workdir: epath.Path) -> _Run:
+    """Dataset shape, mesh, model, optimizer, state (restored when the workdir holds checkpoints), data, steps."""
+    info = records.load_info(cfg.data.data_dir, cfg.data.dataset)
+    apply_dataset_shape(cfg, info.num_pitches, info.num_states)
+    mesh = sharding.make_mesh(cfg.mesh)
+    local_batch = _local_batch_size(cfg, mesh)
+    tcfg = cfg.train
+
+    model, tx = MusicTransformer(cfg.model), make_optimizer(tcfg)
+    checkpointer = Checkpointer(workdir, keep=tcfg.keep_checkpoints, async_save=tcfg.async_checkpoints)
+    resume_step = checkpointer.latest_step()
+    if resume_step is not None:
+        saved, _ = load_config_dict(workdir)  # the newest readable: a damaged latest one is reported at restore
+        check_compatible(saved, cfg, str(workdir))
+
+    state, state_shardings = create_train_state(model, tx, cfg, mesh)
+    dataset = pipeline.train_dataset(
+        records.load_split(cfg.data.data_dir, cfg.data.dataset, "train"),
+        seq_len=cfg.model.max_len,
+        batch_size=local_batch,
+        seed=cfg.data.seed,
+        transpose=cfg.data.transpose,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    data_iter = iter(dataset.to_iter_dataset())
+    start_step = 0
+    if resume_step is not None:
+        state, data_state, start_step = checkpointer.restore(abstract_train_state(state_shardings, model, tx, cfg))
+        data_iter.set_state(data_state)
+        log(f"resumed from {checkpointer.directory / str(start_step)} at step {start_step}")
     try:
-        from tensorboardX import SummaryWriter
+        val_source = records.load_split(cfg.data.data_dir, cfg.data.dataset, "validation")
+    except (KeyError, ValueError, FileNotFoundError):
+        val_source = []
 
-        if not is_local(logdir):
-            if not str(logdir).startswith("gs://"):
-                raise ImportError("tensorboardX: only local and gs:// logdirs are supported here")
-            from google.cloud import storage  # noqa: F401 - what tensorboardX needs for gs://
-    except ImportError as error:
-        if not is_local(logdir):
-            _log(f"no TensorBoard logs in {logdir} ({error})")
-        return None
-    return SummaryWriter(str(logdir))
-
-
-class MetricsWriter:
-    """metrics.jsonl and TensorBoard event files in the workdir; a no-op on processes other than 0.
-
-    metrics.jsonl is appended to locally; in an object store (gs://), where files cannot be appended to, the
-    whole file (existing lines included) is rewritten at each write.
-    """
-
-    def __init__(self, workdir: epath.Path, enabled: bool):
-        self.enabled = enabled
-        self._tb = None
-        self._lines: list[str] | None = None  # the whole file, for object stores
-        if enabled:
-            workdir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = workdir / "metrics.jsonl"
-            if not is_local(workdir):
-                self._lines = self._jsonl.read_text().splitlines(keepends=True) if self._jsonl.exists() else []
-            self._tb = _tensorboard_writer(workdir / "tensorboard")
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-        line = json.dumps(record) + "\n"
-        if self._lines is None:
-            with self._jsonl.open("a") as f:
-                f.write(line)
-        else:
-            self._lines.append(line)
-            self._jsonl.write_text("".join(self._lines))
-        if self._tb is not None:
-            for k, v in metrics.items():
-                self._tb.add_scalar(k, float(v), step)
-
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-
-
-def _log(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, file=sys.stderr, flush=True)
+    num_params = count_params(state.params)
+    peak, peak_source = peak_flops_per_device()
+    log(
+        f"model: {num_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; {jax.device_count()} devices; "
+        f"MFU against the {peak_source} ({peak / 1e12:.2f} TFLOP/s per device)"
+    )
+    return _Run(
+        cfg=cfg,
+        mesh=mesh,
+        checkpointer=checkpointer,
+        state=state,
+        data_iter=data_iter,
+        start_step=start_step,
+        val_source=val_source,
+        local_batch=local_batch,
+        train_step=jit_train_step(model, tx, tcfg.grad_accum, state_shardings, tcfg),
+        eval_step=jax.jit(make_eval_step(model)),
+        flops_per_frame=flops_per_frame(cfg.model, num_params),
+        peak_flops=peak,
+    )
 
 
 def evaluate_split(params: Any, eval_step: Callable, batches, mesh: Mesh) -> tuple[float, float]:
@@ -428,6 +195,114 @@ def evaluate_split(params: Any, eval_step: Callable, batches, mesh: Mesh) -> tup
     return (total / frames if frames else float("nan")), frames
 
 
+def _validate(run: _Run, state: TrainState) -> float:
+    """Validation NLL (nats per frame) of the evaluation parameters."""
+    batches = pipeline.eval_batches(
+        run.val_source,
+        seq_len=run.cfg.model.max_len,
+        batch_size=run.local_batch,
+        max_batches=run.cfg.train.eval_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    val_nll, _ = evaluate_split(evaluation_params(state), run.eval_step, batches, run.mesh)
+    return val_nll
+
+
+class _Throughput:
+    """Frames trained since the last log, and how long they took."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.frames = time.perf_counter(), 0.0
+
+    def frames_per_s(self) -> float:
+        return self.frames / max(time.perf_counter() - self.start, 1e-9)
+
+
+def _log_metrics(run: _Run, step: int, metrics: dict, meter: _Throughput, writer: MetricsWriter, bar) -> dict:
+    """The logged metrics of `step` (written out); a loss that is not finite stops training."""
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"step {step}: loss is {loss}; stopping without saving "
+            f"(last good checkpoint: step {run.checkpointer.latest_step()})"
+        )
+    frames_per_s = meter.frames_per_s()
+    mfu = frames_per_s * run.flops_per_frame / (run.peak_flops * jax.device_count())
+    logged = {
+        "loss": loss,
+        "grad_norm": float(metrics["grad_norm"]),
+        "frames_per_s": frames_per_s,
+        "mfu": mfu,
+        "learning_rate": float(learning_rate_schedule(run.cfg.train)(step)),
+    }
+    writer.write(step, logged)
+    if bar is not None:
+        bar.set_postfix(loss=f"{loss:.3f}", fps=f"{frames_per_s:,.0f}", mfu=f"{mfu:.1%}")
+    meter.reset()
+    return logged
+
+
+def _log_rows(data_log: str, local: dict) -> None:
+    """Each row's provenance as SOURCE:WINDOW, one line per local batch (the multi-host tests read it)."""
+    rows = zip(local["source_index"], local["window_index"], strict=True)
+    with open(data_log, "a") as f:
+        f.write(" ".join(f"{int(s)}:{int(w)}" for s, w in rows) + "\n")
+
+
+def _batches(run: _Run, data_log: str | None) -> Iterator[dict]:
+    """Global training batches, from this process's rows."""
+    while True:
+        local = next(run.data_iter)
+        if data_log is not None:
+            _log_rows(data_log, local)
+        yield global_batch({k: local[k] for k in ("inputs", "targets", "mask")}, run.mesh)
+
+
+def _loop(
+    run: _Run, writer: MetricsWriter, stop: _StopFlag, bar, deadline: float | None, data_log: str | None
+) -> tuple[dict[str, float], int]:
+    """Train from `run.start_step` to the last step (or a stop); (last logged metrics, step reached)."""
+    tcfg, config_dict = run.cfg.train, run.cfg.to_dict()
+    state, step, last = run.state, run.start_step, {"loss": float("nan")}
+    meter = _Throughput()
+    out_of_time = False  # the time budget (train.max_seconds) is spent: evaluate, save and stop
+    terminated = False  # SIGTERM (preemption) on any process: save and stop
+    batches = _batches(run, data_log)
+    while step < tcfg.steps:
+        state, metrics = run.train_step(state, next(batches))
+        step += 1
+        meter.frames += tcfg.batch_size * run.cfg.model.max_len
+        # Multi-host: agree on stopping only at log steps, so there is no host sync on every step.
+        if jax.process_count() == 1 or itstime(step, tcfg.log_every, tcfg.steps):
+            out_of_time, terminated = _agreed_flags(
+                deadline is not None and time.monotonic() > deadline, stop.requested
+            )
+        stopping = out_of_time or terminated
+        saving = itstime(step, tcfg.checkpoint_every, tcfg.steps) or stopping
+        if itstime(step, tcfg.log_every, tcfg.steps) or saving:
+            last = _log_metrics(run, step, metrics, meter, writer, bar)
+        if bar is not None:
+            bar.update(1)
+        if run.val_source and (itstime(step, tcfg.eval_every, tcfg.steps) or out_of_time):
+            last["val_nll"] = _validate(run, state)
+            writer.write(step, {"val_nll": last["val_nll"]})
+            log(f"step {step}: validation NLL {last['val_nll']:.4f} nats/frame")
+        if saving:
+            # Every process has consumed the same number of local batches, so one data state serves them all,
+            # and it stays valid when the run resumes with another number of processes.
+            run.checkpointer.save(step, state, run.data_iter.get_state(), config_dict)
+        if stopping:
+            run.checkpointer.wait()
+            reason = f"time budget of {tcfg.max_seconds:g} s spent" if out_of_time else "SIGTERM"
+            log(f"{reason}: saved a checkpoint at step {step}; exiting")
+            break
+    return last, step
+
+
 def train_and_evaluate(
     cfg: Config, workdir: str, *, progress: bool = True, data_log: str | None = None
 ) -> dict[str, float]:
@@ -437,172 +312,25 @@ def train_and_evaluate(
     provenance as SOURCE:WINDOW (sequence index : flat window index); the multi-host tests use it to prove that
     each process reads a disjoint share.
     """
-    from musicgpt_jax import pipeline, records
-    from musicgpt_jax.checkpoint import Checkpointer
-
     # The time budget counts from here: set-up and compilation are part of it.
     deadline = time.monotonic() + cfg.train.max_seconds if cfg.train.max_seconds > 0 else None
     workdir_path = epath.Path(workdir)
-    info = records.load_info(cfg.data.data_dir, cfg.data.dataset)
-    apply_dataset_shape(cfg, info.num_pitches, info.num_states)
-
-    mesh = sharding.make_mesh(cfg.mesh)
-    dp = sharding.data_parallel_size(mesh)
-    tcfg = cfg.train
-    if tcfg.batch_size % (dp * tcfg.grad_accum) or tcfg.batch_size % jax.process_count():
-        raise TrainingError(
-            f"--config.train.batch_size={tcfg.batch_size} must be divisible by data*fsdp={dp} "
-            f"times grad_accum={tcfg.grad_accum} and by the {jax.process_count()} processes"
-        )
-    local_batch = tcfg.batch_size // jax.process_count()
-
-    model = MusicTransformer(cfg.model)
-    tx = make_optimizer(tcfg)
-    checkpointer = Checkpointer(workdir_path, keep=tcfg.keep_checkpoints, async_save=tcfg.async_checkpoints)
-    resume_step = checkpointer.latest_step()
-    if resume_step is not None:
-        from musicgpt_jax.checkpoint import load_config_dict
-
-        saved, _ = load_config_dict(workdir_path)  # the newest readable: a damaged latest one is reported at restore
-        check_compatible(saved, cfg, workdir)
-
-    state, state_shardings = create_train_state(model, tx, cfg, mesh)
-    train_source = records.load_split(cfg.data.data_dir, cfg.data.dataset, "train")
-    dataset = pipeline.train_dataset(
-        train_source,
-        seq_len=cfg.model.max_len,
-        batch_size=local_batch,
-        seed=cfg.data.seed,
-        transpose=cfg.data.transpose,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    data_iter = iter(dataset.to_iter_dataset())
-    start_step = 0
-    if resume_step is not None:
-        target = abstract_train_state(state_shardings, model, tx, cfg)
-        state, data_state, start_step = checkpointer.restore(target)
-        data_iter.set_state(data_state)
-        _log(f"resumed from {checkpointer.directory / str(start_step)} at step {start_step}")
-
-    try:
-        val_source = records.load_split(cfg.data.data_dir, cfg.data.dataset, "validation")
-    except (KeyError, ValueError, FileNotFoundError):
-        val_source = []
-
-    train_step = jit_train_step(model, tx, tcfg.grad_accum, state_shardings, tcfg)
-    eval_step = jax.jit(make_eval_step(model))
-    num_params = count_params(state.params)
-    flops_frame = flops_per_frame(cfg.model, num_params)
-    from musicgpt_jax.hardware import peak_flops_per_device
-
-    peak, peak_source = peak_flops_per_device()
-    _log(
-        f"model: {num_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; {jax.device_count()} devices; "
-        f"MFU against the {peak_source} ({peak / 1e12:.2f} TFLOP/s per device)"
-    )
-
+    run = _set_up(cfg, workdir_path)
     writer = MetricsWriter(workdir_path, enabled=jax.process_index() == 0)
     stop = _StopFlag()
     stop.install()
-    config_dict = cfg.to_dict()
-
-    def data_state() -> dict:
-        # Every process has consumed the same number of local batches, so one state serves them all,
-        # and it stays valid when the run resumes with another number of processes.
-        return data_iter.get_state()
-
-    def save(step: int) -> None:
-        checkpointer.save(step, state, data_state(), config_dict)
-
     bar = None
     if progress and jax.process_index() == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", dynamic_ncols=True)
-    last = {"loss": float("nan")}
-    step = start_step
-    window_start, window_frames = time.perf_counter(), 0.0
-    out_of_time = False  # the time budget (train.max_seconds) is spent: evaluate, save and stop
-    terminated = False  # SIGTERM (preemption) on any process: save and stop
-    closers = [stop.uninstall, *([bar.close] if bar is not None else []), checkpointer.close, writer.close]
+        bar = tqdm(total=cfg.train.steps, initial=run.start_step, desc="train", dynamic_ncols=True)
+    closers = [stop.uninstall, *([bar.close] if bar is not None else []), run.checkpointer.close, writer.close]
     try:
-        with sharding.activate(mesh):
-            while step < tcfg.steps:
-                local = next(data_iter)
-                if data_log is not None:
-                    with open(data_log, "a") as f:
-                        f.write(
-                            " ".join(
-                                f"{int(s)}:{int(w)}"
-                                for s, w in zip(local["source_index"], local["window_index"], strict=True)
-                            )
-                            + "\n"
-                        )
-                batch = global_batch({k: local[k] for k in ("inputs", "targets", "mask")}, mesh)
-                state, metrics = train_step(state, batch)
-                step += 1
-                window_frames += tcfg.batch_size * cfg.model.max_len
-                # Multi-host: agree on stopping only at log steps, so there is no host sync on every step.
-                if jax.process_count() == 1 or step % tcfg.log_every == 0 or step == tcfg.steps:
-                    out_of_time, terminated = _agreed_flags(
-                        deadline is not None and time.monotonic() > deadline, stop.requested
-                    )
-                stopping = out_of_time or terminated
-                saving = step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stopping
-                if step % tcfg.log_every == 0 or step == tcfg.steps or saving:
-                    loss = float(metrics["loss"])
-                    if not math.isfinite(loss):
-                        raise TrainingError(
-                            f"step {step}: loss is {loss}; stopping without saving "
-                            f"(last good checkpoint: step {checkpointer.latest_step()})"
-                        )
-                    elapsed = time.perf_counter() - window_start
-                    frames_per_s = window_frames / max(elapsed, 1e-9)
-                    mfu = frames_per_s * flops_frame / (peak * jax.device_count())
-                    last = {
-                        "loss": loss,
-                        "grad_norm": float(metrics["grad_norm"]),
-                        "frames_per_s": frames_per_s,
-                        "mfu": mfu,
-                        "learning_rate": float(learning_rate_schedule(tcfg)(step)),
-                    }
-                    writer.write(step, last)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.3f}", fps=f"{frames_per_s:,.0f}", mfu=f"{mfu:.1%}")
-                    window_start, window_frames = time.perf_counter(), 0.0
-                if bar is not None:
-                    bar.update(1)
-                if val_source and (step % tcfg.eval_every == 0 or step == tcfg.steps or out_of_time):
-                    val_nll, _ = evaluate_split(
-                        evaluation_params(state),
-                        eval_step,
-                        pipeline.eval_batches(
-                            val_source,
-                            seq_len=cfg.model.max_len,
-                            batch_size=local_batch,
-                            max_batches=tcfg.eval_batches,
-                            process_index=jax.process_index(),
-                            process_count=jax.process_count(),
-                        ),
-                        mesh,
-                    )
-                    last["val_nll"] = val_nll
-                    writer.write(step, {"val_nll": val_nll})
-                    _log(f"step {step}: validation NLL {val_nll:.4f} nats/frame")
-                if saving:
-                    save(step)
-                if stopping:
-                    checkpointer.wait()
-                    reason = f"time budget of {tcfg.max_seconds:g} s spent" if out_of_time else "SIGTERM"
-                    _log(f"{reason}: saved a checkpoint at step {step}; exiting")
-                    break
+        with sharding.activate(run.mesh):
+            last, step = _loop(run, writer, stop, bar, deadline, data_log)
     except BaseException:
         _close_all(closers, quiet=True)  # the error on its way out is the one to report, not a full disk at close
         raise
     _close_all(closers, quiet=False)
-    last["step"] = step
-    return last
+    return {**last, "step": step}
 
 
 def _close_all(closers: list[Callable[[], None]], quiet: bool) -> None:
@@ -621,7 +349,5 @@ def _agreed_flags(*flags: bool) -> tuple[bool, ...]:
     """Each flag is True when it is set on any process, so that all processes stop at the same step."""
     if jax.process_count() == 1:
         return tuple(bool(f) for f in flags)
-    from jax.experimental import multihost_utils
-
     gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
     return tuple(bool(v) for v in np.max(np.asarray(gathered).reshape(-1, len(flags)), axis=0))

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from musicgpt_jax import aot, configs, sharding, train
+from musicgpt_jax import aot, configs, sharding, train_state
 from musicgpt_jax.model import MusicTransformer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,11 +27,11 @@ def test_abstract_state_matches_the_state_training_creates():
     """What AOT compiles against is what `create_train_state` materialises: shapes, dtypes and shardings."""
     cfg = configs.resolve("tiny", ["model.num_layers=1"])
     mesh = sharding.make_mesh("data=2,fsdp=2,tensor=2")
-    model, tx = MusicTransformer(cfg.model), train.make_optimizer(cfg.train)
-    state, state_shardings = train.create_train_state(model, tx, cfg, mesh)
-    derived = train.train_state_shardings(model, tx, cfg, mesh)
+    model, tx = MusicTransformer(cfg.model), train_state.make_optimizer(cfg.train)
+    state, state_shardings = train_state.create_train_state(model, tx, cfg, mesh)
+    derived = train_state.train_state_shardings(model, tx, cfg, mesh)
     assert jax.tree.leaves(derived) == jax.tree.leaves(state_shardings)
-    abstract = train.abstract_train_state(state_shardings, model, tx, cfg)
+    abstract = train_state.abstract_train_state(state_shardings, model, tx, cfg)
     for real, spec in zip(jax.tree.leaves(state), jax.tree.leaves(abstract), strict=True):
         assert (real.shape, real.dtype, real.sharding) == (spec.shape, spec.dtype, spec.sharding)
 

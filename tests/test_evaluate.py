@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, bad_workdirs, run_all
+from conftest import bad_workdirs, run_all
 from flax import linen as nn
 
 from musicgpt_jax import configs, evaluate, records
@@ -147,15 +146,13 @@ def tiny_run(benchmark_data, tmp_path_factory) -> str:
     return str(workdir)
 
 
+def evaluate_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m musicgpt_jax.evaluate ARGS`, as a user runs it."""
+    return run_all({"cli": [sys.executable, "-m", "musicgpt_jax.evaluate", *args]})["cli"]
+
+
 def test_cli_prints_json(tiny_run, benchmark_data):
-    out = subprocess.run(
-        [sys.executable, "-m", "musicgpt_jax.evaluate", "--workdir", tiny_run, "--batch_size", "8"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    out = evaluate_cli("--workdir", tiny_run, "--batch_size", "8")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     info = records.load_info(benchmark_data.data_dir, benchmark_data.dataset)
@@ -164,30 +161,37 @@ def test_cli_prints_json(tiny_run, benchmark_data):
     assert 0 < result["nats_per_frame"] < 88 * math.log(2) * 2
 
 
-def test_cli_library_matches(tiny_run, benchmark_data):
+def test_cli_matches_the_library(tiny_run, benchmark_data):
+    out = evaluate_cli("--workdir", tiny_run, "--split", "validation", "--batch_size", "5")
+    assert out.returncode == 0, out.stderr
     result = evaluate.evaluate_run(tiny_run, split="validation", batch_size=5)
     info = records.load_info(benchmark_data.data_dir, benchmark_data.dataset)
     assert result["frames"] == info.split_frames["validation"] and result["sequences"] == info.split_sizes["validation"]
+    assert json.loads(out.stdout) == json.loads(json.dumps(result))
 
 
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["--split", "dev"], "--split 'dev': unknown split"),
-        (["--dataset", "nope"], "nope: no dataset here"),
-        (["--step", "7"], "no checkpoint at step 7"),
-    ],
-)
-def test_cli_bad_input(tiny_run, benchmark_data, capsys, args, needle):
-    assert evaluate.main(["--workdir", tiny_run, "--data_dir", benchmark_data.data_dir, *args]) == 2
-    err = capsys.readouterr().err
-    assert needle in err and err.count("\n") == 1
+def test_cli_bad_input(tiny_run, benchmark_data):
+    """The real CLI on bad flags and a workdir without checkpoints: one line on stderr, exit status 2."""
+    cases = {
+        "split": (["--split", "dev"], "--split 'dev': unknown split"),
+        "dataset": (["--dataset", "nope"], "nope: no dataset here"),
+        "step": (["--step", "7"], "no checkpoint at step 7"),
+    }
+    commands = {
+        case: [sys.executable, "-m", "musicgpt_jax.evaluate", "--workdir", tiny_run, "--data_dir",
+               benchmark_data.data_dir, *args]
+        for case, (args, _) in cases.items()
+    }  # fmt: skip
+    done = run_all(commands)
+    for case, (_, needle) in cases.items():
+        result = done[case]
+        assert result.returncode == 2 and result.stdout == "", (case, result.stderr[-3000:])
+        assert needle in result.stderr and result.stderr.count("\n") == 1, (case, result.stderr)
 
 
-def test_cli_workdir_without_checkpoints(tmp_path, capsys):
-    assert evaluate.main(["--workdir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "no checkpoints" in err and err.count("\n") == 1
+def test_cli_workdir_without_checkpoints(tmp_path):
+    out = evaluate_cli("--workdir", str(tmp_path))
+    assert out.returncode == 2 and "no checkpoints" in out.stderr and out.stderr.count("\n") == 1, out.stderr
 
 
 def test_cli_refuses_bad_workdirs_and_flags_in_one_line(tiny_run, tmp_path):

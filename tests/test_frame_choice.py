@@ -12,14 +12,8 @@ from musicgpt_jax import configs, sharding
 from musicgpt_jax.configs import ModelConfig, TrainConfig
 from musicgpt_jax.frame_choice import Strategy, choose, sample_frame
 from musicgpt_jax.model import MusicTransformer
-from musicgpt_jax.train import (
-    create_train_state,
-    make_optimizer,
-    make_train_step,
-    restart_held_notes,
-    scheduled_sampling_rate,
-    with_own_samples,
-)
+from musicgpt_jax.train_state import create_train_state, make_optimizer
+from musicgpt_jax.train_step import make_train_step, restart_held_notes, scheduled_sampling_rate, with_own_samples
 
 LOGITS = jnp.log(jnp.asarray([0.6, 0.3, 0.1]))
 

@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO, TINY_OVERRIDES, BenchmarkData
 from etils import epath
 
-from musicgpt_jax import train as train_lib
+from musicgpt_jax import metrics_log
 
 TINY = [*TINY_OVERRIDES, "model.dropout=0.0", "train.eval_batches=1"]
 TIMEOUT_S = 600
@@ -184,9 +184,9 @@ def test_bad_multihost_settings_fail_fast_with_one_line(tmp_path, args, env, mes
 
 def test_metrics_in_an_object_store_are_rewritten_whole(tmp_path, monkeypatch):
     """gs:// objects cannot be appended to: metrics.jsonl is rewritten, keeping the lines of earlier runs."""
-    monkeypatch.setattr(train_lib, "is_local", lambda path: False)
+    monkeypatch.setattr(metrics_log, "is_local", lambda path: False)
     for first in (1, 3):
-        writer = train_lib.MetricsWriter(epath.Path(tmp_path), enabled=True)
+        writer = metrics_log.MetricsWriter(epath.Path(tmp_path), enabled=True)
         writer.write(first, {"loss": 2.0})
         writer.write(first + 1, {"loss": 1.0})
         writer.close()

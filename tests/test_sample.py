@@ -21,7 +21,7 @@ from musicgpt_jax.checkpoint import Checkpointer
 from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames
 from musicgpt_jax.midi_io import midi_to_frames, write_midi
 from musicgpt_jax.model import MusicTransformer
-from musicgpt_jax.train import TrainState, make_optimizer
+from musicgpt_jax.train_state import TrainState, make_optimizer
 
 _spec = importlib.util.spec_from_file_location("sample_cli", REPO / "sample.py")
 sample_cli = importlib.util.module_from_spec(_spec)

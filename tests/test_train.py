@@ -21,19 +21,11 @@ from conftest import REPO, TINY_OVERRIDES, BenchmarkData
 from jax.sharding import PartitionSpec as P
 
 from musicgpt_jax import configs, pipeline, records, sharding
-from musicgpt_jax.checkpoint import Checkpointer
+from musicgpt_jax.checkpoint import Checkpointer, restore_params
 from musicgpt_jax.model import MusicTransformer, frame_nll
-from musicgpt_jax.train import (
-    TrainingError,
-    abstract_train_state,
-    create_train_state,
-    evaluation_params,
-    global_batch,
-    make_optimizer,
-    make_train_step,
-    restore_params,
-    train_and_evaluate,
-)
+from musicgpt_jax.train import TrainingError, check_compatible, train_and_evaluate
+from musicgpt_jax.train_state import abstract_train_state, create_train_state, evaluation_params, make_optimizer
+from musicgpt_jax.train_step import global_batch, make_train_step
 
 
 def tiny_config(data: BenchmarkData, *overrides: str) -> configs.Config:
@@ -285,8 +277,6 @@ def test_incompatible_workdir_is_refused(benchmark_data, tmp_path):
 
 
 def test_incompatible_nade_width_is_named_and_old_checkpoints_still_load():
-    from musicgpt_jax.train import check_compatible
-
     nade = configs.resolve("jsb", ["model.head=nade", "model.nade_hidden=32"])
     saved = {"model": dataclasses.asdict(nade.model)}
     with pytest.raises(TrainingError, match=r"nade_hidden=32 \(now 16\)"):

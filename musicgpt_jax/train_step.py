@@ -1,0 +1,139 @@
+"""The jitted train and eval steps, with parallel scheduled sampling, and the global batch they are fed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from musicgpt_jax import sharding
+from musicgpt_jax.configs import TrainConfig
+from musicgpt_jax.frame_choice import sample_frame
+from musicgpt_jax.frames import HOLD, OFF, ONSET
+from musicgpt_jax.model import MusicTransformer, frame_nll
+from musicgpt_jax.train_state import TrainState
+
+
+def with_own_samples(model: MusicTransformer, params: Any, inputs: jax.Array, rng: jax.Array, rate: float | jax.Array):
+    """`inputs` (B, T, P) with each frame after the first replaced, with probability `rate`, by a frame the model
+    samples (temperature 1) from the true frames before it: parallel scheduled sampling (Duckworth et al. 2019).
+
+    Trained on such inputs against the true targets, the model learns to lead its own stray notes back to the
+    music instead of continuing them (docs/RESULTS.md, "Long samples").
+    """
+    sample_rng, mix_rng = jax.random.split(rng)
+    params = jax.lax.stop_gradient(params)
+    out, _ = model.apply({"params": params}, inputs, deterministic=True)
+    batch, length, pitches = inputs.shape
+    flat_out = out[:, :-1].reshape(batch * (length - 1), *out.shape[2:])
+    previous = inputs[:, :-1].reshape(-1, pitches)
+    sampled = sample_frame(flat_out, sample_rng, 1.0, previous, model.cfg.num_states, model.cfg, params)
+    sampled = jax.lax.stop_gradient(sampled.reshape(batch, length - 1, pitches)).astype(inputs.dtype)
+    replace = jax.random.bernoulli(mix_rng, rate, (batch, length - 1, 1))
+    return inputs.at[:, 1:].set(jnp.where(replace, sampled, inputs[:, 1:]))
+
+
+def restart_held_notes(inputs: jax.Array, targets: jax.Array, num_states: int) -> jax.Array:
+    """Targets (B, T, P) made consistent with inputs that may hold the model's samples: a HOLD of a pitch that
+    the frame before it has off is an ONSET, as `sample_frame` and the MIDI writer read it. Without this the model
+    learns HOLD after OFF, which sampling turns into OFF: voices it dropped would never come back."""
+    if num_states != 3:
+        return targets
+    return jnp.where((targets == HOLD) & (inputs == OFF), ONSET, targets)
+
+
+def scheduled_sampling_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:
+    """The share of input frames that are the model's own samples at `step`: 0 until
+    `cfg.scheduled_sampling_start` (an untrained model's samples are noise), then rising linearly to
+    `cfg.scheduled_sampling` half-way through the rest of the schedule."""
+    start = cfg.scheduled_sampling_start
+    ramp = max(1, ((cfg.schedule_steps or cfg.steps) - start) // 2)
+    return cfg.scheduled_sampling * jnp.clip((step.astype(jnp.float32) - start) / ramp, 0.0, 1.0)
+
+
+def make_train_step(
+    model: MusicTransformer, tx: optax.GradientTransformation, grad_accum: int, tcfg: TrainConfig | None = None
+) -> Callable:
+    """train_step(state, batch) -> (state, metrics); `batch` leaves are (global_batch, ...). With
+    `tcfg.scheduled_sampling` > 0 a share of the input frames is the model's own samples (`with_own_samples`)."""
+    own_samples = tcfg is not None and tcfg.scheduled_sampling > 0
+
+    def loss_sums(params, micro, rng, step):
+        inputs, targets = micro["inputs"], micro["targets"]
+        if own_samples:
+            own_rng, rate = jax.random.fold_in(rng, 1), scheduled_sampling_rate(tcfg, step)  # dropout keeps `rng`
+            inputs = jax.lax.cond(  # before the start, no extra forward pass
+                rate > 0, lambda x: with_own_samples(model, params, x, own_rng, rate), lambda x: x, inputs
+            )
+            targets = restart_held_notes(inputs, targets, model.cfg.num_states)
+        out, _ = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
+        return frame_nll(out, targets, micro["mask"], model.cfg, params)
+
+    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if grad_accum == 1:
+            (nll_sum, frames), grads = grad_fn(state.params, batch, rng, state.step)
+        else:
+            micro_batches = jax.tree.map(
+                lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch
+            )
+
+            def accumulate(carry, xs):
+                micro, i = xs
+                (nll, n), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i), state.step)
+                acc_nll, acc_n, acc_g = carry
+                return (acc_nll + nll, acc_n + n, jax.tree.map(jnp.add, acc_g, g)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (nll_sum, frames, grads), _ = jax.lax.scan(
+                accumulate, (jnp.zeros(()), jnp.zeros(()), zeros), (micro_batches, jnp.arange(grad_accum))
+            )
+        frames = jnp.maximum(frames, 1.0)
+        grads = jax.tree.map(lambda g: g / frames, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": nll_sum / frames, "grad_norm": optax.global_norm(grads), "frames": frames}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def jit_train_step(
+    model: MusicTransformer,
+    tx: optax.GradientTransformation,
+    grad_accum: int,
+    state_shardings: Any,
+    tcfg: TrainConfig | None = None,
+) -> Callable:
+    """The train step as training runs it: state sharded by the rule table (in and out) and donated.
+    Trace and call it inside `sharding.activate(mesh)`."""
+    return jax.jit(
+        make_train_step(model, tx, grad_accum, tcfg),
+        in_shardings=(state_shardings, None),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(model: MusicTransformer) -> Callable:
+    """eval_step(params, batch) -> {"nll_sum", "frames"} over the batch's unmasked frames."""
+
+    def eval_step(params, batch) -> dict:
+        out, _ = model.apply({"params": params}, batch["inputs"], deterministic=True)
+        nll_sum, frames = frame_nll(out, batch["targets"], batch["mask"], model.cfg, params)
+        return {"nll_sum": nll_sum, "frames": frames}
+
+    return eval_step
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+    """Each process's rows -> one global jax.Array per key, batch axis split over ("data", "fsdp")."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v) for k, v in local.items()
+    }

@@ -1,0 +1,74 @@
+"""The presets and the `--config.SECTION.FIELD=VALUE` overrides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from musicgpt_jax import configs
+from musicgpt_jax.configs import PRESETS, Config, ConfigError
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_resolves_to_a_consistent_config(name):
+    cfg = configs.resolve(name)
+    assert isinstance(cfg, Config) and cfg.preset in (name, cfg.data.dataset)
+    assert cfg.model.d_model % cfg.model.num_heads == 0
+    assert cfg.train.steps > 0 and cfg.train.batch_size > 0 and cfg.model.max_len > 0
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg  # what a checkpoint saves reads back the same
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_trains_the_nade_head(name):
+    assert configs.resolve(name).model.head == "nade"
+
+
+def test_overrides_parse_to_the_fields_types_in_order():
+    cfg = configs.resolve(
+        "tiny",
+        [
+            "train.learning_rate=3e-4",
+            "model.num_layers=6",
+            "train.async_checkpoints=no",
+            "model.head=independent",
+            "train.steps=10",
+            "train.steps=20",
+        ],
+    )
+    assert cfg.train.learning_rate == 3e-4 and cfg.model.num_layers == 6
+    assert cfg.train.async_checkpoints is False and cfg.model.head == "independent"
+    assert cfg.train.steps == 20  # the last one wins
+    assert configs.split_overrides(["--config.train.steps=5", "--config.data.seed=1"]) == [
+        "train.steps=5",
+        "data.seed=1",
+    ]
+
+
+def test_a_config_file_resolves_like_its_preset(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(configs.resolve("jsb").to_json())
+    assert configs.resolve(str(path), ["train.steps=7"]).train.steps == 7
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "needle"),
+    [
+        ("nope", [], "unknown preset"),
+        ("tiny", ["train.nope=1"], "unknown key; train has:"),
+        ("tiny", ["optim.lr=1"], "unknown key (expected model.X"),
+        ("tiny", ["train.steps=ten"], "expected int, got 'ten'"),
+        ("tiny", ["train.steps"], "needs a value"),
+        ("tiny", ["model.head=lstm"], "is not one of independent, nade"),
+        ("tiny", ["train.async_checkpoints=maybe"], "expected bool"),
+    ],
+)
+def test_bad_names_and_overrides_are_one_line_errors(name, overrides, needle):
+    with pytest.raises(ConfigError) as error:
+        configs.resolve(name, overrides)
+    assert needle in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_stray_command_line_word_is_refused():
+    with pytest.raises(ConfigError, match="unrecognized argument: --steps"):
+        configs.split_overrides(["--steps"])
