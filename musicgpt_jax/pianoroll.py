@@ -1,4 +1,7 @@
-"""A piano-roll picture of frames: notes as bars, onsets darker, bar lines, the primer shaded (Agg)."""
+"""A piano-roll picture of frames: notes as bars, onsets darker, bar lines, the primer shaded (Agg).
+
+When the notes have varied loudness (velocities), each note is coloured by its velocity, with a colour bar; music
+of one loudness keeps the plain blue picture."""
 
 from __future__ import annotations
 
@@ -15,6 +18,19 @@ from musicgpt_jax.frames import OFF, Frames, note_starts  # noqa: E402
 PITCH_MARGIN = 2
 
 
+def note_velocities(states: np.ndarray, velocities: np.ndarray, num_states: int) -> np.ndarray:
+    """(T, P) the velocity of the note sounding in each cell (its start's velocity; 0 where nothing sounds)."""
+    starts = note_starts(states, num_states)
+    steps = np.arange(len(states))[:, None]
+    latest_start = np.maximum.accumulate(np.where(starts, steps, 0), axis=0) if len(states) else starts
+    held = np.take_along_axis(np.asarray(velocities), latest_start, axis=0) if len(states) else velocities
+    return np.where(states != OFF, held, 0)
+
+
+def _has_dynamics(velocities: np.ndarray) -> bool:
+    return np.unique(velocities[velocities > 0]).size > 1
+
+
 def draw_piano_roll(frames: Frames, path: str | os.PathLike, title: str = "", prime_frames: int = 0) -> None:
     """Write a PNG of `frames` to `path`; the first `prime_frames` frames are marked as the primer."""
     states = np.asarray(frames.states)
@@ -28,16 +44,16 @@ def draw_piano_roll(frames: Frames, path: str | os.PathLike, title: str = "", pr
 
     width = float(np.clip(length / 24, 6, 40))
     fig, ax = plt.subplots(figsize=(width, 4.5), dpi=100)
-    ax.imshow(
-        image.T,
-        origin="lower",
-        aspect="auto",
-        interpolation="nearest",
-        cmap="Blues",
-        vmin=0,
-        vmax=2.2,
-        extent=(0, length, frames.lowest_pitch + low - 0.5, frames.lowest_pitch + high + 0.5),
-    )
+    extent = (0, length, frames.lowest_pitch + low - 0.5, frames.lowest_pitch + high + 0.5)
+    shown = dict(origin="lower", aspect="auto", interpolation="nearest", extent=extent)
+    loudness = note_velocities(states, np.asarray(frames.velocities), frames.num_states)[:, low : high + 1]
+    if _has_dynamics(loudness):
+        coloured = ax.imshow(np.ma.masked_equal(loudness, 0).T, cmap="plasma", vmin=1, vmax=127, **shown)
+        onsets = np.ma.masked_less(image, 2.0)
+        ax.imshow(onsets.T, cmap="Greys", vmin=0, vmax=2.0, alpha=0.3, **shown)  # onsets a shade darker
+        fig.colorbar(coloured, ax=ax, pad=0.01, fraction=0.02, label="velocity")
+    else:
+        ax.imshow(image.T, cmap="Blues", vmin=0, vmax=2.2, **shown)
     for step in frames.meter.bar_lines(length):
         ax.axvline(step, color="0.3", linewidth=0.7, zorder=3)
     if prime_frames:
