@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from musicgpt_jax.configs import ModelConfig
+from musicgpt_jax import dynamics
+from musicgpt_jax.dynamics import notes_output
 from musicgpt_jax.model import HOLD_STATE, OFF_STATE, nade_parameters, split_nade_output
 
 STRATEGIES = ("greedy", "temperature", "nucleus")
@@ -129,11 +131,28 @@ def sample_frame(
 
     `choice` is a strategy's arrays (`Strategy.arrays`) or a bare temperature (0 = argmax, per pitch
     in order for the NADE head). Pitches where `allowed` (P,) is False stay off. With 3 states a HOLD only
-    continues a sounding note: a HOLD drawn on a pitch that was off becomes OFF.
+    continues a sounding note: a HOLD drawn on a pitch that was off becomes OFF. A model with dynamics
+    (`cfg.velocity_bins`) needs `cfg`; the frame's velocities are drawn after it, given it (`sample_velocities`).
     """
     if not isinstance(choice, ChoiceArrays):
         choice = ChoiceArrays(jnp.asarray(choice, jnp.float32), None)
+    out = notes_output(out, cfg)  # a model with dynamics: its velocity part is drawn after (`sample_velocities`)
     head = nade_parameters(cfg, params)
     if head is not None:
         return nade_sample(head, out, rng, choice, previous, allowed)
     return _pick_states(_restrict(out, allowed), rng, choice, previous, num_states)
+
+
+def sample_velocities(
+    out: jax.Array,
+    states: jax.Array,
+    rng: jax.Array,
+    choice: ChoiceArrays | float | jax.Array,
+    cfg: ModelConfig,
+    params: Any,
+) -> jax.Array:
+    """The velocity bins (B, P) of a frame `states` (B, P) chosen from the output `out` (B, F) of a model with
+    dynamics, drawn by the same strategy; `dynamics.NO_VELOCITY` off the onsets."""
+    if not isinstance(choice, ChoiceArrays):
+        choice = ChoiceArrays(jnp.asarray(choice, jnp.float32), None)
+    return dynamics.sample_velocities(out, states, rng, lambda logits, key: choose(logits, key, choice), cfg, params)

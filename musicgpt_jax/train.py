@@ -38,7 +38,8 @@ from musicgpt_jax.model import (
     MusicTransformer,
     count_params,
     flops_per_frame,
-    frame_nll,
+    loss_sums,
+    model_inputs,
 )
 
 
@@ -183,16 +184,19 @@ def restore_params(workdir: str, cfg: Config, step: int | None = None) -> Any:
     return evaluation_params(state)
 
 
-def with_own_samples(model: MusicTransformer, params: Any, inputs: jax.Array, rng: jax.Array, rate: float | jax.Array):
+def with_own_samples(
+    model: MusicTransformer, params: Any, inputs: jax.Array, rng: jax.Array, rate: float | jax.Array, **velocities
+):
     """`inputs` (B, T, P) with each frame after the first replaced, with probability `rate`, by a frame the model
     samples (temperature 1) from the true frames before it: parallel scheduled sampling (Duckworth et al. 2019).
+    With dynamics the input velocities stay the true ones (`velocities`): only the notes are the model's.
 
     Trained on such inputs against the true targets, the model learns to lead its own stray notes back to the
     music instead of continuing them (docs/RESULTS.md, "Long samples").
     """
     sample_rng, mix_rng = jax.random.split(rng)
     params = jax.lax.stop_gradient(params)
-    out, _ = model.apply({"params": params}, inputs, deterministic=True)
+    out, _ = model.apply({"params": params}, inputs, deterministic=True, **velocities)
     batch, length, pitches = inputs.shape
     flat_out = out[:, :-1].reshape(batch * (length - 1), *out.shape[2:])
     previous = inputs[:, :-1].reshape(-1, pitches)
@@ -227,23 +231,23 @@ def make_train_step(
     `tcfg.scheduled_sampling` > 0 a share of the input frames is the model's own samples (`with_own_samples`)."""
     own_samples = tcfg is not None and tcfg.scheduled_sampling > 0
 
-    def loss_sums(params, micro, rng, step):
-        inputs, targets = micro["inputs"], micro["targets"]
+    def batch_loss(params, micro, rng, step):
+        inputs, targets, extra = micro["inputs"], micro["targets"], model_inputs(micro)
         if own_samples:
             own_rng, rate = jax.random.fold_in(rng, 1), scheduled_sampling_rate(tcfg, step)  # dropout keeps `rng`
             inputs = jax.lax.cond(  # before the start, no extra forward pass
-                rate > 0, lambda x: with_own_samples(model, params, x, own_rng, rate), lambda x: x, inputs
+                rate > 0, lambda x: with_own_samples(model, params, x, own_rng, rate, **extra), lambda x: x, inputs
             )
             targets = restart_held_notes(inputs, targets, model.cfg.num_states)
-        out, _ = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
-        return frame_nll(out, targets, micro["mask"], model.cfg, params)
+        out, _ = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng}, **extra)
+        return loss_sums(out, micro, targets, model.cfg, params)
 
-    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+    grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if grad_accum == 1:
-            (nll_sum, frames), grads = grad_fn(state.params, batch, rng, state.step)
+            (nll_sum, sums), grads = grad_fn(state.params, batch, rng, state.step)
         else:
             micro_batches = jax.tree.map(
                 lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch
@@ -252,18 +256,19 @@ def make_train_step(
             def accumulate(carry, xs):
                 micro, i = xs
                 (nll, n), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i), state.step)
-                acc_nll, acc_n, acc_g = carry
-                return (acc_nll + nll, acc_n + n, jax.tree.map(jnp.add, acc_g, g)), None
+                return jax.tree.map(jnp.add, carry, (nll, n, g)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (nll_sum, frames, grads), _ = jax.lax.scan(
-                accumulate, (jnp.zeros(()), jnp.zeros(()), zeros), (micro_batches, jnp.arange(grad_accum))
-            )
-        frames = jnp.maximum(frames, 1.0)
+            keys = ("frames", "notes_nll") + (("velocity_nll", "onsets") if model.cfg.velocity_bins else ())
+            zeros = (jnp.zeros(()), dict.fromkeys(keys, jnp.zeros(())), jax.tree.map(jnp.zeros_like, state.params))
+            (nll_sum, sums, grads), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(grad_accum)))
+        frames = jnp.maximum(sums["frames"], 1.0)
         grads = jax.tree.map(lambda g: g / frames, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": nll_sum / frames, "grad_norm": optax.global_norm(grads), "frames": frames}
+        if "onsets" in sums:  # dynamics: the loss is notes + velocities; each apart, velocities per onset
+            metrics["notes_nll"] = sums["notes_nll"] / frames
+            metrics["velocity_nll"] = sums["velocity_nll"] / jnp.maximum(sums["onsets"], 1.0)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -288,9 +293,9 @@ def jit_train_step(
 
 def make_eval_step(model: MusicTransformer) -> Callable:
     def eval_step(params, batch) -> dict:
-        out, _ = model.apply({"params": params}, batch["inputs"], deterministic=True)
-        nll_sum, frames = frame_nll(out, batch["targets"], batch["mask"], model.cfg, params)
-        return {"nll_sum": nll_sum, "frames": frames}
+        out, _ = model.apply({"params": params}, batch["inputs"], deterministic=True, **model_inputs(batch))
+        _, sums = loss_sums(out, batch, batch["targets"], model.cfg, params)
+        return {"nll_sum": sums.pop("notes_nll"), **sums}
 
     return eval_step
 
@@ -312,7 +317,10 @@ def check_compatible(saved: dict, cfg: Config, workdir: str) -> None:
     """A workdir's checkpoints must have been written by the same model shape."""
     saved_model = saved.get("model", {})
     ours = dataclasses.asdict(cfg.model)
-    shape_keys = ("num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers", "head")
+    shape_keys = (
+        "num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers", "head",
+        "velocity_bins",
+    )  # fmt: skip
     if ours["head"] == "nade":
         shape_keys += ("nade_hidden",)
     defaults = dataclasses.asdict(type(cfg.model)())  # keys added since the checkpoint was written
@@ -413,13 +421,20 @@ def _log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def evaluate_split(params: Any, eval_step: Callable, batches, mesh: Mesh) -> tuple[float, float]:
-    """(nats per frame, frames) over fixed evaluation batches."""
-    total, frames = 0.0, 0.0
+def evaluate_split(
+    params: Any, eval_step: Callable, batches, mesh: Mesh, velocity: dict | None = None
+) -> tuple[float, float]:
+    """(nats per frame of the notes, frames) over fixed evaluation batches; with dynamics, `velocity` (when given)
+    receives {"velocity_nll": nats per onset, "onsets"}."""
+    total, frames, velocity_total, onsets = 0.0, 0.0, 0.0, 0.0
     for local in batches:
         out = eval_step(params, global_batch(local, mesh))
         total += float(out["nll_sum"])
         frames += float(out["frames"])
+        velocity_total += float(out.get("velocity_nll", 0.0))
+        onsets += float(out.get("onsets", 0.0))
+    if velocity is not None and onsets:
+        velocity.update(velocity_nll=velocity_total / onsets, onsets=onsets)
     return (total / frames if frames else float("nan")), frames
 
 
@@ -471,6 +486,7 @@ def train_and_evaluate(
         transpose=cfg.data.transpose,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        velocity_bins=cfg.model.velocity_bins,
     )
     data_iter = iter(dataset.to_iter_dataset())
     start_step = 0
@@ -534,7 +550,9 @@ def train_and_evaluate(
                             )
                             + "\n"
                         )
-                batch = global_batch({k: local[k] for k in ("inputs", "targets", "mask")}, mesh)
+                batch = global_batch(
+                    {k: v for k, v in local.items() if k not in ("source_index", "window_index")}, mesh
+                )
                 state, metrics = train_step(state, batch)
                 step += 1
                 window_frames += tcfg.batch_size * cfg.model.max_len
@@ -561,6 +579,7 @@ def train_and_evaluate(
                         "frames_per_s": frames_per_s,
                         "mfu": mfu,
                         "learning_rate": float(learning_rate_schedule(tcfg)(step)),
+                        **{k: float(metrics[k]) for k in ("notes_nll", "velocity_nll") if k in metrics},
                     }
                     writer.write(step, last)
                     if bar is not None:
@@ -569,6 +588,7 @@ def train_and_evaluate(
                 if bar is not None:
                     bar.update(1)
                 if val_source and (step % tcfg.eval_every == 0 or step == tcfg.steps or out_of_time):
+                    val_velocity: dict[str, float] = {}
                     val_nll, _ = evaluate_split(
                         evaluation_params(state),
                         eval_step,
@@ -579,12 +599,20 @@ def train_and_evaluate(
                             max_batches=tcfg.eval_batches,
                             process_index=jax.process_index(),
                             process_count=jax.process_count(),
+                            velocity_bins=cfg.model.velocity_bins,
                         ),
                         mesh,
+                        val_velocity,
                     )
                     last["val_nll"] = val_nll
-                    writer.write(step, {"val_nll": val_nll})
-                    _log(f"step {step}: validation NLL {val_nll:.4f} nats/frame")
+                    written = {"val_nll": val_nll}
+                    if "velocity_nll" in val_velocity:
+                        written["val_velocity_nll"] = last["val_velocity_nll"] = val_velocity["velocity_nll"]
+                    writer.write(step, written)
+                    velocity_text = (
+                        f", velocity {written['val_velocity_nll']:.4f} nats/onset" if len(written) > 1 else ""
+                    )
+                    _log(f"step {step}: validation NLL {val_nll:.4f} nats/frame{velocity_text}")
                 if saving:
                     save(step)
                 if stopping:
