@@ -23,9 +23,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax import dynamics
-from musicgpt_jax.dynamics import notes_output
+from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.model import HOLD_STATE, OFF_STATE, nade_parameters, split_nade_output
 
 STRATEGIES = ("greedy", "temperature", "nucleus")
@@ -136,7 +135,7 @@ def sample_frame(
     """
     if not isinstance(choice, ChoiceArrays):
         choice = ChoiceArrays(jnp.asarray(choice, jnp.float32), None)
-    out = notes_output(out, cfg)  # a model with dynamics: its velocity part is drawn after (`sample_velocities`)
+    out = dynamics.notes_output(out, cfg)  # with dynamics, velocities are drawn after (`sample_velocities`)
     head = nade_parameters(cfg, params)
     if head is not None:
         return nade_sample(head, out, rng, choice, previous, allowed)
