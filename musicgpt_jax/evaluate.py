@@ -24,6 +24,9 @@ What is scored, exactly:
   up to `max_len`, and results do not depend on it (attention is causal).
 - The head's `frame_log_likelihood` is the only place pitch probabilities are combined, so the evaluator does not
   assume the pitches of a frame are independent.
+- A model with dynamics (`model.velocity_bins` > 0) is fed the sequences' velocities as in training, and the
+  result adds `velocity_nats_per_onset` (Σ velocity NLL / Σ scored onsets, every onset with a known velocity
+  scored once, in the same windows) and `onsets`; `nats_per_frame` stays the notes-only figure.
 
 `evaluate_nll(params, model_cfg, sequences, batch_size)` is the library entry (no checkpoint needed). Errors from
 the command line are one line on stderr and exit status 2.
@@ -41,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musicgpt_jax import host_memory, train
+from musicgpt_jax import dynamics, host_memory, train
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 
@@ -87,6 +90,30 @@ def make_window_nll(model_cfg: ModelConfig) -> Callable:
     return window_nll
 
 
+def make_window_dynamics_nll(model_cfg: ModelConfig) -> Callable:
+    """For a model with dynamics: jit(params, inputs, targets, input and target velocity bins (B, W, P), mask) ->
+    per-window (notes NLL sums, velocity NLL sums, scored onsets), each (B,)."""
+    model = MusicTransformer(model_cfg)
+
+    @jax.jit
+    def window_nll(params, inputs, targets, input_velocities, target_velocities, mask):
+        out, _ = model.apply({"params": params}, inputs, deterministic=True, velocities=input_velocities)
+        nll = -frame_log_likelihood(out, targets, model_cfg, params)
+        notes = jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1)
+        per_window = jax.vmap(
+            lambda o, t, v, m: dynamics.velocity_nll(o, t, v, m, model_cfg, params), in_axes=(0, 0, 0, 0)
+        )
+        velocity, onsets = per_window(out, targets, target_velocities, mask)
+        return notes, velocity, onsets
+
+    return window_nll
+
+
+def _as_velocities(item: Any, states: np.ndarray) -> np.ndarray:
+    velocities = item.get("velocities") if isinstance(item, dict) else None
+    return np.zeros_like(states) if velocities is None else np.asarray(velocities)
+
+
 def evaluate_nll(
     params: Any, model_cfg: ModelConfig, sequences: Iterable[Any], batch_size: int = 16, stride: int | None = None
 ) -> dict[str, Any]:
@@ -94,7 +121,8 @@ def evaluate_nll(
 
     Returns {"nats_per_frame", "nll_sum", "frames", "sequences", "windows", "window", "stride"} (module doc).
     """
-    seqs = [_as_states(s) for s in sequences]
+    items = list(sequences)
+    seqs = [_as_states(s) for s in items]
     if not seqs:
         raise EvaluationError("no sequences to evaluate")
     if batch_size < 1:
@@ -112,21 +140,43 @@ def evaluate_nll(
     stride = min(stride, window)  # only matters when some sequence is longer than the window
     plan = plan_windows(lengths, window, stride)
     padded = [np.concatenate([np.zeros((1, model_cfg.num_pitches), np.int32), s.astype(np.int32)]) for s in seqs]
-    window_nll = make_window_nll(model_cfg)
+    bins = model_cfg.velocity_bins
+    if bins:  # the start frame has no onsets; velocity bins at each sequence's onsets
+        velocity_bins = [
+            dynamics.onset_velocity_bins(p, np.concatenate([np.zeros_like(p[:1]), _as_velocities(i, s)]), bins)
+            for p, i, s in zip(padded, items, seqs, strict=True)
+        ]
+        window_nll = make_window_dynamics_nll(model_cfg)
+    else:
+        window_nll = make_window_nll(model_cfg)
 
-    total = 0.0
+    total, velocity_total, onsets = 0.0, 0.0, 0.0
     for b in range(0, len(plan), batch_size):
         rows = plan[b : b + batch_size]
         states = np.zeros((batch_size, window + 1, model_cfg.num_pitches), np.int32)
+        velocities = np.full(states.shape, dynamics.NO_VELOCITY, np.int32)
         mask = np.zeros((batch_size, window), np.float32)
         for r, (seq, start, first, end) in enumerate(rows):
             piece = padded[seq][start : start + window + 1]
             states[r, : piece.shape[0]] = piece
+            if bins:
+                velocities[r, : piece.shape[0]] = velocity_bins[seq][start : start + window + 1]
             mask[r, first:end] = 1.0
-        sums = window_nll(params, states[:, :-1], states[:, 1:], mask)
+        if bins:
+            sums, velocity_sums, onset_counts = window_nll(
+                params, states[:, :-1], states[:, 1:], velocities[:, :-1], velocities[:, 1:], mask
+            )
+            velocity_total += float(np.sum(np.asarray(velocity_sums, np.float64)[: len(rows)]))
+            onsets += float(np.sum(np.asarray(onset_counts, np.float64)[: len(rows)]))
+        else:
+            sums = window_nll(params, states[:, :-1], states[:, 1:], mask)
         total += float(np.sum(np.asarray(sums, np.float64)[: len(rows)]))
     frames = sum(lengths)
+    velocity = {}
+    if bins:
+        velocity = {"velocity_nats_per_onset": velocity_total / onsets if onsets else float("nan"), "onsets": onsets}
     return {
+        **velocity,
         "nats_per_frame": total / frames if frames else float("nan"),
         "nll_sum": total,
         "frames": frames,
