@@ -326,3 +326,34 @@ def test_a_primer_keeps_its_velocities_and_the_model_hears_them(trained_run, tmp
     )
     np.testing.assert_array_equal(np.asarray(velocities[:, 0]), np.asarray(expected_bins))
     assert np.all((np.asarray(velocities) >= 0) == (np.asarray(states) == ONSET))
+
+
+def test_dynamics_train_step_accumulates_and_takes_own_samples():
+    """Gradient accumulation sums the velocity terms as one big batch does; scheduled sampling runs with the
+    teacher-forced velocities beside the model's own notes."""
+    cfg = configs.Config(model=small_model(velocity_bins=BINS, head="nade"))
+    model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
+    params = init_params(cfg.model)
+    rng = np.random.default_rng(2)
+    source = [
+        {"states": states.astype(np.uint8), "velocities": rng.integers(1, 128, (40, 16)).astype(np.uint8)}
+        for states in (random_frames(rng, (40, 16))[0] for _ in range(3))
+    ]
+    data = pipeline.train_dataset(source, seq_len=8, batch_size=4, seed=0, transpose=2, velocity_bins=BINS)
+    batch = {k: jnp.asarray(v) for k, v in data[0].items() if "index" not in k}
+    assert set(batch) == {"inputs", "targets", "mask", "input_velocities", "target_velocities"}
+    onsets = np.asarray(batch["inputs"]) == ONSET
+    assert np.all((np.asarray(batch["input_velocities"]) >= 0) == onsets)
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(jax.random.key(3)))
+    one, metrics_one = jax.jit(make_train_step(model, tx, 1))(state, batch)
+    two, metrics_two = jax.jit(make_train_step(model, tx, 2))(state, batch)
+    for key in ("loss", "notes_nll", "velocity_nll"):
+        np.testing.assert_allclose(metrics_one[key], metrics_two[key], rtol=1e-5)
+    np.testing.assert_allclose(metrics_one["loss"] - metrics_one["notes_nll"], metrics_one["velocity_nll"] * np.sum(
+        (np.asarray(batch["targets"]) == ONSET) & (np.asarray(batch["target_velocities"]) >= 0)
+    ) / metrics_one["frames"], rtol=1e-5)  # fmt: skip
+    for x, y in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+    own = configs.TrainConfig(scheduled_sampling=0.5, steps=10)
+    _, metrics = jax.jit(make_train_step(model, tx, 1, own))(state, batch)
+    assert np.isfinite(metrics["velocity_nll"]) and metrics["velocity_nll"] > 0
