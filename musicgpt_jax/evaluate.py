@@ -119,7 +119,8 @@ def evaluate_nll(
 ) -> dict[str, Any]:
     """Nats per frame over `sequences` ((T, P) state arrays, or dicts with "states"), pooled Σ NLL / Σ frames.
 
-    Returns {"nats_per_frame", "nll_sum", "frames", "sequences", "windows", "window", "stride"} (module doc).
+    Returns {"nats_per_frame", "nll_sum", "frames", "sequences", "windows", "window", "stride"} (module doc),
+    and for a model with dynamics {"velocity_nats_per_onset", "onsets"}, from the dicts' "velocities".
     """
     items = list(sequences)
     seqs = [_as_states(s) for s in items]
