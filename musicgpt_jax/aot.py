@@ -130,6 +130,8 @@ def abstract_batch(cfg: Config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeD
     """The global batch train.py feeds (`pipeline.window_example` rows), sharded as `train_step.global_batch`."""
     b, t, p = cfg.train.batch_size, cfg.model.max_len, cfg.model.num_pitches
     shapes = {"inputs": ((b, t, p), jnp.int32), "targets": ((b, t, p), jnp.int32), "mask": ((b, t), jnp.float32)}
+    if cfg.model.velocity_bins:  # dynamics: the velocity bins beside the states (`pipeline.bin_velocities`)
+        shapes.update(input_velocities=((b, t, p), jnp.int32), target_velocities=((b, t, p), jnp.int32))
     return {
         k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
         for k, (shape, dtype) in shapes.items()

@@ -48,6 +48,10 @@ class ModelConfig:
     # Attention kernel: "auto" (cuDNN's fused flash attention on a GPU in bf16/fp16, "matmul" on CPU, XLA
     # elsewhere), "xla" (jax.nn.dot_product_attention), "cudnn", "matmul" (model.causal_attention_matmul).
     attention: str = "auto"
+    # Dynamics (`musicgpt_jax.dynamics`): each onset's MIDI velocity in this many bins, modelled jointly with the
+    # notes of its frame and fed back as input. 0 = notes only: corpora without dynamics (the benchmark sets, the
+    # Bach chorales) and every checkpoint saved before the field existed.
+    velocity_bins: int = 0
 
     @property
     def head_dim(self) -> int:

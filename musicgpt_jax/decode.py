@@ -20,6 +20,11 @@ Compilation: `generate` and `decode_logits` build one jitted function per (model
 steps) and jax.jit keeps one executable per input shape, so a second call with the same shapes (any seed,
 primer content or temperature) compiles nothing. `TRACE_COUNTS` counts traces, for tests.
 
+Dynamics (`cfg.velocity_bins` > 0): a frame is then the pair (states, velocity bins). Each step draws the states
+as before, then their velocities given them (`frame_choice.sample_velocities`), and feeds both back; the window
+keeps the velocities beside the states for the slide. `generate_with_velocities` returns both; a primer's own
+velocities are its context.
+
 With a mesh, the cache is constrained to the rule table's `cache_*` axes and batch-major arrays to `batch`;
 the parameters are expected to be placed on that mesh already.
 """
@@ -39,7 +44,8 @@ from jax.sharding import Mesh
 
 from musicgpt_jax import sharding
 from musicgpt_jax.configs import ModelConfig
-from musicgpt_jax.frame_choice import Strategy, sample_frame
+from musicgpt_jax.dynamics import NO_VELOCITY
+from musicgpt_jax.frame_choice import Strategy, sample_frame, sample_velocities
 from musicgpt_jax.frames import with_start_frame
 from musicgpt_jax.model import CACHE_LOGICAL_AXES, Cache, MusicTransformer, init_cache
 
@@ -50,11 +56,14 @@ class DecodeState(NamedTuple):
     cache: Cache
     window: jax.Array  # (B, cache length, P) int32: the frames the cache holds, at their cache positions
     index: jax.Array  # () int32: the cache position the next frame is written to
+    velocity_window: jax.Array | None = None  # (B, cache length, P) int32: the frames' velocity bins (dynamics)
 
 
-def context_of(primer: jax.Array, max_len: int) -> jax.Array:
-    """The start frame followed by `primer` (B, Tp, P), cut to its last `max_len` frames."""
-    return with_start_frame(primer, jnp)[:, -max_len:]
+def context_of(primer: jax.Array, max_len: int, fill: int = 0) -> jax.Array:
+    """The start frame followed by `primer` (B, Tp, P), cut to its last `max_len` frames; for velocity bins the
+    start frame holds `fill` (no velocity) instead of OFF."""
+    with_start = with_start_frame(primer, jnp)
+    return with_start.at[:, 0].set(fill)[:, -max_len:] if fill else with_start[:, -max_len:]
 
 
 def _constrain(x: jax.Array, mesh: Mesh | None, logical_axes: tuple[str | None, ...]) -> jax.Array:
@@ -65,16 +74,28 @@ def _constrain(x: jax.Array, mesh: Mesh | None, logical_axes: tuple[str | None, 
 
 def _constrain_state(state: DecodeState, mesh: Mesh | None) -> DecodeState:
     cache = {k: _constrain(v, mesh, CACHE_LOGICAL_AXES) for k, v in state.cache.items()}
-    return DecodeState(cache, _constrain(state.window, mesh, ("batch", None, None)), state.index)
+    velocity_window = state.velocity_window
+    if velocity_window is not None:
+        velocity_window = _constrain(velocity_window, mesh, ("batch", None, None))
+    return DecodeState(cache, _constrain(state.window, mesh, ("batch", None, None)), state.index, velocity_window)
+
+
+def _velocity_inputs(velocities: jax.Array | None) -> dict[str, jax.Array]:
+    return {} if velocities is None else {"velocities": velocities}
 
 
 def prefill(
-    params: Any, cfg: ModelConfig, context: jax.Array, mesh: Mesh | None = None, cache_len: int | None = None
+    params: Any,
+    cfg: ModelConfig,
+    context: jax.Array,
+    mesh: Mesh | None = None,
+    cache_len: int | None = None,
+    velocities: jax.Array | None = None,
 ) -> tuple[jax.Array, DecodeState]:
     """Run `context` (B, T, P) into an empty cache: (logits of every position, state).
 
     The cache has `cache_len` positions (default `max_len`); one shorter than `max_len` never slides, so it
-    must hold every frame the decode will feed.
+    must hold every frame the decode will feed. A model with dynamics also takes the context's velocity bins.
     """
     batch, length, pitches = context.shape
     cache_len = cache_len or cfg.max_len
@@ -83,9 +104,14 @@ def prefill(
     model = MusicTransformer(cfg)
     cache = init_cache(cfg, batch, cache_len)
     positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-    logits, cache = model.apply({"params": params}, context, positions, cache=cache, cache_index=0)
+    logits, cache = model.apply(
+        {"params": params}, context, positions, cache=cache, cache_index=0, **_velocity_inputs(velocities)
+    )
     window = jnp.zeros((batch, cache_len, pitches), jnp.int32).at[:, :length].set(context)
-    state = DecodeState(cache, window, jnp.asarray(length, jnp.int32))
+    velocity_window = None
+    if velocities is not None:
+        velocity_window = jnp.full((batch, cache_len, pitches), NO_VELOCITY, jnp.int32).at[:, :length].set(velocities)
+    state = DecodeState(cache, window, jnp.asarray(length, jnp.int32), velocity_window)
     return logits, _constrain_state(state, mesh)
 
 
@@ -94,33 +120,47 @@ def _slide(params: Any, cfg: ModelConfig, state: DecodeState) -> DecodeState:
     length = cfg.max_len
     half = length // 2
     window = jnp.roll(state.window, -(length - half), axis=1)
+    velocity_window = state.velocity_window
+    if velocity_window is not None:
+        velocity_window = jnp.roll(velocity_window, -(length - half), axis=1)
     batch = window.shape[0]
     positions = jnp.broadcast_to(jnp.arange(half), (batch, half))
+    extra = {} if velocity_window is None else {"velocities": velocity_window[:, :half]}
     _, cache = MusicTransformer(cfg).apply(
-        {"params": params}, window[:, :half], positions, cache=state.cache, cache_index=0
+        {"params": params}, window[:, :half], positions, cache=state.cache, cache_index=0, **extra
     )
-    return DecodeState(cache, window, jnp.asarray(half, jnp.int32))
+    return DecodeState(cache, window, jnp.asarray(half, jnp.int32), velocity_window)
 
 
 def decode_step(
-    params: Any, cfg: ModelConfig, state: DecodeState, frame: jax.Array, mesh: Mesh | None = None
+    params: Any,
+    cfg: ModelConfig,
+    state: DecodeState,
+    frame: jax.Array,
+    mesh: Mesh | None = None,
+    velocities: jax.Array | None = None,
 ) -> tuple[jax.Array, DecodeState]:
-    """Feed one frame (B, P): (the head's output for the frame after it — logits (B, P, S), or (B, P·S + H) for
-    the NADE head —, new state). Slides when full."""
+    """Feed one frame (B, P), with its velocity bins (B, P) for a model with dynamics: (the head's output for
+    the frame after it — logits (B, P, S), or (B, P·S + H) for the NADE head —, new state). Slides when full."""
     if state.window.shape[1] == cfg.max_len:  # a shorter cache is never full (see `prefill`)
         state = jax.lax.cond(state.index >= cfg.max_len, lambda s: _slide(params, cfg, s), lambda s: s, state)
         state = _constrain_state(state, mesh)
     index = state.index
     window = jax.lax.dynamic_update_slice(state.window, frame[:, None].astype(jnp.int32), (0, index, 0))
+    velocity_window, extra = state.velocity_window, {}
+    if velocities is not None:
+        fed = velocities[:, None].astype(jnp.int32)
+        velocity_window = jax.lax.dynamic_update_slice(velocity_window, fed, (0, index, 0))
+        extra = {"velocities": fed}
     positions = jnp.full((frame.shape[0], 1), index)
     logits, cache = MusicTransformer(cfg).apply(
-        {"params": params}, frame[:, None], positions, cache=state.cache, cache_index=index
+        {"params": params}, frame[:, None], positions, cache=state.cache, cache_index=index, **extra
     )
-    return logits[:, 0], _constrain_state(DecodeState(cache, window, index + 1), mesh)
+    return logits[:, 0], _constrain_state(DecodeState(cache, window, index + 1, velocity_window), mesh)
 
 
-NextOutput = Callable[[Any, jax.Array], tuple[jax.Array, Any]]  # (state, frame) -> (head output, state)
-ChooseFrame = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (head output, key, previous) -> frame
+NextOutput = Callable[[Any, Any], tuple[jax.Array, Any]]  # (state, frame) -> (head output, state)
+ChooseFrame = Callable[[jax.Array, jax.Array, Any], Any]  # (head output, key, previous) -> frame
 
 
 def sample_loop(
@@ -128,11 +168,12 @@ def sample_loop(
     choose_frame: ChooseFrame,
     output: jax.Array,
     state: Any,
-    previous: jax.Array,
+    previous: Any,
     num_frames: int,
     rng: jax.Array,
-) -> jax.Array:
+) -> Any:
     """`num_frames` frames (B, num_frames, P), each chosen from the output for the one before and fed back.
+    A frame may be any pytree of (B, ...) arrays (dynamics: states and velocity bins); each leaf is stacked so.
 
     The loop sees the model only through `next_output` (feed a frame, get the head's output for the next one and
     the new state: the cache here), as the Flax lm1b sampler sees its model through a tokens-to-logits function.
@@ -148,13 +189,17 @@ def sample_loop(
         return (state, following), following
 
     _, rest = jax.lax.scan(step, (state, first), jnp.arange(1, num_frames))
-    return jnp.concatenate([first[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
+    return jax.tree.map(lambda f, r: jnp.concatenate([f[:, None], jnp.swapaxes(r, 0, 1)], axis=1), first, rest)
 
 
-def _generate(params, primer, rng, choice, allowed, *, cfg: ModelConfig, num_frames: int, mesh: Mesh | None):
+def _generate(params, primer, rng, choice, allowed, primer_velocities=None, *, cfg: ModelConfig, num_frames: int, mesh):
     TRACE_COUNTS["generate"] += 1
     context = _constrain(context_of(primer, cfg.max_len), mesh, ("batch", None, None))
     fed = context.shape[1] + num_frames - 1  # the last sampled frame is never fed
+    if primer_velocities is not None:
+        return _generate_with_velocities(
+            params, context, primer_velocities, rng, choice, allowed, cfg, num_frames, mesh
+        )
     outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed))
 
     def next_output(state: DecodeState, frame: jax.Array) -> tuple[jax.Array, DecodeState]:
@@ -165,6 +210,24 @@ def _generate(params, primer, rng, choice, allowed, *, cfg: ModelConfig, num_fra
 
     frames = sample_loop(next_output, choose_frame, outputs[:, -1], state, context[:, -1], num_frames, rng)
     return _constrain(frames, mesh, ("batch", None, None))
+
+
+def _generate_with_velocities(params, context, primer_velocities, rng, choice, allowed, cfg, num_frames, mesh):
+    """`_generate` for a model with dynamics: (states, velocity bins), each (B, num_frames, P)."""
+    velocity_context = _constrain(context_of(primer_velocities, cfg.max_len, NO_VELOCITY), mesh, ("batch", None, None))
+    fed = context.shape[1] + num_frames - 1
+    outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed), velocity_context)
+
+    def next_output(state: DecodeState, frame: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, DecodeState]:
+        return decode_step(params, cfg, state, frame[0], mesh, frame[1])
+
+    def choose_frame(output: jax.Array, key: jax.Array, previous: tuple[jax.Array, jax.Array]):
+        states = sample_frame(output, key, choice, previous[0], cfg.num_states, cfg, params, allowed)
+        return states, sample_velocities(output, states, jax.random.fold_in(key, 1), choice, cfg, params)
+
+    previous = (context[:, -1], velocity_context[:, -1])
+    frames = sample_loop(next_output, choose_frame, outputs[:, -1], state, previous, num_frames, rng)
+    return jax.tree.map(lambda x: _constrain(x, mesh, ("batch", None, None)), frames)
 
 
 def _decode_logits(params, frames, *, cfg: ModelConfig, prefill_len: int, mesh: Mesh | None):
@@ -236,11 +299,49 @@ def generate(
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}: must be at least 1")
     _check(cfg, primer_states, mesh)
+    if cfg.velocity_bins:
+        return generate_with_velocities(
+            params, cfg, primer_states, None, num_frames, rng, temperature, mesh, strategy, allowed
+        )[0]
     fn = _jitted_generate(_config_key(cfg), mesh, int(num_frames))
     primer = jnp.asarray(primer_states, jnp.int32)
     strategy = strategy or Strategy("temperature", temperature)
     allowed = jnp.ones((cfg.num_pitches,), bool) if allowed is None else jnp.asarray(allowed, bool)
     return _run(fn, mesh, params, primer, rng, strategy.arrays(), allowed)
+
+
+def generate_with_velocities(
+    params: Any,
+    cfg: ModelConfig,
+    primer_states: Any,
+    primer_velocities: Any,
+    num_frames: int,
+    rng: jax.Array,
+    temperature: float = 1.0,
+    mesh: Mesh | None = None,
+    strategy: Strategy | None = None,
+    allowed: Any = None,
+) -> tuple[jax.Array, jax.Array]:
+    """`generate` for a model with dynamics (`cfg.velocity_bins` > 0): (states, velocity bins), each
+    (B, num_frames, P) int32, bins `dynamics.NO_VELOCITY` off the onsets. `primer_velocities` (B, Tp, P) are the
+    primer's bins (`dynamics.onset_velocity_bins`; None: none known), which the model hears as it heard them
+    in training."""
+    if not cfg.velocity_bins:
+        raise ValueError("generate_with_velocities: the model has no dynamics (model.velocity_bins=0)")
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames}: must be at least 1")
+    _check(cfg, primer_states, mesh)
+    primer = jnp.asarray(primer_states, jnp.int32)
+    if primer_velocities is None:
+        velocities = jnp.full(primer.shape, NO_VELOCITY, jnp.int32)
+    else:
+        velocities = jnp.asarray(primer_velocities, jnp.int32)
+        if velocities.shape != primer.shape:
+            raise ValueError(f"primer velocities of shape {velocities.shape}: expected {primer.shape}")
+    fn = _jitted_generate(_config_key(cfg), mesh, int(num_frames))
+    strategy = strategy or Strategy("temperature", temperature)
+    allowed = jnp.ones((cfg.num_pitches,), bool) if allowed is None else jnp.asarray(allowed, bool)
+    return _run(fn, mesh, params, primer, rng, strategy.arrays(), allowed, velocities)
 
 
 def decode_logits(

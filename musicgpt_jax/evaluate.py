@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from musicgpt_jax import host_memory, records
+from musicgpt_jax import dynamics, host_memory, records
 from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_params
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.dataset_card import SPLITS
@@ -74,14 +74,40 @@ def make_window_nll(model_cfg: ModelConfig) -> Callable:
     return window_nll
 
 
+def make_window_dynamics_nll(model_cfg: ModelConfig) -> Callable:
+    """For a model with dynamics: jit(params, inputs, targets, input and target velocity bins (B, W, P), mask) ->
+    per-window (notes NLL sums, velocity NLL sums, scored onsets), each (B,)."""
+    model = MusicTransformer(model_cfg)
+
+    @jax.jit
+    def window_nll(params, inputs, targets, input_velocities, target_velocities, mask):
+        out, _ = model.apply({"params": params}, inputs, deterministic=True, velocities=input_velocities)
+        nll = -frame_log_likelihood(out, targets, model_cfg, params)
+        notes = jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1)
+        per_window = jax.vmap(
+            lambda o, t, v, m: dynamics.velocity_nll(o, t, v, m, model_cfg, params), in_axes=(0, 0, 0, 0)
+        )
+        velocity, onsets = per_window(out, targets, target_velocities, mask)
+        return notes, velocity, onsets
+
+    return window_nll
+
+
+def _as_velocities(item: Any, states: np.ndarray) -> np.ndarray:
+    velocities = item.get("velocities") if isinstance(item, dict) else None
+    return np.zeros_like(states) if velocities is None else np.asarray(velocities)
+
+
 def evaluate_nll(
     params: Any, model_cfg: ModelConfig, sequences: Iterable[Any], batch_size: int = 16, stride: int | None = None
 ) -> dict[str, Any]:
     """Nats per frame over `sequences` ((T, P) state arrays, or dicts with "states"), pooled Σ NLL / Σ frames.
 
-    Returns {"nats_per_frame", "nll_sum", "frames", "sequences", "windows", "window", "stride"} (module doc).
+    Returns {"nats_per_frame", "nll_sum", "frames", "sequences", "windows", "window", "stride"} (module doc),
+    and for a model with dynamics {"velocity_nats_per_onset", "onsets"}, from the dicts' "velocities".
     """
-    seqs = [_as_states(s) for s in sequences]
+    items = list(sequences)
+    seqs = [_as_states(s) for s in items]
     if not seqs:
         raise EvaluationError("no sequences to evaluate")
     if batch_size < 1:
@@ -99,21 +125,43 @@ def evaluate_nll(
     stride = min(stride, window)  # only matters when some sequence is longer than the window
     plan = plan_windows(lengths, window, stride)
     padded = [with_start_frame(s.astype(np.int32)) for s in seqs]
-    window_nll = make_window_nll(model_cfg)
+    bins = model_cfg.velocity_bins
+    if bins:  # the start frame has no onsets; velocity bins at each sequence's onsets
+        velocity_bins = [
+            dynamics.onset_velocity_bins(p, with_start_frame(_as_velocities(i, s)), bins)
+            for p, i, s in zip(padded, items, seqs, strict=True)
+        ]
+        window_nll = make_window_dynamics_nll(model_cfg)
+    else:
+        window_nll = make_window_nll(model_cfg)
 
-    total = 0.0
+    total, velocity_total, onsets = 0.0, 0.0, 0.0
     for b in range(0, len(plan), batch_size):
         rows = plan[b : b + batch_size]
         states = np.zeros((batch_size, window + 1, model_cfg.num_pitches), np.int32)
+        velocities = np.full(states.shape, dynamics.NO_VELOCITY, np.int32)
         mask = np.zeros((batch_size, window), np.float32)
         for r, (seq, start, first, end) in enumerate(rows):
             piece = padded[seq][start : start + window + 1]
             states[r, : piece.shape[0]] = piece
+            if bins:
+                velocities[r, : piece.shape[0]] = velocity_bins[seq][start : start + window + 1]
             mask[r, first:end] = 1.0
-        sums = window_nll(params, states[:, :-1], states[:, 1:], mask)
+        if bins:
+            sums, velocity_sums, onset_counts = window_nll(
+                params, states[:, :-1], states[:, 1:], velocities[:, :-1], velocities[:, 1:], mask
+            )
+            velocity_total += float(np.sum(np.asarray(velocity_sums, np.float64)[: len(rows)]))
+            onsets += float(np.sum(np.asarray(onset_counts, np.float64)[: len(rows)]))
+        else:
+            sums = window_nll(params, states[:, :-1], states[:, 1:], mask)
         total += float(np.sum(np.asarray(sums, np.float64)[: len(rows)]))
     frames = sum(lengths)
+    velocity = {}
+    if bins:
+        velocity = {"velocity_nats_per_onset": velocity_total / onsets if onsets else float("nan"), "onsets": onsets}
     return {
+        **velocity,
         "nats_per_frame": total / frames if frames else float("nan"),
         "nll_sum": total,
         "frames": frames,

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from musicgpt_jax import dynamics
 from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.frames import HOLD, OFF
 from musicgpt_jax.model import nade_parameters, split_nade_output
@@ -130,11 +131,28 @@ def sample_frame(
 
     `choice` is a strategy's arrays (`Strategy.arrays`) or a bare temperature (0 = argmax, per pitch
     in order for the NADE head). Pitches where `allowed` (P,) is False stay off. With 3 states a HOLD only
-    continues a sounding note: a HOLD drawn on a pitch that was off becomes OFF.
+    continues a sounding note: a HOLD drawn on a pitch that was off becomes OFF. A model with dynamics
+    (`cfg.velocity_bins`) needs `cfg`; the frame's velocities are drawn after it, given it (`sample_velocities`).
     """
     if not isinstance(choice, ChoiceArrays):
         choice = ChoiceArrays(jnp.asarray(choice, jnp.float32), None)
+    out = dynamics.notes_output(out, cfg)  # with dynamics, velocities are drawn after (`sample_velocities`)
     head = nade_parameters(cfg, params)
     if head is not None:
         return nade_sample(head, out, rng, choice, previous, allowed)
     return _pick_states(_restrict(out, allowed), rng, choice, previous, num_states)
+
+
+def sample_velocities(
+    out: jax.Array,
+    states: jax.Array,
+    rng: jax.Array,
+    choice: ChoiceArrays | float | jax.Array,
+    cfg: ModelConfig,
+    params: Any,
+) -> jax.Array:
+    """The velocity bins (B, P) of a frame `states` (B, P) chosen from the output `out` (B, F) of a model with
+    dynamics, drawn by the same strategy; `dynamics.NO_VELOCITY` off the onsets."""
+    if not isinstance(choice, ChoiceArrays):
+        choice = ChoiceArrays(jnp.asarray(choice, jnp.float32), None)
+    return dynamics.sample_velocities(out, states, rng, lambda logits, key: choose(logits, key, choice), cfg, params)

@@ -9,6 +9,9 @@ The head is kept behind its output and `frame_log_likelihood` (and `frame_choice
 frame from that output), so a head that models the notes of a frame jointly (NADE-style, `NadeHead`) replaces
 it without touching the backbone, the decode cache or the evaluator.
 
+With `velocity_bins` > 0 the model also models each onset's velocity (`musicgpt_jax.dynamics`): the previous
+frames' velocities are part of the input, and the velocity head's part follows the notes head's in the output.
+
 Every parameter carries logical axis names; `sharding.LOGICAL_AXIS_RULES` maps them to the mesh.
 The cache is a dict {"k", "v"} of arrays (layers, batch, length, heads, head_dim); `cache_index` is where the
 new keys are written. No I/O in this module.
@@ -23,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from musicgpt_jax import dynamics
 from musicgpt_jax.configs import ModelConfig
 
 Cache = dict[str, jax.Array]
@@ -287,7 +291,9 @@ class MusicTransformer(nn.Module):
 
     The head's output is the logits (B, T, P, S) for the independent head and (B, T, P·S + H) for the NADE head
     (`NadeHead`); `frame_log_likelihood` and `frame_choice.sample_frame` turn either into probabilities and
-    frames."""
+    frames. With `velocity_bins` > 0, `velocities` (B, T, P) are the input frames' velocity bins
+    (`dynamics.NO_VELOCITY` off the onsets; None: no velocity input) and the output is flat per frame, the
+    velocity head's part last (`dynamics.with_velocity_part`)."""
 
     cfg: ModelConfig
 
@@ -297,6 +303,7 @@ class MusicTransformer(nn.Module):
         states: jax.Array,
         positions: jax.Array | None = None,
         *,
+        velocities: jax.Array | None = None,
         deterministic: bool = True,
         cache: Cache | None = None,
         cache_index: jax.Array | int = 0,
@@ -305,6 +312,8 @@ class MusicTransformer(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(states.shape[1]), states.shape[:2])
         x = FrameEmbed(cfg, name="embed")(states, deterministic)
+        if cfg.velocity_bins:
+            x = x + dynamics.VelocityEmbed(cfg, name="velocity_embed")(states, velocities).astype(x.dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         block = Block
         if cfg.remat:
@@ -335,7 +344,10 @@ class MusicTransformer(nn.Module):
             )
         x = RMSNorm(compute_dtype(cfg), name="final_norm")(x)
         head = NadeHead if cfg.head == "nade" else FrameHead
-        return head(cfg, name="head")(x), new_cache
+        out = head(cfg, name="head")(x)
+        if cfg.velocity_bins:
+            out = dynamics.with_velocity_part(out, dynamics.VelocityHead(cfg, name="velocity_head")(x), cfg)
+        return out, new_cache
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int | None = None, dtype: Any = None) -> Cache:
@@ -365,6 +377,7 @@ def frame_log_likelihood(
     Independent head: the sum over pitches of each pitch's log-probability. NADE head (`cfg.head == "nade"`, needs
     the model `params`): the sum over pitches of log p(state_p | context, states below p) — still log p(frame).
     """
+    out = dynamics.notes_output(out, cfg)
     head = nade_parameters(cfg, params)
     logits = out if head is None else nade_logits(head, out, targets)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -379,6 +392,24 @@ def frame_nll(
     nll = -frame_log_likelihood(out, targets, cfg, params)
     mask = mask.astype(jnp.float32)
     return (nll * mask).sum(), mask.sum()
+
+
+def loss_sums(
+    out: jax.Array, batch: dict, targets: jax.Array, cfg: ModelConfig, params: Any
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The training loss as a sum over the batch, and its parts: (notes NLL + velocity NLL, {"frames",
+    "notes_nll" and, with dynamics, "velocity_nll", "onsets"}). `targets` are the target states (those of `batch`,
+    or made consistent with the model's own samples); velocities are scored at their onsets only."""
+    notes, frames = frame_nll(out, targets, batch["mask"], cfg, params)
+    if not cfg.velocity_bins:
+        return notes, {"frames": frames, "notes_nll": notes}
+    velocity, onsets = dynamics.velocity_nll(out, targets, batch["target_velocities"], batch["mask"], cfg, params)
+    return notes + velocity, {"frames": frames, "notes_nll": notes, "velocity_nll": velocity, "onsets": onsets}
+
+
+def model_inputs(batch: dict) -> dict[str, jax.Array]:
+    """The keyword inputs of `MusicTransformer` besides the states that a batch carries (the input velocities)."""
+    return {"velocities": batch["input_velocities"]} if "input_velocities" in batch else {}
 
 
 def count_params(params) -> int:

@@ -8,6 +8,10 @@ ones, so every frame has about the same chance of being seen. Pieces shorter tha
 
 The pipeline is a `grain.MapDataset`, so its iterator state is just the next index: it is saved with each
 checkpoint and restoring it resumes the exact data order.
+
+With `velocity_bins` > 0 (a model with dynamics) an example also holds `input_velocities` and `target_velocities`:
+the records' velocities cropped and transposed as the states are, then binned at the onsets
+(`dynamics.onset_velocity_bins`; `dynamics.NO_VELOCITY` elsewhere).
 """
 
 from __future__ import annotations
@@ -17,20 +21,42 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
+from musicgpt_jax import dynamics
 from musicgpt_jax.frames import with_start_frame
 
 Example = dict[str, np.ndarray]
 
 
-def window_example(states: np.ndarray, start: int, seq_len: int) -> Example:
-    """Window [start, start + seq_len + 1) of `states` (start frame already prepended), padded and masked."""
-    window = states[start : start + seq_len + 1]
-    valid = window.shape[0] - 1
-    padded = np.zeros((seq_len + 1, states.shape[1]), np.int32)
+def _padded_window(frames: np.ndarray, start: int, seq_len: int) -> np.ndarray:
+    window = frames[start : start + seq_len + 1]
+    padded = np.zeros((seq_len + 1, frames.shape[1]), np.int32)
     padded[: window.shape[0]] = window
+    return padded
+
+
+def window_example(states: np.ndarray, start: int, seq_len: int, velocities: np.ndarray | None = None) -> Example:
+    """Window [start, start + seq_len + 1) of `states` (start frame already prepended), padded and masked; with
+    `velocities` (start frame prepended too) also their raw windows, to be binned by `bin_velocities`."""
+    valid = min(seq_len + 1, states.shape[0] - start) - 1
+    padded = _padded_window(states, start, seq_len)
     mask = np.zeros((seq_len,), np.float32)
     mask[:valid] = 1.0
-    return {"inputs": padded[:-1], "targets": padded[1:], "mask": mask}
+    example = {"inputs": padded[:-1], "targets": padded[1:], "mask": mask}
+    if velocities is not None:
+        raw = _padded_window(velocities, start, seq_len)
+        example["input_velocities"], example["target_velocities"] = raw[:-1], raw[1:]
+    return example
+
+
+def bin_velocities(example: Example, num_bins: int) -> Example:
+    """The raw velocity windows of `example` replaced by their bins at the onsets of the states beside them."""
+    for states, velocities in (("inputs", "input_velocities"), ("targets", "target_velocities")):
+        example[velocities] = dynamics.onset_velocity_bins(example[states], example[velocities], num_bins)
+    return example
+
+
+def _velocities_of(item: dict, velocity_bins: int) -> np.ndarray | None:
+    return with_start_frame(np.asarray(item["velocities"])) if velocity_bins else None
 
 
 def transpose_states(states: np.ndarray, semitones: int) -> np.ndarray:
@@ -73,6 +99,7 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     lengths: Sequence[int] | None = None,
+    velocity_bins: int = 0,
 ) -> grain.MapDataset:
     """An endless, shuffled MapDataset of this process's batches of `batch_size` windows (the local batch).
 
@@ -86,13 +113,17 @@ def train_dataset(
 
     def make_window(flat: int, rng: np.random.Generator) -> Example:
         seq = index.sequence_of(flat)
-        states = with_start_frame(np.asarray(source[seq]["states"]))
+        item = source[seq]
+        states = with_start_frame(np.asarray(item["states"]))
         start = int(rng.integers(0, max(1, states.shape[0] - seq_len)))
-        example = window_example(states, start, seq_len)
+        example = window_example(states, start, seq_len, _velocities_of(item, velocity_bins))
         if transpose:
             shift = int(rng.integers(-transpose, transpose + 1))
-            example["inputs"] = transpose_states(example["inputs"], shift)
-            example["targets"] = transpose_states(example["targets"], shift)
+            for key in ("inputs", "targets", "input_velocities", "target_velocities"):
+                if key in example:
+                    example[key] = transpose_states(example[key], shift)
+        if velocity_bins:
+            bin_velocities(example, velocity_bins)
         example["source_index"] = np.int64(seq)
         example["window_index"] = np.int64(flat)
         return example
@@ -122,13 +153,16 @@ class _ProcessRows(grain.MapDataset):
         return self._parent[batch * self._local * self._count + self._process * self._local + row]
 
 
-def eval_examples(source: Sequence[dict], *, seq_len: int) -> list[Example]:
+def eval_examples(source: Sequence[dict], *, seq_len: int, velocity_bins: int = 0) -> list[Example]:
     """Consecutive, non-overlapping windows covering every frame of every sequence exactly once."""
     examples = []
     for i in range(len(source)):
-        states = with_start_frame(np.asarray(source[i]["states"]))
+        item = source[i]
+        states = with_start_frame(np.asarray(item["states"]))
+        velocities = _velocities_of(item, velocity_bins)
         for start in range(0, states.shape[0] - 1, seq_len):
-            examples.append(window_example(states, start, seq_len))
+            example = window_example(states, start, seq_len, velocities)
+            examples.append(bin_velocities(example, velocity_bins) if velocity_bins else example)
     return examples
 
 
@@ -140,9 +174,10 @@ def eval_batches(
     max_batches: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    velocity_bins: int = 0,
 ) -> Iterator[Example]:
     """Fixed evaluation batches (local share of each global batch), padded with fully masked rows."""
-    examples = eval_examples(source, seq_len=seq_len)
+    examples = eval_examples(source, seq_len=seq_len, velocity_bins=velocity_bins)
     global_batch = batch_size * process_count
     num_batches = -(-len(examples) // global_batch)
     if max_batches is not None:
@@ -153,4 +188,4 @@ def eval_batches(
             empty = {k: np.zeros_like(v) for k, v in rows[0].items()}
             rows = rows + [empty] * (global_batch - len(rows))
         local = rows[process_index * batch_size : (process_index + 1) * batch_size]
-        yield {k: np.stack([r[k] for r in local]) for k in ("inputs", "targets", "mask")}
+        yield {k: np.stack([r[k] for r in local]) for k in rows[0]}

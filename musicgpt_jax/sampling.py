@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from musicgpt_jax import audio, decode, listening_page, pianoroll, stats
+from musicgpt_jax import audio, decode, dynamics, listening_page, pianoroll, stats
 from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_params
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
@@ -231,9 +231,15 @@ def _window_start(meter: Meter, end: int, context: int) -> int:
 
 
 def output_frames(
-    generated: np.ndarray, grid: Grid, primer: Primer | None, include_prime: bool, bpm: float | None
+    generated: np.ndarray,
+    grid: Grid,
+    primer: Primer | None,
+    include_prime: bool,
+    bpm: float | None,
+    generated_velocities: np.ndarray | None = None,
 ) -> Frames:
-    """The frames one sample file holds: the generated frames, after the primer when it is included."""
+    """The frames one sample file holds: the generated frames, after the primer when it is included.
+    `generated_velocities` (MIDI velocities, 0 where unknown) are the generated onsets' own."""
     prime_states = primer.states if primer is not None and include_prime else generated[:0]
     states = np.concatenate([prime_states, generated]).astype(np.int32)
     if grid.num_states == 3:
@@ -243,6 +249,8 @@ def output_frames(
     velocities = np.zeros(states.shape, np.uint8)
     if len(prime_states):
         velocities[: len(prime_states)] = primer.velocities
+    if generated_velocities is not None:
+        velocities[len(prime_states) :] = generated_velocities
     # every note start gets a velocity: the primer's own, else the default (generated notes, cut notes)
     velocities = np.where(velocities > 0, velocities, DEFAULT_VELOCITY)
     velocities = np.where(note_starts(states, grid.num_states), velocities, 0)
@@ -337,7 +345,21 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
     allowed = keyboard_of(cfg, grid) if options.keyboard == "corpus" else None
     rng = jax.random.key(options.seed)
     started = time.perf_counter()
-    generated = np.asarray(decode.generate(params, model, batch, num_frames, rng, strategy=strategy, allowed=allowed))
+    velocities = None
+    if model.velocity_bins:  # dynamics: the primer's velocities are context; the generated ones are written
+        prime_bins = dynamics.onset_velocity_bins(
+            prime_states, primer.velocities if primer is not None else np.zeros_like(prime_states), model.velocity_bins
+        )
+        generated, bins = decode.generate_with_velocities(
+            params, model, batch, np.broadcast_to(prime_bins, batch.shape), num_frames, rng, strategy=strategy,
+            allowed=allowed,
+        )  # fmt: skip
+        generated = np.asarray(generated)
+        velocities = dynamics.bin_to_velocity(np.asarray(bins), model.velocity_bins)
+    else:
+        generated = np.asarray(
+            decode.generate(params, model, batch, num_frames, rng, strategy=strategy, allowed=allowed)
+        )
     sampling_seconds = time.perf_counter() - started
 
     out = Path(options.out)
@@ -348,7 +370,8 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
     try:
         for i, states in enumerate(generated):
             name = f"sample_{i:02d}"
-            frames = output_frames(states, grid, primer, options.include_prime, options.bpm)
+            own = None if velocities is None else velocities[i]
+            frames = output_frames(states, grid, primer, options.include_prime, options.bpm, own)
             prime_frames = len(primer.states) if primer is not None and options.include_prime else 0
             title = f"{name} · {options.workdir} step {step} · {strategy.describe()} · seed {options.seed}"
             seconds = _write_sample(frames, staging, name, title, prime_frames)

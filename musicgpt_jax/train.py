@@ -66,7 +66,10 @@ def check_compatible(saved: dict, cfg: Config, workdir: str) -> None:
         )
     saved_model = saved.get("model", {})
     ours = dataclasses.asdict(cfg.model)
-    shape_keys = ("num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers", "head")
+    shape_keys = (
+        "num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers", "head",
+        "velocity_bins",
+    )  # fmt: skip
     if ours["head"] == "nade":
         shape_keys += ("nade_hidden",)
     defaults = dataclasses.asdict(type(cfg.model)())  # keys added since the checkpoint was written
@@ -151,6 +154,7 @@ def _set_up(cfg: Config, workdir: epath.Path) -> _Run:
         transpose=cfg.data.transpose,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        velocity_bins=cfg.model.velocity_bins,
     )
     data_iter = iter(dataset.to_iter_dataset())
     start_step = 0
@@ -185,18 +189,26 @@ def _set_up(cfg: Config, workdir: epath.Path) -> _Run:
     )
 
 
-def evaluate_split(params: Any, eval_step: Callable, batches, mesh: Mesh) -> tuple[float, float]:
-    """(nats per frame, frames) over fixed evaluation batches."""
-    total, frames = 0.0, 0.0
+def evaluate_split(
+    params: Any, eval_step: Callable, batches, mesh: Mesh, velocity: dict | None = None
+) -> tuple[float, float]:
+    """(nats per frame of the notes, frames) over fixed evaluation batches; with dynamics, `velocity` (when given)
+    receives {"velocity_nll": nats per onset, "onsets"}."""
+    total, frames, velocity_total, onsets = 0.0, 0.0, 0.0, 0.0
     for local in batches:
         out = eval_step(params, global_batch(local, mesh))
         total += float(out["nll_sum"])
         frames += float(out["frames"])
+        velocity_total += float(out.get("velocity_nll", 0.0))
+        onsets += float(out.get("onsets", 0.0))
+    if velocity is not None and onsets:
+        velocity.update(velocity_nll=velocity_total / onsets, onsets=onsets)
     return (total / frames if frames else float("nan")), frames
 
 
-def _validate(run: _Run, state: TrainState) -> float:
-    """Validation NLL (nats per frame) of the evaluation parameters."""
+def _validate(run: _Run, state: TrainState) -> dict[str, float]:
+    """Validation NLL of the evaluation parameters: {"val_nll": notes, nats per frame} and, with dynamics,
+    {"val_velocity_nll": nats per onset}."""
     batches = pipeline.eval_batches(
         run.val_source,
         seq_len=run.cfg.model.max_len,
@@ -204,9 +216,11 @@ def _validate(run: _Run, state: TrainState) -> float:
         max_batches=run.cfg.train.eval_batches,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        velocity_bins=run.cfg.model.velocity_bins,
     )
-    val_nll, _ = evaluate_split(evaluation_params(state), run.eval_step, batches, run.mesh)
-    return val_nll
+    velocity: dict[str, float] = {}
+    val_nll, _ = evaluate_split(evaluation_params(state), run.eval_step, batches, run.mesh, velocity)
+    return {"val_nll": val_nll, **({"val_velocity_nll": velocity["velocity_nll"]} if velocity else {})}
 
 
 class _Throughput:
@@ -238,6 +252,7 @@ def _log_metrics(run: _Run, step: int, metrics: dict, meter: _Throughput, writer
         "frames_per_s": frames_per_s,
         "mfu": mfu,
         "learning_rate": float(learning_rate_schedule(run.cfg.train)(step)),
+        **{k: float(metrics[k]) for k in ("notes_nll", "velocity_nll") if k in metrics},  # dynamics: each apart
     }
     writer.write(step, logged)
     if bar is not None:
@@ -259,7 +274,7 @@ def _batches(run: _Run, data_log: str | None) -> Iterator[dict]:
         local = next(run.data_iter)
         if data_log is not None:
             _log_rows(data_log, local)
-        yield global_batch({k: local[k] for k in ("inputs", "targets", "mask")}, run.mesh)
+        yield global_batch({k: v for k, v in local.items() if k not in ("source_index", "window_index")}, run.mesh)
 
 
 def _loop(
@@ -288,9 +303,12 @@ def _loop(
         if bar is not None:
             bar.update(1)
         if run.val_source and (itstime(step, tcfg.eval_every, tcfg.steps) or out_of_time):
-            last["val_nll"] = _validate(run, state)
-            writer.write(step, {"val_nll": last["val_nll"]})
-            log(f"step {step}: validation NLL {last['val_nll']:.4f} nats/frame")
+            validation = _validate(run, state)
+            last.update(validation)
+            writer.write(step, validation)
+            velocity = validation.get("val_velocity_nll")
+            velocity_text = f", velocity {velocity:.4f} nats/onset" if velocity is not None else ""
+            log(f"step {step}: validation NLL {validation['val_nll']:.4f} nats/frame{velocity_text}")
         if saving:
             # Every process has consumed the same number of local batches, so one data state serves them all,
             # and it stays valid when the run resumes with another number of processes.

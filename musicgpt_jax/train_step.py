@@ -14,20 +14,23 @@ from musicgpt_jax import sharding
 from musicgpt_jax.configs import TrainConfig
 from musicgpt_jax.frame_choice import sample_frame
 from musicgpt_jax.frames import HOLD, OFF, ONSET
-from musicgpt_jax.model import MusicTransformer, frame_nll
+from musicgpt_jax.model import MusicTransformer, loss_sums, model_inputs
 from musicgpt_jax.train_state import TrainState
 
 
-def with_own_samples(model: MusicTransformer, params: Any, inputs: jax.Array, rng: jax.Array, rate: float | jax.Array):
+def with_own_samples(
+    model: MusicTransformer, params: Any, inputs: jax.Array, rng: jax.Array, rate: float | jax.Array, **velocities
+):
     """`inputs` (B, T, P) with each frame after the first replaced, with probability `rate`, by a frame the model
     samples (temperature 1) from the true frames before it: parallel scheduled sampling (Duckworth et al. 2019).
+    With dynamics the input velocities stay the true ones (`velocities`): only the notes are the model's.
 
     Trained on such inputs against the true targets, the model learns to lead its own stray notes back to the
     music instead of continuing them (docs/RESULTS.md, "Long samples").
     """
     sample_rng, mix_rng = jax.random.split(rng)
     params = jax.lax.stop_gradient(params)
-    out, _ = model.apply({"params": params}, inputs, deterministic=True)
+    out, _ = model.apply({"params": params}, inputs, deterministic=True, **velocities)
     batch, length, pitches = inputs.shape
     flat_out = out[:, :-1].reshape(batch * (length - 1), *out.shape[2:])
     previous = inputs[:, :-1].reshape(-1, pitches)
@@ -62,23 +65,23 @@ def make_train_step(
     `tcfg.scheduled_sampling` > 0 a share of the input frames is the model's own samples (`with_own_samples`)."""
     own_samples = tcfg is not None and tcfg.scheduled_sampling > 0
 
-    def loss_sums(params, micro, rng, step):
-        inputs, targets = micro["inputs"], micro["targets"]
+    def batch_loss(params, micro, rng, step):
+        inputs, targets, extra = micro["inputs"], micro["targets"], model_inputs(micro)
         if own_samples:
             own_rng, rate = jax.random.fold_in(rng, 1), scheduled_sampling_rate(tcfg, step)  # dropout keeps `rng`
             inputs = jax.lax.cond(  # before the start, no extra forward pass
-                rate > 0, lambda x: with_own_samples(model, params, x, own_rng, rate), lambda x: x, inputs
+                rate > 0, lambda x: with_own_samples(model, params, x, own_rng, rate, **extra), lambda x: x, inputs
             )
             targets = restart_held_notes(inputs, targets, model.cfg.num_states)
-        out, _ = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
-        return frame_nll(out, targets, micro["mask"], model.cfg, params)
+        out, _ = model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng}, **extra)
+        return loss_sums(out, micro, targets, model.cfg, params)
 
-    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+    grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if grad_accum == 1:
-            (nll_sum, frames), grads = grad_fn(state.params, batch, rng, state.step)
+            (nll_sum, sums), grads = grad_fn(state.params, batch, rng, state.step)
         else:
             micro_batches = jax.tree.map(
                 lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch
@@ -87,18 +90,19 @@ def make_train_step(
             def accumulate(carry, xs):
                 micro, i = xs
                 (nll, n), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i), state.step)
-                acc_nll, acc_n, acc_g = carry
-                return (acc_nll + nll, acc_n + n, jax.tree.map(jnp.add, acc_g, g)), None
+                return jax.tree.map(jnp.add, carry, (nll, n, g)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (nll_sum, frames, grads), _ = jax.lax.scan(
-                accumulate, (jnp.zeros(()), jnp.zeros(()), zeros), (micro_batches, jnp.arange(grad_accum))
-            )
-        frames = jnp.maximum(frames, 1.0)
+            keys = ("frames", "notes_nll") + (("velocity_nll", "onsets") if model.cfg.velocity_bins else ())
+            zeros = (jnp.zeros(()), dict.fromkeys(keys, jnp.zeros(())), jax.tree.map(jnp.zeros_like, state.params))
+            (nll_sum, sums, grads), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(grad_accum)))
+        frames = jnp.maximum(sums["frames"], 1.0)
         grads = jax.tree.map(lambda g: g / frames, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": nll_sum / frames, "grad_norm": optax.global_norm(grads), "frames": frames}
+        if "onsets" in sums:  # dynamics: the loss is notes + velocities; each apart, velocities per onset
+            metrics["notes_nll"] = sums["notes_nll"] / frames
+            metrics["velocity_nll"] = sums["velocity_nll"] / jnp.maximum(sums["onsets"], 1.0)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -122,12 +126,13 @@ def jit_train_step(
 
 
 def make_eval_step(model: MusicTransformer) -> Callable:
-    """eval_step(params, batch) -> {"nll_sum", "frames"} over the batch's unmasked frames."""
+    """eval_step(params, batch) -> {"nll_sum" (the notes), "frames"} over the batch's unmasked frames; with
+    dynamics also {"velocity_nll", "onsets"}."""
 
     def eval_step(params, batch) -> dict:
-        out, _ = model.apply({"params": params}, batch["inputs"], deterministic=True)
-        nll_sum, frames = frame_nll(out, batch["targets"], batch["mask"], model.cfg, params)
-        return {"nll_sum": nll_sum, "frames": frames}
+        out, _ = model.apply({"params": params}, batch["inputs"], deterministic=True, **model_inputs(batch))
+        _, sums = loss_sums(out, batch, batch["targets"], model.cfg, params)
+        return {"nll_sum": sums.pop("notes_nll"), **sums}
 
     return eval_step
 

@@ -22,7 +22,13 @@ DECAYED = {
     *(f"LAYER/attention/{name}" for name in ("key", "query", "value", "out")),
     *(f"LAYER/mlp/{name}/kernel" for name in ("down", "gate", "up")),
 }
-NOT_DECAYED = {"final_norm/scale", "head/context_bias", "head/direct/bias", "LAYER/attention_norm/scale", "LAYER/mlp_norm/scale"}
+NOT_DECAYED = {
+    "final_norm/scale",
+    "head/context_bias",
+    "head/direct/bias",
+    "LAYER/attention_norm/scale",
+    "LAYER/mlp_norm/scale",
+}
 
 
 def abstract_params(*overrides: str):
