@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from musicgpt_jax import sampling
+    from musicgpt_jax import compose
 
     parser = _Parser(
         prog="sample.py", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -39,7 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--bars", type=int, default=8, help="length in bars of the primer's time signature, else 4/4 (default: 8)"
     )
     length.add_argument("--frames", type=int, help="length in frames (time steps) instead of bars")
-    sampling.add_strategy_flags(parser)
+    compose.add_strategy_flags(parser)
     parser.add_argument("--seed", type=int, default=0, help="same seed, same MIDI (default: 0)")
     parser.add_argument("--prime", help="a MIDI file to continue")
     parser.add_argument("--prime_bars", type=int, default=4, help="use the primer's last K bars (default: 4)")
@@ -52,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from absl import logging  # Orbax logs its read-only notes as warnings; they are not ours to show
 
-    from musicgpt_jax import sampling
+    from musicgpt_jax import compose
 
     logging.set_verbosity(logging.ERROR)
 
-    options = sampling.SampleOptions(**vars(args))
+    options = compose.SampleOptions(**vars(args))
     try:
-        sampling.sample_run(options)
-    except sampling.INPUT_ERRORS as error:
+        compose.sample_run(options)
+    except compose.INPUT_ERRORS as error:
         print(f"sample.py: {error}", file=sys.stderr)
         return 1
     return 0

@@ -31,7 +31,7 @@ from absl import logging
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from musicgpt_jax import decode, host_memory, records, sampling, stats  # noqa: E402
+from musicgpt_jax import compose, decode, host_memory, records, stats  # noqa: E402
 from musicgpt_jax.checkpoint import restore_params  # noqa: E402
 from musicgpt_jax.frames import OFF, Meter, note_starts  # noqa: E402
 from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
@@ -84,18 +84,14 @@ def log_likelihood_recomputed(params, cfg, pieces: np.ndarray, chunk: int = 32) 
 
 
 def held_out_midi(cfg, folder: Path, split: str) -> Path | None:
-    """The MIDI files of one held-out split of the run's dataset (from its manifest), linked into `folder`; None
-    for a dataset that was not made from MIDI files (the benchmark sets)."""
-    card = records.load_card(cfg.data.data_dir, cfg.data.dataset)
-    manifest = Path(cfg.data.data_dir) / cfg.data.dataset / "manifest.jsonl"
-    source = Path(card.get("source", ""))
-    if not manifest.is_file() or not source.is_dir():
+    """The MIDI files of one held-out split of the run's dataset, linked into `folder`; None for a dataset that
+    was not made from MIDI files (the benchmark sets)."""
+    files = records.split_files(cfg.data.data_dir, cfg.data.dataset, split)
+    if not files:
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    for entry in map(json.loads, manifest.read_text().splitlines()):
-        if entry.get("split") == split and entry.get("status") == "converted":
-            link = folder / entry["path"].replace("/", "__")
-            link.symlink_to((source / entry["path"]).resolve())
+    for i, path in enumerate(files):
+        (folder / f"{i:03d}_{path.name}").symlink_to(path.resolve())
     return folder
 
 
@@ -124,30 +120,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="validation",
         help="the held-out files to compare with: choose settings on validation, report test once",
     )
-    sampling.add_strategy_flags(parser)
+    compose.add_strategy_flags(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.set_verbosity(logging.ERROR)
-    cfg, step = sampling.load_config(args.workdir)
-    grid = sampling.grid_of(cfg)
+    cfg, step = compose.load_config(args.workdir)
+    grid = compose.grid_of(cfg)
     steps_per_bar = Meter((), grid.steps_per_quarter).steps_per_bar()  # generated pieces are 4/4
     out = Path(args.out or tempfile.mkdtemp(prefix="long_samples-"))
-    options = sampling.SampleOptions(
+    options = compose.SampleOptions(
         workdir=args.workdir,
         out=str(out),
         num_samples=args.num_samples,
         bars=args.bars,
         seed=args.seed,
-        **sampling.strategy_options(args),
+        **compose.strategy_options(args),
     )
-    samples = sampling.sample_run(options, log=lambda line: None)
+    samples = compose.sample_run(options, log=lambda line: None)
     pieces = np.stack([s.generated for s in samples])
-    allowed = np.flatnonzero(sampling.keyboard_of(cfg, grid))
+    allowed = np.flatnonzero(compose.keyboard_of(cfg, grid))
     low, high = int(allowed[0]), int(allowed[-1])
-    strategy = sampling.strategy_of(options).describe()
+    strategy = compose.strategy_of(options).describe()
     print(
         f"{args.workdir} step {step}, head {cfg.model.head}; {strategy}, keyboard {args.keyboard}; "
         f"{args.num_samples} x {args.bars} bars, seed {args.seed}; corpus keyboard with transposition: {low}..{high}"

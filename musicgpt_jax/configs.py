@@ -254,8 +254,26 @@ def piano_midi() -> Config:
     return _benchmark("piano_midi", steps=1000, max_len=256, batch_size=16)
 
 
+def piano() -> Config:
+    """Classical piano (MAESTRO): both hands in an 8-bar window, the NADE head, and dynamics (32 velocity bins).
+    Sized to train on one CPU in half an hour (benchmarks/classical_piano.py); give it more steps, a larger
+    batch or `small`'s width on a GPU. Trains `--dataset maestro` unless told otherwise."""
+    cfg = Config(
+        model=ModelConfig(
+            num_layers=4, d_model=192, num_heads=6, mlp_dim=576, max_len=256, dropout=0.1, head="nade", velocity_bins=32
+        ),
+        data=DataConfig(dataset="maestro"),
+        train=TrainConfig(
+            steps=2000, batch_size=8, learning_rate=1e-3, warmup_steps=100, eval_every=250, checkpoint_every=250
+        ),
+        preset="piano",
+    )
+    return _with_own_samples(cfg, start=200)
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "tiny": tiny,
+    "piano": piano,
     "small": small,
     "base": base,
     "large": large,

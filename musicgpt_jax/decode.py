@@ -2,7 +2,7 @@
 
 `sample_loop` is the loop itself and sees the model through a function (state, frame) -> (head output, state);
 `generate` builds that function from the model and its key-value cache, and draws each frame with
-`frame_choice.sample_frame`. `sampling.py` turns the frames into MIDI.
+`frame_choice.sample_frame`. `compose.py` turns the frames into MIDI.
 
 Sequence convention (as in training): a piece starts with the all-OFF start frame (`frames.with_start_frame`),
 and the logits at frame t predict frame t+1. The context of a generation is that start frame followed by the

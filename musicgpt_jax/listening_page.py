@@ -33,7 +33,7 @@ th { color: #555; }
 
 
 class PageSample(Protocol):
-    """What the page needs of a sample (sampling.Sample has it): files are `name`.png, .wav and .mid."""
+    """What the page needs of a sample (compose.Sample has it): files are `name`.png, .wav and .mid."""
 
     name: str
     frames: Frames

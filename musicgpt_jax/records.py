@@ -135,6 +135,20 @@ def load_card(data_dir: epath.PathLike, name: str) -> dict[str, Any]:
     return _require_card(data_dir, name)
 
 
+def split_files(data_dir: epath.PathLike, name: str, split: str) -> list[Path]:
+    """The source MIDI files of one split of a dataset made from a MIDI folder (from its manifest), sorted; empty
+    for a dataset made otherwise (the benchmark sets) or whose source folder is gone."""
+    card = _require_card(data_dir, name)
+    manifest = epath.Path(data_dir) / name / MANIFEST_FILE
+    source = Path(card.get("source", ""))
+    if not manifest.exists() or not source.is_dir():
+        return []
+    entries = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    return sorted(
+        source / e["path"] for e in entries if e.get("split") == split and e.get("status") == "converted"
+    )
+
+
 def load_info(data_dir: epath.PathLike, name: str) -> DatasetInfo:
     """Shape and size of dataset `name` in `data_dir`; DatasetNotFoundError unless it is completely there."""
     card = _require_card(data_dir, name)

@@ -16,7 +16,7 @@ import pretty_midi
 import pytest
 from flax import linen as nn
 
-from musicgpt_jax import configs, decode, dynamics, pipeline, records, sampling
+from musicgpt_jax import compose, configs, decode, dynamics, pipeline, records
 from musicgpt_jax.checkpoint import Checkpointer, restore_params
 from musicgpt_jax.frame_choice import sample_frame, sample_velocities
 from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames
@@ -182,17 +182,17 @@ def test_a_config_saved_before_the_field_loads_and_samples_as_before(tmp_path):
     checkpointer = Checkpointer(tmp_path / "run", async_save=False)
     checkpointer.save(1, state, data_state={}, config=saved)
     checkpointer.close()
-    samples = sampling.sample_run(
-        sampling.SampleOptions(workdir=str(tmp_path / "run"), out=str(tmp_path / "out"), num_samples=2, frames=24),
+    samples = compose.sample_run(
+        compose.SampleOptions(workdir=str(tmp_path / "run"), out=str(tmp_path / "out"), num_samples=2, frames=24),
         log=lambda _: None,
     )
     expected = decode.generate(
-        params, model, np.zeros((2, 0, 128), np.int32), 24, jax.random.key(0), strategy=sampling.DEFAULT_STRATEGY
+        params, model, np.zeros((2, 0, 128), np.int32), 24, jax.random.key(0), strategy=compose.DEFAULT_STRATEGY
     )
     for sample, states in zip(samples, np.asarray(expected), strict=True):
         np.testing.assert_array_equal(sample.generated, states)  # the same music as the notes-only path draws
         onsets = sample.frames.velocities > 0
-        assert onsets.any() and np.all(sample.frames.velocities[onsets] == sampling.DEFAULT_VELOCITY)
+        assert onsets.any() and np.all(sample.frames.velocities[onsets] == compose.DEFAULT_VELOCITY)
 
 
 # ---------------------------------------------------------------------------------------------------- learning
@@ -253,8 +253,8 @@ def test_a_tiny_model_learns_the_loudness_rule_and_writes_it_to_midi(trained_run
     assert result["onsets"] > 100 and result["velocity_nats_per_onset"] < 0.6 * math.log(BINS), result
     assert result["nats_per_frame"] == pytest.approx(last["val_nll"], rel=0.2)
 
-    samples = sampling.sample_run(
-        sampling.SampleOptions(workdir=str(root / "run"), out=str(root / "samples"), num_samples=4, bars=4, seed=1),
+    samples = compose.sample_run(
+        compose.SampleOptions(workdir=str(root / "run"), out=str(root / "samples"), num_samples=4, bars=4, seed=1),
         log=lambda _: None,
     )
     loud, soft = [], []
@@ -285,8 +285,8 @@ def primer_file(path: Path) -> Path:
 def test_a_primer_keeps_its_velocities_and_the_model_hears_them(trained_run, tmp_path):
     root, _ = trained_run
     primer = primer_file(tmp_path / "primer.mid")
-    samples = sampling.sample_run(
-        sampling.SampleOptions(
+    samples = compose.sample_run(
+        compose.SampleOptions(
             workdir=str(root / "run"), out=str(tmp_path / "out"), num_samples=2, bars=1, prime=str(primer),
             prime_bars=1, include_prime=True,
         ),
@@ -299,10 +299,10 @@ def test_a_primer_keeps_its_velocities_and_the_model_hears_them(trained_run, tmp
         assert np.count_nonzero(head) == 16
 
     # the primer's velocities are the model's context: other velocities, another output (same states)
-    cfg, _ = sampling.load_config(str(root / "run"))
+    cfg, _ = compose.load_config(str(root / "run"))
     params = restore_params(str(root / "run"), cfg)
-    grid = sampling.grid_of(cfg)
-    read = sampling.read_primer(str(primer), grid, 1, cfg.model.max_len)
+    grid = compose.grid_of(cfg)
+    read = compose.read_primer(str(primer), grid, 1, cfg.model.max_len)
     bins = dynamics.onset_velocity_bins(read.states, read.velocities, BINS)
     context = decode.context_of(jnp.asarray(read.states[None]), cfg.model.max_len)
     outputs = [

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, bad_workdirs, run_all
 from flax import linen as nn
 
-from musicgpt_jax import configs, sampling
+from musicgpt_jax import compose, configs
 from musicgpt_jax.checkpoint import Checkpointer
 from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames
 from musicgpt_jax.midi_io import midi_to_frames, write_midi
@@ -92,8 +92,8 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def on_grid(path: Path, grid: sampling.Grid) -> tuple[np.ndarray, np.ndarray]:
-    return sampling.to_grid(midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter), grid)
+def on_grid(path: Path, grid: compose.Grid) -> tuple[np.ndarray, np.ndarray]:
+    return compose.to_grid(midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter), grid)
 
 
 def as_written(states: np.ndarray) -> np.ndarray:
@@ -105,9 +105,9 @@ def as_written(states: np.ndarray) -> np.ndarray:
 
 def assert_decodes_back(path: Path, frames: Frames) -> None:
     """The MIDI file read by the codec gives exactly `frames` (the file ends at the last note's offset)."""
-    grid = sampling.Grid(frames.steps_per_quarter, frames.lowest_pitch, frames.num_pitches, frames.num_states)
+    grid = compose.Grid(frames.steps_per_quarter, frames.lowest_pitch, frames.num_pitches, frames.num_states)
     decoded = midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter)
-    states, velocities = sampling.to_grid(decoded, grid)
+    states, velocities = compose.to_grid(decoded, grid)
     length = len(states)
     np.testing.assert_array_equal(states, frames.states[:length])
     np.testing.assert_array_equal(velocities, frames.velocities[:length])
@@ -145,8 +145,8 @@ def test_same_seed_same_midi_other_seed_or_step_other_music(run_dir, tmp_path, c
 
 
 def test_midi_decodes_back_to_the_sampled_frames(run_dir, tmp_path):
-    options = sampling.SampleOptions(workdir=str(run_dir), out=str(tmp_path), num_samples=2, bars=1, seed=3)
-    samples = sampling.sample_run(options, log=lambda _: None)
+    options = compose.SampleOptions(workdir=str(run_dir), out=str(tmp_path), num_samples=2, bars=1, seed=3)
+    samples = compose.sample_run(options, log=lambda _: None)
     for sample in samples:
         assert sample.frames.num_frames == 32 == len(sample.generated)
         assert sample.frames.tempos == ((0, 120.0),) and sample.frames.time_signatures == ((0, 4, 4),)
@@ -159,11 +159,11 @@ def test_midi_decodes_back_to_the_sampled_frames(run_dir, tmp_path):
 
 def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
     primer = primer_file(tmp_path / "primer.mid", 60)  # 2 bars less 4 steps: the last bar is 28 steps
-    grid = sampling.Grid(8, 0, 128, 3)
+    grid = compose.Grid(8, 0, 128, 3)
     primer_states, primer_velocities = on_grid(primer, grid)
 
-    def run(include: bool) -> list[sampling.Sample]:
-        options = sampling.SampleOptions(
+    def run(include: bool) -> list[compose.Sample]:
+        options = compose.SampleOptions(
             workdir=str(run_dir),
             out=str(tmp_path / f"out{include}"),
             num_samples=2,
@@ -172,7 +172,7 @@ def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
             prime_bars=1,
             include_prime=include,
         )
-        return sampling.sample_run(options, log=lambda _: None)
+        return compose.sample_run(options, log=lambda _: None)
 
     without, with_prime = run(False), run(True)
     for plain, primed in zip(without, with_prime, strict=True):
@@ -182,7 +182,7 @@ def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
         assert primed.prime_frames == 28 and primed.frames.num_frames == 28 + 32
         np.testing.assert_array_equal(primed.frames.states[:28], as_written(primer_states[-28:]))
         held = primer_velocities[-28:].copy()
-        held[0, 48] = sampling.DEFAULT_VELOCITY  # the bass note cut at the bar line has no velocity of its own
+        held[0, 48] = compose.DEFAULT_VELOCITY  # the bass note cut at the bar line has no velocity of its own
         np.testing.assert_array_equal(primed.frames.velocities[:28], held)
         np.testing.assert_array_equal(primed.frames.states[28:], primed.generated)
         assert plain.frames.tempos == primed.frames.tempos == ((0, 100.0),)  # the primer's tempo
@@ -198,8 +198,8 @@ def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
 
 def test_primer_longer_than_the_context_is_cut_to_its_last_window(run_dir, tmp_path, capsys):
     primer = primer_file(tmp_path / "long.mid", 124)  # 4 bars less 4 steps, the context is 32 frames
-    samples = sampling.sample_run(
-        sampling.SampleOptions(
+    samples = compose.sample_run(
+        compose.SampleOptions(
             workdir=str(run_dir),
             out=str(tmp_path / "out"),
             num_samples=2,
@@ -211,7 +211,7 @@ def test_primer_longer_than_the_context_is_cut_to_its_last_window(run_dir, tmp_p
         ),
         log=lambda _: None,
     )
-    states, _ = on_grid(primer, sampling.Grid(8, 0, 128, 3))
+    states, _ = on_grid(primer, compose.Grid(8, 0, 128, 3))
     assert "context" in capsys.readouterr().err
     for sample in samples:
         # its last 32 frames, from the first bar line in them: 28 frames
@@ -230,8 +230,8 @@ def test_benchmark_model_uses_its_own_grid(tmp_path):
         "jsb_chorales",
         steps=(5,),
     )
-    [sample] = sampling.sample_run(
-        sampling.SampleOptions(workdir=str(workdir), out=str(tmp_path / "out"), num_samples=1, bars=2),
+    [sample] = compose.sample_run(
+        compose.SampleOptions(workdir=str(workdir), out=str(tmp_path / "out"), num_samples=1, bars=2),
         log=lambda _: None,
     )
     frames = sample.frames
@@ -334,10 +334,10 @@ def test_a_failure_while_writing_leaves_out_untouched(run_dir, tmp_path, monkeyp
             raise RuntimeError("disk full")
         Path(path).write_bytes(b"png")
 
-    monkeypatch.setattr(sampling.pianoroll, "draw_piano_roll", draw_then_fail)
+    monkeypatch.setattr(compose.pianoroll, "draw_piano_roll", draw_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        sampling.sample_run(
-            sampling.SampleOptions(workdir=str(run_dir), out=str(out), num_samples=2, bars=1), log=lambda _: None
+        compose.sample_run(
+            compose.SampleOptions(workdir=str(run_dir), out=str(out), num_samples=2, bars=1), log=lambda _: None
         )
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -346,7 +346,7 @@ def test_a_failure_while_writing_leaves_out_untouched(run_dir, tmp_path, monkeyp
 def test_every_sample_has_a_wav_and_the_page_lists_them_with_the_primer_and_command(run_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "no-fluidsynth"))
     out = tmp_path / "out"
-    options = sampling.SampleOptions(
+    options = compose.SampleOptions(
         workdir=str(run_dir),
         out=str(out),
         num_samples=2,
@@ -355,7 +355,7 @@ def test_every_sample_has_a_wav_and_the_page_lists_them_with_the_primer_and_comm
         include_prime=True,
         seed=3,
     )
-    samples = sampling.sample_run(options, log=lambda _: None)
+    samples = compose.sample_run(options, log=lambda _: None)
     assert [s.renderer for s in samples] == ["built-in synth"] * 2
     assert all((out / f"{s.name}.wav").stat().st_size > 44 for s in samples)
     page = (out / "index.html").read_text()
@@ -373,14 +373,14 @@ def test_primer_bars_follow_a_time_signature_change(tmp_path):
     states[73:, 60] = HOLD  # the last note lasts to the end
     path = tmp_path / "meter.mid"
     write_midi(Frames(states, states * 40, time_signatures=((0, 4, 4), (32, 3, 4))), path)
-    grid = sampling.Grid(8, 0, 128, 3)
-    starts = {bars: 80 - len(sampling.read_primer(str(path), grid, bars, 1024).states) for bars in (1, 2, 3, 4)}
+    grid = compose.Grid(8, 0, 128, 3)
+    starts = {bars: 80 - len(compose.read_primer(str(path), grid, bars, 1024).states) for bars in (1, 2, 3, 4)}
     assert starts == {1: 56, 2: 32, 3: 0, 4: 0}
-    primer = sampling.read_primer(str(path), grid, 2, 1024)
+    primer = compose.read_primer(str(path), grid, 2, 1024)
     assert primer.time_signatures == ((0, 3, 4),) and primer.steps_per_bar == 24 and not primer.cut_to_context
-    whole = sampling.read_primer(str(path), grid, 3, 1024)
+    whole = compose.read_primer(str(path), grid, 3, 1024)
     assert whole.time_signatures == ((0, 4, 4), (32, 3, 4))
     np.testing.assert_array_equal(whole.states, states)
     # a primer longer than the context starts at the first bar line inside its last window
-    cut = sampling.read_primer(str(path), grid, 3, 30)
+    cut = compose.read_primer(str(path), grid, 3, 30)
     assert cut.cut_to_context and len(cut.states) == 24
