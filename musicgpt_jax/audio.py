@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import wave
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pretty_midi
@@ -104,10 +105,10 @@ def synthesize(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> 
     return audio
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """16-bit mono PCM."""
+def write_wav(path: Path | BinaryIO, audio: np.ndarray, sample_rate: int) -> None:
+    """16-bit mono PCM, to a path or an open binary file."""
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as file:
+    with wave.open(path if hasattr(path, "write") else str(path), "wb") as file:
         file.setnchannels(1)
         file.setsampwidth(2)
         file.setframerate(sample_rate)

@@ -91,6 +91,10 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 200
     eval_batches: int = 8
+    # A short sample to TensorBoard (piano roll, audio, silent share; `training_samples`): -1 with each
+    # evaluation, N every N steps, 0 never. One process only; `sample_bars` bars long.
+    sample_every: int = -1
+    sample_bars: int = 2
     log_every: int = 10
     checkpoint_every: int = 200
     keep_checkpoints: int = 3

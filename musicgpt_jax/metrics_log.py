@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from typing import Any
 
 import jax
+import numpy as np
 from etils import epath
+
+from musicgpt_jax import audio
 
 
 def log(message: str) -> None:
@@ -73,6 +77,26 @@ class MetricsWriter:
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, float(v), step)
+
+    def write_sample(self, step: int, image: np.ndarray, sound: np.ndarray, sample_rate: int) -> None:
+        """A sample's piano roll (H, W, 3) and audio (N,) in [-1, 1] to TensorBoard (its figures go by `write`)."""
+        if self._tb is None:
+            return
+        from tensorboardX.proto import summary_pb2  # present whenever a TensorBoard writer is
+
+        self._tb.add_image("sample/piano_roll", image, step, dataformats="HWC")
+        # The audio summary built here, as a WAV: tensorboardX's add_audio would need the soundfile package.
+        wav = io.BytesIO()
+        audio.write_wav(wav, sound, sample_rate)
+        clip = summary_pb2.Summary.Audio(
+            sample_rate=sample_rate,
+            num_channels=1,
+            length_frames=len(sound),
+            encoded_audio_string=wav.getvalue(),
+            content_type="audio/wav",
+        )
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="sample/audio", audio=clip)])
+        self._tb._get_file_writer().add_summary(summary, step)  # what add_audio itself calls
 
     def close(self) -> None:
         if self._tb is not None:

@@ -22,9 +22,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from musicgpt_jax import pipeline, records, sharding
+from musicgpt_jax import pipeline, records, sharding, training_samples
 from musicgpt_jax.checkpoint import Checkpointer, load_config_dict
-from musicgpt_jax.configs import Config
+from musicgpt_jax.configs import Config, TrainConfig
 from musicgpt_jax.hardware import peak_flops_per_device
 from musicgpt_jax.metrics_log import MetricsWriter, log
 from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame
@@ -268,6 +268,27 @@ def _log_rows(data_log: str, local: dict) -> None:
         f.write(" ".join(f"{int(s)}:{int(w)}" for s, w in rows) + "\n")
 
 
+def _sample_due(tcfg: TrainConfig, step: int, evaluating: bool) -> bool:
+    """Whether to compose a TensorBoard sample now (`train.sample_every`: -1 with each evaluation, 0 never)."""
+    if tcfg.sample_every < 0:
+        return evaluating
+    return tcfg.sample_every > 0 and itstime(step, tcfg.sample_every, tcfg.steps)
+
+
+def _write_training_sample(run: _Run, state: TrainState, step: int, writer: MetricsWriter) -> None:
+    """A short sample of the evaluation parameters to TensorBoard, with its silent share and what it cost."""
+    started = time.perf_counter()
+    try:
+        sample = training_samples.compose_sample(evaluation_params(state), run.cfg, step)
+    except Exception as error:  # noqa: BLE001 - a side view of training must never end it
+        log(f"step {step}: no training sample ({type(error).__name__}: {error})")
+        return
+    seconds = time.perf_counter() - started
+    writer.write_sample(step, sample.image, sample.audio, sample.sample_rate)
+    figures = {"sample_silent_fraction": sample.silent_fraction, "sample_notes": sample.notes}
+    writer.write(step, {**figures, "sample_seconds": seconds})
+
+
 def _batches(run: _Run, data_log: str | None) -> Iterator[dict]:
     """Global training batches, from this process's rows."""
     while True:
@@ -302,13 +323,16 @@ def _loop(
             last = _log_metrics(run, step, metrics, meter, writer, bar)
         if bar is not None:
             bar.update(1)
-        if run.val_source and (itstime(step, tcfg.eval_every, tcfg.steps) or out_of_time):
+        evaluating = bool(run.val_source) and (itstime(step, tcfg.eval_every, tcfg.steps) or out_of_time)
+        if evaluating:
             validation = _validate(run, state)
             last.update(validation)
             writer.write(step, validation)
             velocity = validation.get("val_velocity_nll")
             velocity_text = f", velocity {velocity:.4f} nats/onset" if velocity is not None else ""
             log(f"step {step}: validation NLL {validation['val_nll']:.4f} nats/frame{velocity_text}")
+        if writer.enabled and jax.process_count() == 1 and _sample_due(tcfg, step, evaluating):
+            _write_training_sample(run, state, step, writer)
         if saving:
             # Every process has consumed the same number of local batches, so one data state serves them all,
             # and it stays valid when the run resumes with another number of processes.

@@ -38,6 +38,7 @@ TINY_OVERRIDES = [
     "train.batch_size=8",
     "train.log_every=1",
     "train.eval_every=1000",
+    "train.sample_every=0",  # TensorBoard samples: their own test (test_training_samples.py)
     "train.warmup_steps=2",
     "train.schedule_steps=50",
 ]

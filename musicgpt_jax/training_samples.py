@@ -1,0 +1,55 @@
+"""A short sample of the model as it trains, for TensorBoard: its piano roll, its audio and its silent share.
+
+`train.py` composes one every `train.sample_every` steps (by default with each evaluation) from the parameters
+it evaluates, through the same decode loop and writers as `sample.py`, and `metrics_log.MetricsWriter` puts it
+beside the loss curves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from PIL import Image
+
+from musicgpt_jax import audio, compose, decode, pianoroll, stats
+from musicgpt_jax.configs import Config
+from musicgpt_jax.frames import notes_of
+from musicgpt_jax.midi_io import frames_to_midi
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSample:
+    image: np.ndarray  # (H, W, 3) uint8: the piano roll
+    audio: np.ndarray  # (N,) float32 in [-1, 1]
+    sample_rate: int
+    silent_fraction: float
+    notes: int
+
+
+def compose_sample(params: Any, cfg: Config, step: int) -> TrainingSample:
+    """`cfg.train.sample_bars` bars from an empty start, drawn as `sample.py` draws them (seed: the step)."""
+    grid = compose.grid_of(cfg)
+    num_frames = max(1, cfg.train.sample_bars * 4 * grid.steps_per_quarter)
+    empty = np.zeros((1, 0, cfg.model.num_pitches), np.int32)
+    allowed = compose.keyboard_of(cfg, grid)
+    generated = decode.generate(
+        jax.device_get(params), cfg.model, empty, num_frames, jax.random.key(step), allowed=allowed
+    )
+    frames = compose.output_frames(np.asarray(generated)[0], grid, None, False, None)
+    with tempfile.TemporaryDirectory() as folder:
+        picture = Path(folder) / "piano_roll.png"
+        pianoroll.draw_piano_roll(frames, picture, title=f"step {step}")
+        image = np.asarray(Image.open(picture).convert("RGB"))
+    silence = stats.silence_summary(frames)
+    return TrainingSample(
+        image=image,
+        audio=audio.synthesize(frames_to_midi(frames)).astype(np.float32),
+        sample_rate=audio.SAMPLE_RATE,
+        silent_fraction=float(silence["silent_fraction"] or 0.0),
+        notes=len(notes_of(frames)),
+    )
