@@ -27,7 +27,8 @@ from musicgpt_jax.frame_choice import STRATEGIES, Strategy
 from musicgpt_jax.frames import DEFAULT_TIME_SIGNATURE, HOLD, OFF, ONSET, Frames, Meter, note_starts, notes_of
 from musicgpt_jax.midi_io import MidiDecodeError, frames_to_midi, midi_to_frames
 
-DEFAULT_STRATEGY = Strategy("temperature", 1.0, 0.95)  # top_p: the nucleus strategy's default
+# Temperature 0.9: chosen on the validation chorales (docs/RESULTS.md, "Long samples"); top_p: the nucleus default.
+DEFAULT_STRATEGY = Strategy("temperature", 0.9, 0.95)
 KEYBOARDS = ("corpus", "all")
 DEFAULT_VELOCITY = 80
 DEFAULT_BPM = 120.0
@@ -46,7 +47,7 @@ class SampleOptions:
     bars: int | None = 8
     frames: int | None = None  # overrides `bars`
     strategy: str | None = None  # greedy, temperature or nucleus; None: nucleus when top_p is given, else DEFAULT
-    temperature: float = 1.0
+    temperature: float = DEFAULT_STRATEGY.temperature
     top_p: float | None = None
     keyboard: str = "corpus"  # "corpus": only pitches the training data sounds (transposition included); "all"
     seed: int = 0
@@ -121,7 +122,12 @@ def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
         choices=STRATEGIES,
         help=f"how each pitch's state is drawn (default: {DEFAULT_STRATEGY.name}, nucleus when --top_p is given)",
     )
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=DEFAULT_STRATEGY.temperature,
+        help=f"of each choice within a frame; 0 = greedy (default: {DEFAULT_STRATEGY.temperature:g})",
+    )
     parser.add_argument("--top_p", type=float, help=f"nucleus mass (default: {DEFAULT_STRATEGY.top_p:g})")
     parser.add_argument(
         "--keyboard",

@@ -144,9 +144,7 @@ def split_files(data_dir: epath.PathLike, name: str, split: str) -> list[Path]:
     if not manifest.exists() or not source.is_dir():
         return []
     entries = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    return sorted(
-        source / e["path"] for e in entries if e.get("split") == split and e.get("status") == "converted"
-    )
+    return sorted(source / e["path"] for e in entries if e.get("split") == split and e.get("status") == "converted")
 
 
 def load_info(data_dir: epath.PathLike, name: str) -> DatasetInfo:

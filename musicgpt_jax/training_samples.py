@@ -37,8 +37,9 @@ def compose_sample(params: Any, cfg: Config, step: int) -> TrainingSample:
     num_frames = max(1, cfg.train.sample_bars * 4 * grid.steps_per_quarter)
     empty = np.zeros((1, 0, cfg.model.num_pitches), np.int32)
     allowed = compose.keyboard_of(cfg, grid)
+    key, strategy = jax.random.key(step), compose.DEFAULT_STRATEGY
     generated = decode.generate(
-        jax.device_get(params), cfg.model, empty, num_frames, jax.random.key(step), allowed=allowed
+        jax.device_get(params), cfg.model, empty, num_frames, key, strategy=strategy, allowed=allowed
     )
     frames = compose.output_frames(np.asarray(generated)[0], grid, None, False, None)
     with tempfile.TemporaryDirectory() as folder:
