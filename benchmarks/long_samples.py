@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         for key in TEXTURE:
             d = report["distances"][key]
             ratio = "n/a" if d["ratio"] is None else f"{d['ratio']:.1f}x"
-            print(f"  {key:24s} {d['distance']:.3f} / {d['split_half']:.3f} = {ratio}")
+            half = "n/a (one held-out piece)" if d["split_half"] is None else f"{d['split_half']:.3f}"
+            print(f"  {key:24s} {d['distance']:.3f} / {half} = {ratio}")
         for key, (ours, theirs) in summary["texture_values"].items():
             print(f"  {key:24s} samples {ours:.3f}, held-out {theirs:.3f}")
     if args.recompute:
