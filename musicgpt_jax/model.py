@@ -270,19 +270,42 @@ def split_nade_output(head: dict, out: jax.Array) -> tuple[jax.Array, jax.Array]
     return out[..., :flat].reshape(*out.shape[:-1], num_pitches, num_states), out[..., flat:]
 
 
+NADE_BLOCK = 16  # pitches per block in `sum_below`
+
+
+def sum_below(weights: jax.Array, targets: jax.Array) -> jax.Array:
+    """Σ_{q<p} weights[q, targets_q] for every pitch p: (..., P) states -> (..., P, H).
+
+    The pitches are cut into blocks of NADE_BLOCK (the top one padded with pitches that are never below a real
+    one). Within a block: the one-hot states times the block's weights masked to q < p, one small matmul; across
+    blocks: a running total of each block's sum. That is 2·P·S·b·H FLOPs per frame instead of the 2·P·S·P·H of one
+    masked matmul over all the pitches, and plain 2-D matmuls, which XLA runs fastest on CPU (benchmarks/
+    train_speed.py)."""
+    num_pitches, num_states, hidden = weights.shape
+    b = NADE_BLOCK
+    blocks = -(-num_pitches // b)
+    padded = blocks * b
+    weights = jnp.pad(weights, ((0, padded - num_pitches), (0, 0), (0, 0)))
+    one_hot = jax.nn.one_hot(targets, num_states, dtype=weights.dtype).reshape(-1, num_pitches * num_states)
+    one_hot = jnp.pad(one_hot, ((0, 0), (0, (padded - num_pitches) * num_states)))
+    below_p = jnp.arange(b)[:, None] < jnp.arange(b)[None, :]  # [q, p] within a block
+    parts, running = [], None
+    for k in range(blocks):
+        block = weights[k * b : (k + 1) * b]  # (b, S, H)
+        states = one_hot[:, k * b * num_states : (k + 1) * b * num_states]  # (N, b·S)
+        masked = (block[:, :, None, :] * below_p[:, None, :, None]).reshape(b * num_states, b * hidden)
+        within = (states @ masked).reshape(-1, b, hidden)
+        parts.append(within if running is None else within + running[:, None, :])
+        total = states @ block.reshape(b * num_states, hidden)
+        running = total if running is None else running + total
+    return jnp.concatenate(parts, axis=1)[:, :num_pitches].reshape(*targets.shape, hidden)
+
+
 def nade_logits(head: dict, out: jax.Array, targets: jax.Array) -> jax.Array:
     """Teacher-forced NADE: logits (..., P, S) of each pitch's state given the head's output `out` (..., P·S + H)
     and the target states of the pitches below it."""
     direct, context = split_nade_output(head, out)
-    weights = head["input_weights"]  # (P, S, H)
-    num_pitches, num_states, hidden_size = weights.shape
-    # Σ_{q<p} W[q, state_q] for every p at once, as one matmul of the one-hot frame with the weights masked to
-    # q < p: on CPU several times faster than a cumulative sum over the pitch axis, forward and backward.
-    below_p = jnp.arange(num_pitches)[:, None] < jnp.arange(num_pitches)[None, :]  # [q, p]
-    masked = (weights[:, :, None, :] * below_p[:, None, :, None]).reshape(num_pitches * num_states, -1)
-    one_hot = jax.nn.one_hot(targets, num_states, dtype=jnp.float32).reshape(-1, num_pitches * num_states)
-    below = (one_hot @ masked).reshape(*targets.shape, hidden_size)
-    hidden = jnp.tanh(context[..., None, :] + below)
+    hidden = jnp.tanh(context[..., None, :] + sum_below(head["input_weights"], targets))
     return direct + jnp.einsum("...ph,phs->...ps", hidden, head["output_weights"])
 
 
@@ -418,8 +441,12 @@ def count_params(params) -> int:
 
 def flops_per_frame(cfg: ModelConfig, num_params: int, context: int | None = None) -> float:
     """Training FLOPs per frame (forward + backward): 6·N + 12·L·d·T, nanoGPT's estimate, plus for the NADE head
-    the one-hot frame times the masked input weights in `nade_logits` (2·PS·PH forward and as much for the weight
-    gradient; the frame is data, so there is no input gradient)."""
+    the one-hot frame times the masked input weights in `sum_below` (per block of b pitches, 2·bS·bH for the
+    pitches below within the block and 2·bS·H for the block's total, forward, and as much for the weight gradient;
+    the frame is data, so there is no input gradient)."""
     context = context or cfg.max_len
-    nade = 4.0 * (cfg.num_pitches * cfg.num_states) * (cfg.num_pitches * cfg.nade_hidden) if cfg.head == "nade" else 0.0
+    nade = 0.0
+    if cfg.head == "nade":
+        b, blocks = NADE_BLOCK, -(-cfg.num_pitches // NADE_BLOCK)
+        nade = 4.0 * blocks * (b * cfg.num_states) * (b * cfg.nade_hidden + cfg.nade_hidden)
     return 6.0 * num_params + 12.0 * cfg.num_layers * cfg.d_model * context + nade

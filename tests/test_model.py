@@ -14,6 +14,7 @@ from musicgpt_jax.model import (
     frame_log_likelihood,
     frame_nll,
     nade_logits,
+    sum_below,
 )
 
 
@@ -171,3 +172,13 @@ def test_nade_head_generates_through_the_decode_cache():
     full, _ = MusicTransformer(cfg).apply({"params": params}, sequence)
     cached = decode.decode_logits(params, cfg, sequence, prefill_len=3)
     np.testing.assert_allclose(cached, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_pitches", [5, 16, 88, 130])
+def test_sum_below_adds_the_weights_of_the_states_below_each_pitch(num_pitches):
+    """The blocked sum equals its definition, Σ_{q<p} W[q, state_q], across block edges and a padded top block."""
+    weights = np.asarray(jax.random.normal(jax.random.key(0), (num_pitches, 3, 4)))
+    states = np.asarray(jax.random.randint(jax.random.key(1), (2, 3, num_pitches), 0, 3))
+    picked = weights[np.arange(num_pitches), states]  # (2, 3, P, H): W[q, state_q]
+    expected = np.cumsum(picked, axis=-2) - picked
+    np.testing.assert_allclose(sum_below(jnp.asarray(weights), jnp.asarray(states)), expected, atol=1e-5)
