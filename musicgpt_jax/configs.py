@@ -85,8 +85,9 @@ class TrainConfig:
     # min(ema_decay, (1 + step) / (10 + step)), so early averages are not dominated by the initialisation.
     ema_decay: float = 0.0
     # Share of input frames replaced by the model's own samples (parallel scheduled sampling;
-    # `train_step.with_own_samples`). 0 = plain teacher forcing, every preset's: with the NADE head it costs
-    # likelihood and texture and long samples stay music without it (docs/RESULTS.md, "Scheduled sampling off").
+    # `train_step.with_own_samples`). 0 = plain teacher forcing, every preset's but `piano`: with the NADE head on
+    # the chorales it costs likelihood and texture, and long samples stay music without it (docs/RESULTS.md,
+    # "Scheduled sampling off").
     scheduled_sampling: float = 0.0
     scheduled_sampling_start: int = 0  # the step it starts from, rising to its rate half-way through the rest
     seed: int = 0
