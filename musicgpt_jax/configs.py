@@ -231,22 +231,22 @@ def _benchmark(dataset: str, steps: int, max_len: int, batch_size: int) -> Confi
 def jsb() -> Config:
     """JSB Chorales (quarter-note frames; sequences of 25-160 frames, median 57); how it was chosen: docs/RESULTS.md,
     "How the JSB preset was chosen"."""
-    cfg = _benchmark("jsb_chorales", steps=3000, max_len=64, batch_size=32)
+    cfg = _benchmark("jsb_chorales", steps=6000, max_len=64, batch_size=32)
     cfg.model.num_layers, cfg.model.d_model, cfg.model.mlp_dim, cfg.model.dropout = 2, 96, 288, 0.5
     cfg.train.learning_rate, cfg.train.warmup_steps = 3e-3, 50
     return cfg
 
 
 def nottingham() -> Config:
-    return _benchmark("nottingham", steps=1200, max_len=256, batch_size=16)  # ~1800 s on a 2-core CPU
+    return _benchmark("nottingham", steps=2000, max_len=256, batch_size=16)
 
 
 def musedata() -> Config:
-    return _benchmark("musedata", steps=1200, max_len=256, batch_size=16)
+    return _benchmark("musedata", steps=4000, max_len=256, batch_size=16)
 
 
 def piano_midi() -> Config:
-    return _benchmark("piano_midi", steps=1000, max_len=256, batch_size=16)
+    return _benchmark("piano_midi", steps=1600, max_len=256, batch_size=16)
 
 
 def piano() -> Config:
