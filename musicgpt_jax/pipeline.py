@@ -3,8 +3,9 @@
 Every sequence gets the start frame prepended (`frames.with_start_frame`: the start-of-piece context the first
 real frame is predicted from); a training example is a window of `seq_len + 1` frames of that, split into inputs
 (frames 0..T-1) and targets (frames 1..T). Long pieces yield proportionally more windows per epoch than short
-ones, so every frame has about the same chance of being seen. Pieces shorter than a window are zero-padded with
-`mask` = 0 on the padding.
+ones, and a window's start is drawn so that a piece's first and last frames are targets as often as its middle
+ones (`window_start`), so every frame has about the same chance of being seen. Pieces shorter than a window are
+zero-padded with `mask` = 0 on the padding.
 
 The pipeline is a `grain.MapDataset`, so its iterator state is just the next index: it is saved with each
 checkpoint and restoring it resumes the exact data order.
@@ -32,6 +33,19 @@ def _padded_window(frames: np.ndarray, start: int, seq_len: int) -> np.ndarray:
     padded = np.zeros((seq_len + 1, frames.shape[1]), np.int32)
     padded[: window.shape[0]] = window
     return padded
+
+
+def window_start(rng: np.random.Generator, length: int, seq_len: int) -> int:
+    """Where a training window of `seq_len + 1` frames starts in a sequence of `length` frames (start frame included).
+
+    Drawn uniformly from every start that would make some frame a target, [1 - seq_len, length - 2], then clipped to
+    the windows that fit, [0, max(0, length - seq_len - 1)]: every frame is a target in at least `seq_len` of the
+    `length + seq_len - 2` equally likely draws, the first frames as well. Starts uniform over the windows that fit
+    would make the frame after the start frame a target once in `length - seq_len` windows, and a sampler, which
+    always begins from the start frame, would open pieces the model has hardly seen begin.
+    """
+    drawn = int(rng.integers(1 - seq_len, max(2 - seq_len, length - 1)))
+    return min(max(drawn, 0), max(0, length - seq_len - 1))
 
 
 def window_example(states: np.ndarray, start: int, seq_len: int, velocities: np.ndarray | None = None) -> Example:
@@ -115,7 +129,7 @@ def train_dataset(
         seq = index.sequence_of(flat)
         item = source[seq]
         states = with_start_frame(np.asarray(item["states"]))
-        start = int(rng.integers(0, max(1, states.shape[0] - seq_len)))
+        start = window_start(rng, states.shape[0], seq_len)
         example = window_example(states, start, seq_len, _velocities_of(item, velocity_bins))
         if transpose:
             shift = int(rng.integers(-transpose, transpose + 1))

@@ -120,3 +120,15 @@ def test_evaluation_batches_score_every_frame_once_with_padding_rows_masked():
     halves = [list(pipeline.eval_batches(source, seq_len=SEQ_LEN, batch_size=2, process_index=p, process_count=2))
               for p in range(2)]  # fmt: skip
     assert sum(float(b["mask"].sum()) for share in halves for b in share) == frames
+
+
+def test_window_starts_make_the_first_and_last_frames_targets_as_often_as_the_middle():
+    rng = np.random.default_rng(0)
+    for length in (5, 17, 18, 40, 300):  # start frame included; 17 = exactly one window of SEQ_LEN + 1
+        covered = np.zeros(length)
+        for _ in range(20_000):
+            start = pipeline.window_start(rng, length, SEQ_LEN)
+            assert 0 <= start <= max(0, length - SEQ_LEN - 1)  # the window fits (or the piece is shorter)
+            covered[start + 1 : start + 1 + SEQ_LEN] += 1  # the window's targets
+        targets = covered[1:]  # frame 0, the start frame, is never a target
+        assert targets.min() >= 0.45 * targets.max(), (length, targets.min(), targets.max())
