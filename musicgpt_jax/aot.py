@@ -129,7 +129,12 @@ def topology_devices(topology: str) -> list[jax.Device]:
 def abstract_batch(cfg: Config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch train.py feeds (`pipeline.window_example` rows), sharded as `train_step.global_batch`."""
     b, t, p = cfg.train.batch_size, cfg.model.max_len, cfg.model.num_pitches
-    shapes = {"inputs": ((b, t, p), jnp.int32), "targets": ((b, t, p), jnp.int32), "mask": ((b, t), jnp.float32)}
+    shapes = {
+        "inputs": ((b, t, p), jnp.int32),
+        "targets": ((b, t, p), jnp.int32),
+        "mask": ((b, t), jnp.float32),
+        "transposition": ((b,), jnp.int32),
+    }
     if cfg.model.velocity_bins:  # dynamics: the velocity bins beside the states (`pipeline.bin_velocities`)
         shapes.update(input_velocities=((b, t, p), jnp.int32), target_velocities=((b, t, p), jnp.int32))
     return {

@@ -52,6 +52,11 @@ class ModelConfig:
     # notes of its frame and fed back as input. 0 = notes only: corpora without dynamics (the benchmark sets, the
     # Bach chorales) and every checkpoint saved before the field existed.
     velocity_bins: int = 0
+    # Tell the model by how many semitones the training pipeline transposed each window (`data.transpose`): a
+    # learned vector per shift in [-MAX_TRANSPOSITION, +MAX_TRANSPOSITION], added to every frame. Sampling and
+    # evaluation say 0, so the augmentation's shifted registers do not leak into what the model writes
+    # ("non-leaking augmentation", Karras et al. 2022). False: the input does not exist (checkpoints before it).
+    condition_on_transposition: bool = False
 
     @property
     def head_dim(self) -> int:

@@ -309,6 +309,26 @@ def nade_logits(head: dict, out: jax.Array, targets: jax.Array) -> jax.Array:
     return direct + jnp.einsum("...ph,phs->...ps", hidden, head["output_weights"])
 
 
+MAX_TRANSPOSITION = 12  # the shifts `TranspositionEmbed` has a vector for: [-12, +12] semitones
+
+
+class TranspositionEmbed(nn.Module):
+    """One learned vector per training-time transposition (B,) in [-MAX_TRANSPOSITION, +MAX_TRANSPOSITION], as
+    (B, 1, D) to add to every frame; None means 0 (no shift: sampling and evaluation)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, transposition: jax.Array | None, batch: int) -> jax.Array:
+        table = self.param(
+            "table", _init(0.02, (None, "embed")), (2 * MAX_TRANSPOSITION + 1, self.cfg.d_model), jnp.float32
+        )
+        shift = jnp.zeros((batch,), jnp.int32) if transposition is None else jnp.asarray(transposition, jnp.int32)
+        return jnp.take(table, jnp.clip(shift, -MAX_TRANSPOSITION, MAX_TRANSPOSITION) + MAX_TRANSPOSITION, axis=0)[
+            :, None, :
+        ]
+
+
 class MusicTransformer(nn.Module):
     """states (B, T, P) int -> the frame head's output for the next frame, and the updated cache when one is given.
 
@@ -316,7 +336,9 @@ class MusicTransformer(nn.Module):
     (`NadeHead`); `frame_log_likelihood` and `frame_choice.sample_frame` turn either into probabilities and
     frames. With `velocity_bins` > 0, `velocities` (B, T, P) are the input frames' velocity bins
     (`dynamics.NO_VELOCITY` off the onsets; None: no velocity input) and the output is flat per frame, the
-    velocity head's part last (`dynamics.with_velocity_part`)."""
+    velocity head's part last (`dynamics.with_velocity_part`). With `condition_on_transposition`, `transposition`
+    (B,) is each sequence's training-time shift in semitones (None: 0, the untransposed data, as when sampling);
+    a model without that input ignores it."""
 
     cfg: ModelConfig
 
@@ -327,6 +349,7 @@ class MusicTransformer(nn.Module):
         positions: jax.Array | None = None,
         *,
         velocities: jax.Array | None = None,
+        transposition: jax.Array | None = None,
         deterministic: bool = True,
         cache: Cache | None = None,
         cache_index: jax.Array | int = 0,
@@ -337,6 +360,8 @@ class MusicTransformer(nn.Module):
         x = FrameEmbed(cfg, name="embed")(states, deterministic)
         if cfg.velocity_bins:
             x = x + dynamics.VelocityEmbed(cfg, name="velocity_embed")(states, velocities).astype(x.dtype)
+        if cfg.condition_on_transposition:
+            x = x + TranspositionEmbed(cfg, name="transposition_embed")(transposition, states.shape[0]).astype(x.dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         block = Block
         if cfg.remat:
@@ -431,8 +456,12 @@ def loss_sums(
 
 
 def model_inputs(batch: dict) -> dict[str, jax.Array]:
-    """The keyword inputs of `MusicTransformer` besides the states that a batch carries (the input velocities)."""
-    return {"velocities": batch["input_velocities"]} if "input_velocities" in batch else {}
+    """The keyword inputs of `MusicTransformer` besides the states that a batch carries (the input velocities, the
+    training-time transposition)."""
+    inputs = {"velocities": batch["input_velocities"]} if "input_velocities" in batch else {}
+    if "transposition" in batch:
+        inputs["transposition"] = batch["transposition"]
+    return inputs
 
 
 def count_params(params) -> int:

@@ -131,8 +131,9 @@ def train_dataset(
         states = with_start_frame(np.asarray(item["states"]))
         start = window_start(rng, states.shape[0], seq_len)
         example = window_example(states, start, seq_len, _velocities_of(item, velocity_bins))
-        if transpose:
-            shift = int(rng.integers(-transpose, transpose + 1))
+        shift = int(rng.integers(-transpose, transpose + 1)) if transpose else 0
+        example["transposition"] = np.int32(shift)  # for a model that conditions on it
+        if shift:
             for key in ("inputs", "targets", "input_velocities", "target_velocities"):
                 if key in example:
                     example[key] = transpose_states(example[key], shift)

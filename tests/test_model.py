@@ -108,6 +108,29 @@ def test_input_dropout_hides_notes_in_training_only(chorale_batch):
     assert not np.allclose(evaluated, hidden_a, atol=1e-3)
 
 
+def test_the_transposition_input_shifts_the_model_and_none_means_untransposed(chorale_batch):
+    cfg = configs.ModelConfig(
+        num_pitches=88, num_states=2, num_layers=1, d_model=32, num_heads=4, mlp_dim=64, max_len=32, dropout=0.0,
+        condition_on_transposition=True,
+    )  # fmt: skip
+    model, frames = MusicTransformer(cfg), chorale_batch[:, :-1]
+    params = nn.meta.unbox(model.init(jax.random.key(0), frames)["params"])
+    assert params["transposition_embed"]["table"].shape == (25, 32)
+
+    def run(shift):
+        transposition = None if shift is None else jnp.full((frames.shape[0],), shift, jnp.int32)
+        return np.asarray(model.apply({"params": params}, frames, transposition=transposition)[0])
+
+    np.testing.assert_array_equal(run(None), run(0))  # sampling and evaluation: the untransposed data
+    assert not np.allclose(run(0), run(3), atol=1e-4)
+    assert not np.allclose(run(3), run(-3), atol=1e-4)
+    plain = MusicTransformer(configs.ModelConfig(**{**cfg.__dict__, "condition_on_transposition": False}))
+    plain_params = plain.init(jax.random.key(0), frames)["params"]
+    assert "transposition_embed" not in plain_params  # and an older checkpoint's tree is unchanged
+    shifted = plain.apply({"params": plain_params}, frames, transposition=jnp.full((2,), 3, jnp.int32))[0]
+    np.testing.assert_array_equal(shifted, plain.apply({"params": plain_params}, frames)[0])
+
+
 def nade_model(num_pitches: int, num_states: int) -> tuple[configs.ModelConfig, dict]:
     cfg = configs.ModelConfig(
         num_pitches=num_pitches, num_states=num_states, num_layers=1, d_model=16, num_heads=2, mlp_dim=32,

@@ -99,6 +99,7 @@ def test_transposition_stays_within_its_range_and_uses_it():
             inputs = np.flatnonzero(batch["inputs"][row].sum(axis=0))
             assert set(inputs.tolist()) <= set(pitches.tolist())
             shifts.add(int(pitches[0]) - middle)
+            assert int(batch["transposition"][row]) == int(pitches[0]) - middle  # what a model may condition on
     assert shifts == set(range(-limit, limit + 1))
 
 
