@@ -324,9 +324,7 @@ class TranspositionEmbed(nn.Module):
             "table", _init(0.02, (None, "embed")), (2 * MAX_TRANSPOSITION + 1, self.cfg.d_model), jnp.float32
         )
         shift = jnp.zeros((batch,), jnp.int32) if transposition is None else jnp.asarray(transposition, jnp.int32)
-        return jnp.take(table, jnp.clip(shift, -MAX_TRANSPOSITION, MAX_TRANSPOSITION) + MAX_TRANSPOSITION, axis=0)[
-            :, None, :
-        ]
+        return table[jnp.clip(shift, -MAX_TRANSPOSITION, MAX_TRANSPOSITION) + MAX_TRANSPOSITION][:, None, :]
 
 
 class MusicTransformer(nn.Module):
