@@ -18,6 +18,9 @@ class ConfigError(ValueError):
     """A bad preset name, override key or value; the message is one line."""
 
 
+MAX_TRANSPOSITION = 12  # `model.condition_on_transposition` has a learned vector per shift in [-12, +12] semitones
+
+
 @dataclasses.dataclass
 class ModelConfig:
     num_pitches: int = 128
@@ -365,4 +368,14 @@ def resolve(name_or_path: str = "tiny", overrides: Sequence[str] = ()) -> Config
         if not sep:
             raise ConfigError(f"--config.{key}: needs a value (--config.{key}=VALUE)")
         _set(cfg, key, value)
+    check(cfg)
     return cfg
+
+
+def check(cfg: Config) -> None:
+    """Refuse settings that are each valid but do not go together (one-line ConfigError)."""
+    if cfg.model.condition_on_transposition and not 0 <= cfg.data.transpose <= MAX_TRANSPOSITION:
+        raise ConfigError(
+            f"--config.data.transpose={cfg.data.transpose}: model.condition_on_transposition has a vector for "
+            f"shifts up to {MAX_TRANSPOSITION} semitones only"
+        )

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from musicgpt_jax import dynamics
-from musicgpt_jax.configs import ModelConfig
+from musicgpt_jax.configs import MAX_TRANSPOSITION, ModelConfig
 
 Cache = dict[str, jax.Array]
 
@@ -307,9 +307,6 @@ def nade_logits(head: dict, out: jax.Array, targets: jax.Array) -> jax.Array:
     direct, context = split_nade_output(head, out)
     hidden = jnp.tanh(context[..., None, :] + sum_below(head["input_weights"], targets))
     return direct + jnp.einsum("...ph,phs->...ps", hidden, head["output_weights"])
-
-
-MAX_TRANSPOSITION = 12  # the shifts `TranspositionEmbed` has a vector for: [-12, +12] semitones
 
 
 class TranspositionEmbed(nn.Module):
