@@ -13,6 +13,13 @@ With `--recompute` it also scores every sample twice under the model itself: thr
 before every frame (no cache, no slide). Their agreement bar by bar tells a decode bug (the two differ) from the
 model's own drift (they agree, and the log-likelihood falls as the piece goes on). Exit status 1 when a sample
 goes over `--max_notes_per_bar` or outside the held-out range widened by the run's transposition.
+
+It also counts the bars that sound a pitch only the training transposition reaches (outside the untransposed
+corpus's range), where a drifting sample used to pile up. With `--voices` it tells where the samples' voice
+count goes wrong: the share of sounding frames with 1, 2, ... 6+ notes in the held-out split, in the model's
+one-step-ahead draws given the held-out music as context (teacher forced, first bar skipped), and in the free
+samples bar range by bar range. Near-equal first two and a different third mean exposure bias: the model is
+calibrated on true contexts and drifts on its own.
 """
 
 from __future__ import annotations
@@ -31,11 +38,11 @@ from absl import logging
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from musicgpt_jax import compose, decode, host_memory, records, stats  # noqa: E402
+from musicgpt_jax import compose, decode, frame_choice, host_memory, pipeline, records, stats  # noqa: E402
 from musicgpt_jax.checkpoint import restore_params  # noqa: E402
-from musicgpt_jax.frames import OFF, Meter, note_starts  # noqa: E402
+from musicgpt_jax.frames import OFF, Meter, note_starts, with_start_frame  # noqa: E402
 from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
-from musicgpt_jax.model import MusicTransformer, frame_log_likelihood  # noqa: E402
+from musicgpt_jax.model import MusicTransformer, frame_log_likelihood, model_inputs  # noqa: E402
 
 
 def bar_figures(states: np.ndarray, num_states: int, steps_per_bar: int) -> dict:
@@ -50,6 +57,80 @@ def bar_figures(states: np.ndarray, num_states: int, steps_per_bar: int) -> dict
         "low": int(sounding.min()) if sounding.size else None,
         "high": int(sounding.max()) if sounding.size else None,
     }
+
+
+def edge_bars(states: np.ndarray, steps_per_bar: int, low: int, high: int) -> int:
+    """How many bars of one piece (T, P) sound a pitch below `low` or above `high`."""
+    bars = len(states) // steps_per_bar
+    sounding = (states[: bars * steps_per_bar] != OFF).reshape(bars, steps_per_bar, -1).any(axis=1)
+    return int((sounding[:, :low].any(axis=1) | sounding[:, high + 1 :].any(axis=1)).sum())
+
+
+MAX_VOICES = 6  # voice-count shares are of 1 .. MAX_VOICES - 1 notes, the last bin MAX_VOICES or more
+
+
+def voice_shares(states: np.ndarray) -> np.ndarray:
+    """(MAX_VOICES,) share of the sounding frames of (..., P) `states` with 1, 2, ... MAX_VOICES+ notes sounding."""
+    voices = (np.asarray(states) != OFF).sum(axis=-1).ravel()
+    voices = np.minimum(voices[voices > 0], MAX_VOICES)
+    return np.bincount(voices, minlength=MAX_VOICES + 1)[1:] / max(len(voices), 1)
+
+
+def one_step_draws(params, cfg, choice, allowed, sequences, seed: int, skip: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each held-out frame after the first `skip`, and the model's draw of it given the true frames before it (up
+    to `max_len`), with the sampling strategy `choice`: two (N, P) arrays."""
+    model, window, bins = MusicTransformer(cfg), cfg.max_len, cfg.velocity_bins
+
+    @jax.jit
+    def draw(batch, rng):
+        out, _ = model.apply({"params": params}, batch["inputs"], **model_inputs(batch))
+        flat = out.reshape(-1, *out.shape[2:])  # every position is one draw
+        inputs = batch["inputs"].reshape(-1, batch["inputs"].shape[-1])
+        return frame_choice.sample_frame(flat, rng, choice, inputs, cfg.num_states, cfg, params, allowed)
+
+    rng, truths, draws = jax.random.PRNGKey(seed), [], []
+    for item in sequences:
+        states = with_start_frame(np.asarray(item["states"], np.int32))
+        velocities = with_start_frame(np.asarray(item["velocities"])) if bins else None
+        for start in range(0, len(states) - 1, window):
+            example = pipeline.window_example(states, start, window, velocities)
+            if bins:
+                example = pipeline.bin_velocities(example, bins)
+            batch = {k: jnp.asarray(v[None]) for k, v in example.items()}
+            batch["transposition"] = jnp.zeros((1,), jnp.int32)
+            rng, key = jax.random.split(rng)
+            drawn = np.asarray(draw(batch, key))
+            keep = example["mask"] > 0
+            keep[: max(0, skip - start)] = False
+            truths.append(example["targets"][keep])
+            draws.append(drawn[keep])
+    if not truths:
+        empty = np.zeros((0, cfg.num_pitches), np.int32)
+        return empty, empty
+    return np.concatenate(truths), np.concatenate(draws)
+
+
+def print_voices(args, cfg, step, options, pieces: np.ndarray, steps_per_bar: int, allowed) -> dict:
+    """The `--voices` figures: held-out, one step ahead, free-running by bar range."""
+    params = restore_params(args.workdir, cfg, step)
+    sequences = records.load_split(cfg.data.data_dir, cfg.data.dataset, args.split)
+    choice = compose.strategy_of(options).arrays()
+    truth, drawn = one_step_draws(params, cfg.model, choice, jnp.asarray(allowed), sequences, args.seed, steps_per_bar)
+    strikes = note_starts(truth, cfg.model.num_states).any(axis=1)  # frames where the held-out music strikes
+    rows = {
+        f"held-out {args.split} frames": voice_shares(truth),
+        "one step ahead, true context": voice_shares(drawn),
+        f"held-out {args.split} frames that strike a note": voice_shares(truth[strikes]),
+        "one step ahead on those frames": voice_shares(drawn[strikes]),
+    }
+    bounds = [b for b in (0, 4, 8, 16, 32, 64, 128, 256) if b < args.bars] + [args.bars]
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        rows[f"free-running, bars {a + 1}-{b}"] = voice_shares(pieces[:, a * steps_per_bar : b * steps_per_bar])
+    header = " ".join(f"{n:>5d}" for n in range(1, MAX_VOICES)) + f" {MAX_VOICES:>4d}+"
+    print(f"share of sounding frames by notes sounding ({len(truth)} held-out frames): {header}")
+    for name, shares in rows.items():
+        print(f"  {name:50s}" + " ".join(f"{v:5.3f}" for v in shares))
+    return {name: shares.tolist() for name, shares in rows.items()}
 
 
 def log_likelihood_cached(params, cfg, pieces: np.ndarray) -> np.ndarray:
@@ -114,6 +195,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recompute", action="store_true", help="score the samples cached and recomputed")
     parser.add_argument("--max_notes_per_bar", type=int, default=30)
     parser.add_argument("--json", help="write the figures to this JSON file")
+    parser.add_argument("--voices", action="store_true", help="voice counts: held-out, one step ahead, free-running")
     parser.add_argument(
         "--split",
         choices=("validation", "test"),
@@ -141,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     samples = compose.sample_run(options, log=lambda line: None)
     pieces = np.stack([s.generated for s in samples])
-    allowed = np.flatnonzero(compose.keyboard_of(cfg, grid))
+    allowed_mask = compose.keyboard_of(cfg, grid)
+    allowed = np.flatnonzero(allowed_mask)
     low, high = int(allowed[0]), int(allowed[-1])
+    widened = cfg.data.transpose if len(allowed) < grid.num_pitches else 0  # the keyboard came from the card
     strategy = compose.strategy_of(options).describe()
     print(
         f"{args.workdir} step {step}, head {cfg.model.head}; {strategy}, keyboard {args.keyboard}; "
@@ -153,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         row = bar_figures(piece, grid.num_states, steps_per_bar)
         row["notes_per_bar"] = stats.compute_stats([sample.frames])["notes_per_bar"] or 0.0
         row["last_16_bars"] = float(np.mean(row["per_bar"][-16:])) if row["per_bar"] else 0.0
+        row["edge_bars"] = edge_bars(piece, steps_per_bar, low + widened, high - widened)
         rows.append(row)
     print("sample     notes/bar  worst bar  last 16 bars  pitches")
     for sample, row in zip(samples, rows, strict=True):
@@ -182,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
             max((r["high"] for r in rows if r["high"] is not None), default=None),
         ],
     }
+    summary["edge_bars"] = int(sum(r["edge_bars"] for r in rows))
+    print(
+        f"bars sounding a pitch only the transposition reaches (outside {low + widened}..{high - widened}): "
+        f"{summary['edge_bars']} of {sum(len(r['per_bar']) for r in rows)}, in "
+        f"{sum(r['edge_bars'] > 0 for r in rows)} of {len(rows)} samples"
+    )
     print(
         f"all: notes per bar median {summary['notes_per_bar_median']:.1f}, max {summary['notes_per_bar_max']:.1f} "
         f"(worst single bar {summary['worst_bar']}); {over} of {len(rows)} samples over {args.max_notes_per_bar} "
@@ -226,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         inside, after = gap[:, : cfg.model.max_len].max(), gap[:, cfg.model.max_len :].max(initial=0.0)
         print(f"largest |cached - recomputed| per frame: first window {inside:.2e}, after it {after:.3f}")
         summary["log_likelihood_per_bar"] = {"cached": bars_cached.tolist(), "recomputed": bars_full.tolist()}
+    if args.voices:
+        summary["voices"] = print_voices(args, cfg, step, options, pieces, steps_per_bar, allowed_mask)
     if args.json:
         Path(args.json).write_text(json.dumps({**summary, "samples": rows}, indent=1))
     return 1 if over or outside else 0

@@ -142,7 +142,16 @@ def tiny() -> Config:
     """The CPU demo: under two minutes on 2 cores, loss clearly falling; `--steps 2000` and 5000 write better
     music (docs/RESULTS.md, "Scheduled sampling off")."""
     return Config(
-        model=ModelConfig(num_layers=3, d_model=128, num_heads=4, mlp_dim=384, max_len=128, dropout=0.1, head="nade"),
+        model=ModelConfig(
+            num_layers=3,
+            d_model=128,
+            num_heads=4,
+            mlp_dim=384,
+            max_len=128,
+            dropout=0.1,
+            head="nade",
+            condition_on_transposition=True,
+        ),
         train=TrainConfig(
             steps=300, batch_size=16, learning_rate=2e-3, warmup_steps=30, eval_every=100, checkpoint_every=100
         ),
@@ -153,7 +162,15 @@ def tiny() -> Config:
 def small() -> Config:
     """A workstation / single-GPU model (27.7M parameters)."""
     return Config(
-        model=ModelConfig(num_layers=8, d_model=512, num_heads=8, mlp_dim=1536, max_len=512, head="nade"),
+        model=ModelConfig(
+            num_layers=8,
+            d_model=512,
+            num_heads=8,
+            mlp_dim=1536,
+            max_len=512,
+            head="nade",
+            condition_on_transposition=True,
+        ),
         train=TrainConfig(
             steps=20_000, batch_size=64, learning_rate=6e-4, warmup_steps=500, eval_every=1000, checkpoint_every=1000
         ),
@@ -174,6 +191,7 @@ def base() -> Config:
             remat=True,
             scan_layers=True,
             head="nade",
+            condition_on_transposition=True,
         ),
         train=TrainConfig(
             steps=100_000, batch_size=128, learning_rate=3e-4, warmup_steps=2000, eval_every=2000, checkpoint_every=2000
@@ -195,6 +213,7 @@ def large() -> Config:
             remat=True,
             scan_layers=True,
             head="nade",
+            condition_on_transposition=True,
         ),
         train=TrainConfig(
             steps=200_000, batch_size=256, learning_rate=2e-4, warmup_steps=4000, eval_every=5000, checkpoint_every=2000

@@ -44,10 +44,30 @@ def test_bar_figures_count_note_starts_per_bar_and_the_range():
     assert long_samples.bar_figures(np.full((64, 128), OFF), 3, 32)["low"] is None
 
 
+def test_edge_bars_count_bars_beyond_the_untransposed_range():
+    piece = np.zeros((96, 128), np.int32)
+    piece[0:8, 40] = HOLD  # bar 1 inside
+    piece[32, 34] = ONSET  # bar 2 below
+    piece[64, 40], piece[70, 90] = ONSET, ONSET  # bar 3 above
+    assert long_samples.edge_bars(piece, 32, 36, 88) == 2
+    assert long_samples.edge_bars(piece, 32, 34, 90) == 0
+
+
+def test_voice_shares_count_sounding_frames_by_notes_sounding():
+    frames = np.zeros((10, 128), np.int32)
+    frames[0:6, [60, 64, 67, 72]] = HOLD  # six four-note frames
+    frames[6:8, [60, 64, 67]] = ONSET  # two three-note frames
+    frames[8, :8] = HOLD  # one frame of eight (counted as 6+); frame 9 is silent and not counted
+    shares = long_samples.voice_shares(frames)
+    assert shares.shape == (long_samples.MAX_VOICES,)
+    np.testing.assert_allclose(shares, [0, 0, 2 / 9, 6 / 9, 0, 1 / 9])
+
+
 def test_long_samples_cli_scores_its_samples_cached_and_recomputed(piano_run, tmp_path):
     out = tmp_path / "figures.json"
     command = [sys.executable, str(REPO / "benchmarks" / "long_samples.py"), "--workdir", str(piano_run)]
-    command += ["--bars", "3", "--num_samples", "2", "--recompute", "--json", str(out), "--out", str(tmp_path / "s")]
+    command += ["--bars", "3", "--num_samples", "2", "--recompute", "--voices", "--json", str(out)]
+    command += ["--out", str(tmp_path / "s"), "--split", "test"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode in (0, 1), result.stderr[-2000:]
     figures = json.loads(out.read_text())
@@ -63,5 +83,10 @@ def test_long_samples_cli_scores_its_samples_cached_and_recomputed(piano_run, tm
     cached, recomputed = (np.asarray(figures["log_likelihood_per_bar"][k]) for k in ("cached", "recomputed"))
     assert cached.shape == recomputed.shape == (3,) and np.all(np.isfinite(cached))
     assert "first window" in result.stdout
+    voices = figures["voices"]  # held-out, one step ahead (all frames, striking frames), bars 1-3 free-running
+    assert len(voices) == 5 and "free-running, bars 1-3" in voices
+    assert all(np.isclose(sum(shares), 1) or sum(shares) == 0 for shares in voices.values())
+    assert sum(voices["held-out test frames"]) > 0.99  # the synthetic pieces' test split sounds
+    assert isinstance(figures["edge_bars"], int) and 0 <= figures["edge_bars"] <= 6
     first_window_gap = float(result.stdout.split("first window ")[1].split(",")[0])
     assert first_window_gap < 1e-3
