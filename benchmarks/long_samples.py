@@ -66,6 +66,16 @@ def edge_bars(states: np.ndarray, steps_per_bar: int, low: int, high: int) -> in
     return int((sounding[:, :low].any(axis=1) | sounding[:, high + 1 :].any(axis=1)).sum())
 
 
+def on_grid_share(states: np.ndarray, num_states: int, grid_steps: int) -> float:
+    """The share of one piece's (T, P) onset frames that fall on its `grid_steps` grid (step mod grid_steps = 0):
+    with 8 steps per quarter and a grid of 4, the eighth notes. A piece that lost the beat sits off it."""
+    onset_steps = np.flatnonzero(note_starts(states, num_states).any(axis=1))
+    return float(np.mean(onset_steps % grid_steps == 0)) if onset_steps.size else 1.0
+
+
+ON_GRID = 0.9  # a piece with fewer of its onsets on the eighth-note grid has lost the beat
+
+
 MAX_VOICES = 6  # voice-count shares are of 1 .. MAX_VOICES - 1 notes, the last bin MAX_VOICES or more
 
 
@@ -147,8 +157,8 @@ def log_likelihood_recomputed(params, cfg, pieces: np.ndarray, chunk: int = 32) 
     sequence = np.concatenate([np.zeros_like(pieces[:, :1]), pieces], axis=1)  # the start frame, then the piece
 
     @jax.jit
-    def last_position(contexts, targets):  # (N, window, P) -> log p(targets (N, P) | contexts)
-        out, _ = model.apply({"params": params}, contexts)
+    def last_position(contexts, steps, targets):  # (N, window, P) -> log p(targets (N, P) | contexts)
+        out, _ = model.apply({"params": params}, contexts, steps=steps)
         return frame_log_likelihood(out[:, -1], targets, cfg, params)
 
     head = sequence[:, : min(window, length) + 1]  # frames 0..window-1 are predicted inside one causal pass
@@ -159,7 +169,8 @@ def log_likelihood_recomputed(params, cfg, pieces: np.ndarray, chunk: int = 32) 
         ts = np.arange(begin, min(begin + chunk, length))
         contexts = np.stack([sequence[:, t + 1 - window : t + 1] for t in ts], axis=1).reshape(-1, window, pitches)
         targets = pieces[:, ts].reshape(-1, pitches)
-        scores = last_position(jnp.asarray(contexts), jnp.asarray(targets))
+        steps = np.tile(np.stack([np.arange(t + 1 - window, t + 1) for t in ts]), (batch, 1))  # rows as contexts'
+        scores = last_position(jnp.asarray(contexts), jnp.asarray(steps), jnp.asarray(targets))
         result[:, ts] = np.asarray(scores).reshape(batch, len(ts))
     return result
 
@@ -226,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     allowed_mask = compose.keyboard_of(cfg, grid)
     allowed = np.flatnonzero(allowed_mask)
     low, high = int(allowed[0]), int(allowed[-1])
+    eighth = max(1, grid.steps_per_quarter // 2)
     widened = cfg.data.transpose if len(allowed) < grid.num_pitches else 0  # the keyboard came from the card
     strategy = compose.strategy_of(options).describe()
     print(
@@ -238,12 +250,13 @@ def main(argv: list[str] | None = None) -> int:
         row["notes_per_bar"] = stats.compute_stats([sample.frames])["notes_per_bar"] or 0.0
         row["last_16_bars"] = float(np.mean(row["per_bar"][-16:])) if row["per_bar"] else 0.0
         row["edge_bars"] = edge_bars(piece, steps_per_bar, low + widened, high - widened)
+        row["on_grid"] = on_grid_share(piece, grid.num_states, eighth)
         rows.append(row)
-    print("sample     notes/bar  worst bar  last 16 bars  pitches")
+    print("sample     notes/bar  worst bar  last 16 bars  on the 8th grid  pitches")
     for sample, row in zip(samples, rows, strict=True):
         print(
-            f"{sample.name} {row['notes_per_bar']:12.1f} {row['max']:10d} {row['last_16_bars']:13.1f}  "
-            f"{row['low']}-{row['high']}"
+            f"{sample.name} {row['notes_per_bar']:12.1f} {row['max']:10d} {row['last_16_bars']:13.1f} "
+            f"{row['on_grid']:15.0%}  {row['low']}-{row['high']}"
         )
     over = sum(r["notes_per_bar"] > args.max_notes_per_bar for r in rows)
     outside = sum(r["low"] is not None and (r["low"] < low or r["high"] > high) for r in rows)
@@ -268,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         ],
     }
     summary["edge_bars"] = int(sum(r["edge_bars"] for r in rows))
+    summary["off_the_beat"] = int(sum(r["on_grid"] < ON_GRID for r in rows))
+    print(
+        f"samples that lost the beat (under {ON_GRID:.0%} of their onsets on the eighth-note grid): "
+        f"{summary['off_the_beat']} of {len(rows)}"
+    )
     print(
         f"bars sounding a pitch only the transposition reaches (outside {low + widened}..{high - widened}): "
         f"{summary['edge_bars']} of {sum(len(r['per_bar']) for r in rows)}, in "
@@ -287,13 +305,16 @@ def main(argv: list[str] | None = None) -> int:
             for f in sorted(reference.iterdir())
         ]
         summary["held_out_notes_per_bar"] = [float(np.median(per_piece)), float(np.max(per_piece))]
+        held_frames = [midi_to_frames(f, steps_per_quarter=grid.steps_per_quarter) for f in sorted(reference.iterdir())]
+        held_grid = [on_grid_share(f.states, f.num_states, eighth) for f in held_frames]
+        summary["held_out_off_the_beat"] = int(sum(g < ON_GRID for g in held_grid))
         summary["texture"] = {k: report["distances"][k] for k in TEXTURE}
         scalars = ("notes_per_bar", "repeated_note_fraction", "polyphony_mean_sounding")
         summary["texture_values"] = {k: (report["samples"][k], held[k]) for k in scalars}
         print(
             f"held-out {args.split} split ({held['num_pieces']} pieces): "
             f"notes per bar median {np.median(per_piece):.1f}, max {np.max(per_piece):.1f}; "
-            f"pitches {held['pitch_min']}-{held['pitch_max']}"
+            f"pitches {held['pitch_min']}-{held['pitch_max']}; {summary['held_out_off_the_beat']} off the beat"
         )
         print("texture against the held-out split: distance / its split-half distance = ratio")
         for key in TEXTURE:

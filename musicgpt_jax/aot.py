@@ -134,6 +134,7 @@ def abstract_batch(cfg: Config, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeD
         "targets": ((b, t, p), jnp.int32),
         "mask": ((b, t), jnp.float32),
         "transposition": ((b,), jnp.int32),
+        "steps": ((b, t), jnp.int32),
     }
     if cfg.model.velocity_bins:  # dynamics: the velocity bins beside the states (`pipeline.bin_velocities`)
         shapes.update(input_velocities=((b, t, p), jnp.int32), target_velocities=((b, t, p), jnp.int32))

@@ -60,6 +60,10 @@ class ModelConfig:
     # evaluation say 0, so the augmentation's shifted registers do not leak into what the model writes
     # ("non-leaking augmentation", Karras et al. 2022). False: the input does not exist (checkpoints before it).
     condition_on_transposition: bool = False
+    # Tell the model where each frame falls in the beat: a learned vector per (frame index mod `beat_steps`),
+    # counted from the piece's first frame, added to every frame. With the grid's steps per quarter note (8) the
+    # model cannot drift off the beat. 0 = off (corpora whose frames are not on a beat grid; checkpoints before it).
+    beat_steps: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -392,6 +396,8 @@ def resolve(name_or_path: str = "tiny", overrides: Sequence[str] = ()) -> Config
 
 
 def check(cfg: Config) -> None:
+    if cfg.model.beat_steps < 0:
+        raise ConfigError(f"--config.model.beat_steps={cfg.model.beat_steps}: must be 0 (off) or a number of frames")
     """Refuse settings that are each valid but do not go together (one-line ConfigError)."""
     if cfg.model.condition_on_transposition and not 0 <= cfg.data.transpose <= MAX_TRANSPOSITION:
         raise ConfigError(

@@ -57,6 +57,7 @@ class DecodeState(NamedTuple):
     window: jax.Array  # (B, cache length, P) int32: the frames the cache holds, at their cache positions
     index: jax.Array  # () int32: the cache position the next frame is written to
     velocity_window: jax.Array | None = None  # (B, cache length, P) int32: the frames' velocity bins (dynamics)
+    offset: jax.Array | int = 0  # () int32: the sequence index of the frame at cache position 0 (start frame: 0)
 
 
 def context_of(primer: jax.Array, max_len: int, fill: int = 0) -> jax.Array:
@@ -77,7 +78,8 @@ def _constrain_state(state: DecodeState, mesh: Mesh | None) -> DecodeState:
     velocity_window = state.velocity_window
     if velocity_window is not None:
         velocity_window = _constrain(velocity_window, mesh, ("batch", None, None))
-    return DecodeState(cache, _constrain(state.window, mesh, ("batch", None, None)), state.index, velocity_window)
+    window = _constrain(state.window, mesh, ("batch", None, None))
+    return DecodeState(cache, window, state.index, velocity_window, state.offset)
 
 
 def _velocity_inputs(velocities: jax.Array | None) -> dict[str, jax.Array]:
@@ -91,11 +93,14 @@ def prefill(
     mesh: Mesh | None = None,
     cache_len: int | None = None,
     velocities: jax.Array | None = None,
+    offset: jax.Array | int = 0,
 ) -> tuple[jax.Array, DecodeState]:
     """Run `context` (B, T, P) into an empty cache: (logits of every position, state).
 
     The cache has `cache_len` positions (default `max_len`); one shorter than `max_len` never slides, so it
     must hold every frame the decode will feed. A model with dynamics also takes the context's velocity bins.
+    `offset` is the sequence index of the context's first frame (0: it is the start frame; more when the front
+    of a long primer was cut), so that a model with `beat_steps` knows where each frame falls in the beat.
     """
     batch, length, pitches = context.shape
     cache_len = cache_len or cfg.max_len
@@ -104,14 +109,21 @@ def prefill(
     model = MusicTransformer(cfg)
     cache = init_cache(cfg, batch, cache_len)
     positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    offset = jnp.asarray(offset, jnp.int32)
     logits, cache = model.apply(
-        {"params": params}, context, positions, cache=cache, cache_index=0, **_velocity_inputs(velocities)
+        {"params": params},
+        context,
+        positions,
+        cache=cache,
+        cache_index=0,
+        steps=positions + offset,
+        **_velocity_inputs(velocities),
     )
     window = jnp.zeros((batch, cache_len, pitches), jnp.int32).at[:, :length].set(context)
     velocity_window = None
     if velocities is not None:
         velocity_window = jnp.full((batch, cache_len, pitches), NO_VELOCITY, jnp.int32).at[:, :length].set(velocities)
-    state = DecodeState(cache, window, jnp.asarray(length, jnp.int32), velocity_window)
+    state = DecodeState(cache, window, jnp.asarray(length, jnp.int32), velocity_window, offset)
     return logits, _constrain_state(state, mesh)
 
 
@@ -126,10 +138,17 @@ def _slide(params: Any, cfg: ModelConfig, state: DecodeState) -> DecodeState:
     batch = window.shape[0]
     positions = jnp.broadcast_to(jnp.arange(half), (batch, half))
     extra = {} if velocity_window is None else {"velocities": velocity_window[:, :half]}
+    offset = state.offset + (length - half)
     _, cache = MusicTransformer(cfg).apply(
-        {"params": params}, window[:, :half], positions, cache=state.cache, cache_index=0, **extra
+        {"params": params},
+        window[:, :half],
+        positions,
+        cache=state.cache,
+        cache_index=0,
+        steps=positions + offset,
+        **extra,
     )
-    return DecodeState(cache, window, jnp.asarray(half, jnp.int32), velocity_window)
+    return DecodeState(cache, window, jnp.asarray(half, jnp.int32), velocity_window, offset)
 
 
 def decode_step(
@@ -153,10 +172,12 @@ def decode_step(
         velocity_window = jax.lax.dynamic_update_slice(velocity_window, fed, (0, index, 0))
         extra = {"velocities": fed}
     positions = jnp.full((frame.shape[0], 1), index)
+    steps = positions + state.offset
     logits, cache = MusicTransformer(cfg).apply(
-        {"params": params}, frame[:, None], positions, cache=state.cache, cache_index=index, **extra
+        {"params": params}, frame[:, None], positions, cache=state.cache, cache_index=index, steps=steps, **extra
     )
-    return logits[:, 0], _constrain_state(DecodeState(cache, window, index + 1, velocity_window), mesh)
+    state = DecodeState(cache, window, index + 1, velocity_window, state.offset)
+    return logits[:, 0], _constrain_state(state, mesh)
 
 
 NextOutput = Callable[[Any, Any], tuple[jax.Array, Any]]  # (state, frame) -> (head output, state)
@@ -200,7 +221,8 @@ def _generate(params, primer, rng, choice, allowed, primer_velocities=None, *, c
         return _generate_with_velocities(
             params, context, primer_velocities, rng, choice, allowed, cfg, num_frames, mesh
         )
-    outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed))
+    offset = primer.shape[1] + 1 - context.shape[1]  # primer frames cut from the front
+    outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed), offset=offset)
 
     def next_output(state: DecodeState, frame: jax.Array) -> tuple[jax.Array, DecodeState]:
         return decode_step(params, cfg, state, frame, mesh)
@@ -216,7 +238,8 @@ def _generate_with_velocities(params, context, primer_velocities, rng, choice, a
     """`_generate` for a model with dynamics: (states, velocity bins), each (B, num_frames, P)."""
     velocity_context = _constrain(context_of(primer_velocities, cfg.max_len, NO_VELOCITY), mesh, ("batch", None, None))
     fed = context.shape[1] + num_frames - 1
-    outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed), velocity_context)
+    offset = primer_velocities.shape[1] + 1 - context.shape[1]
+    outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed), velocity_context, offset)
 
     def next_output(state: DecodeState, frame: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, DecodeState]:
         return decode_step(params, cfg, state, frame[0], mesh, frame[1])

@@ -62,12 +62,13 @@ def plan_windows(lengths: Sequence[int], window: int, stride: int) -> list[tuple
 
 
 def make_window_nll(model_cfg: ModelConfig) -> Callable:
-    """jit(params, inputs (B, W, P), targets (B, W, P), mask (B, W)) -> per-window NLL sums (B,), float32."""
+    """jit(params, inputs (B, W, P), targets (B, W, P), mask (B, W), steps (B, W): the inputs' indices in their
+    sequences) -> per-window NLL sums (B,), float32."""
     model = MusicTransformer(model_cfg)
 
     @jax.jit
-    def window_nll(params, inputs, targets, mask):
-        out, _ = model.apply({"params": params}, inputs, deterministic=True)
+    def window_nll(params, inputs, targets, mask, steps):
+        out, _ = model.apply({"params": params}, inputs, deterministic=True, steps=steps)
         nll = -frame_log_likelihood(out, targets, model_cfg, params)
         return jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1)
 
@@ -80,8 +81,8 @@ def make_window_dynamics_nll(model_cfg: ModelConfig) -> Callable:
     model = MusicTransformer(model_cfg)
 
     @jax.jit
-    def window_nll(params, inputs, targets, input_velocities, target_velocities, mask):
-        out, _ = model.apply({"params": params}, inputs, deterministic=True, velocities=input_velocities)
+    def window_nll(params, inputs, targets, input_velocities, target_velocities, mask, steps):
+        out, _ = model.apply({"params": params}, inputs, deterministic=True, velocities=input_velocities, steps=steps)
         nll = -frame_log_likelihood(out, targets, model_cfg, params)
         notes = jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1)
         per_window = jax.vmap(
@@ -141,7 +142,9 @@ def evaluate_nll(
         states = np.zeros((batch_size, window + 1, model_cfg.num_pitches), np.int32)
         velocities = np.full(states.shape, dynamics.NO_VELOCITY, np.int32)
         mask = np.zeros((batch_size, window), np.float32)
+        steps = np.zeros((batch_size, window), np.int32)
         for r, (seq, start, first, end) in enumerate(rows):
+            steps[r] = np.arange(start, start + window)
             piece = padded[seq][start : start + window + 1]
             states[r, : piece.shape[0]] = piece
             if bins:
@@ -149,12 +152,12 @@ def evaluate_nll(
             mask[r, first:end] = 1.0
         if bins:
             sums, velocity_sums, onset_counts = window_nll(
-                params, states[:, :-1], states[:, 1:], velocities[:, :-1], velocities[:, 1:], mask
+                params, states[:, :-1], states[:, 1:], velocities[:, :-1], velocities[:, 1:], mask, steps
             )
             velocity_total += float(np.sum(np.asarray(velocity_sums, np.float64)[: len(rows)]))
             onsets += float(np.sum(np.asarray(onset_counts, np.float64)[: len(rows)]))
         else:
-            sums = window_nll(params, states[:, :-1], states[:, 1:], mask)
+            sums = window_nll(params, states[:, :-1], states[:, 1:], mask, steps)
         total += float(np.sum(np.asarray(sums, np.float64)[: len(rows)]))
     frames = sum(lengths)
     velocity = {}

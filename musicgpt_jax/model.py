@@ -324,6 +324,18 @@ class TranspositionEmbed(nn.Module):
         return table[jnp.clip(shift, -MAX_TRANSPOSITION, MAX_TRANSPOSITION) + MAX_TRANSPOSITION][:, None, :]
 
 
+class BeatEmbed(nn.Module):
+    """One learned vector per position in the beat: `steps` (B, T), each input frame's index in its sequence (the
+    start frame is 0, so it predicts the piece's first frame), taken mod `beat_steps`, as (B, T, D)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, steps: jax.Array) -> jax.Array:
+        table = self.param("table", _init(0.02, (None, "embed")), (self.cfg.beat_steps, self.cfg.d_model), jnp.float32)
+        return table[jnp.mod(jnp.asarray(steps, jnp.int32), self.cfg.beat_steps)]
+
+
 class MusicTransformer(nn.Module):
     """states (B, T, P) int -> the frame head's output for the next frame, and the updated cache when one is given.
 
@@ -333,7 +345,8 @@ class MusicTransformer(nn.Module):
     (`dynamics.NO_VELOCITY` off the onsets; None: no velocity input) and the output is flat per frame, the
     velocity head's part last (`dynamics.with_velocity_part`). With `condition_on_transposition`, `transposition`
     (B,) is each sequence's training-time shift in semitones (None: 0, the untransposed data, as when sampling);
-    a model without that input ignores it."""
+    a model without that input ignores it. With `beat_steps`, `steps` (B, T) are the input frames' indices in
+    their sequences, start frame 0 (None: `positions`, a window that begins with the start frame)."""
 
     cfg: ModelConfig
 
@@ -345,6 +358,7 @@ class MusicTransformer(nn.Module):
         *,
         velocities: jax.Array | None = None,
         transposition: jax.Array | None = None,
+        steps: jax.Array | None = None,
         deterministic: bool = True,
         cache: Cache | None = None,
         cache_index: jax.Array | int = 0,
@@ -357,6 +371,8 @@ class MusicTransformer(nn.Module):
             x = x + dynamics.VelocityEmbed(cfg, name="velocity_embed")(states, velocities).astype(x.dtype)
         if cfg.condition_on_transposition:
             x = x + TranspositionEmbed(cfg, name="transposition_embed")(transposition, states.shape[0]).astype(x.dtype)
+        if cfg.beat_steps:
+            x = x + BeatEmbed(cfg, name="beat_embed")(positions if steps is None else steps).astype(x.dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         block = Block
         if cfg.remat:
@@ -456,6 +472,8 @@ def model_inputs(batch: dict) -> dict[str, jax.Array]:
     inputs = {"velocities": batch["input_velocities"]} if "input_velocities" in batch else {}
     if "transposition" in batch:
         inputs["transposition"] = batch["transposition"]
+    if "steps" in batch:
+        inputs["steps"] = batch["steps"]
     return inputs
 
 

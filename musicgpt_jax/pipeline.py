@@ -55,7 +55,8 @@ def window_example(states: np.ndarray, start: int, seq_len: int, velocities: np.
     padded = _padded_window(states, start, seq_len)
     mask = np.zeros((seq_len,), np.float32)
     mask[:valid] = 1.0
-    example = {"inputs": padded[:-1], "targets": padded[1:], "mask": mask}
+    steps = np.arange(start, start + seq_len, dtype=np.int32)  # each input's index: where it is in the beat
+    example = {"inputs": padded[:-1], "targets": padded[1:], "mask": mask, "steps": steps}
     if velocities is not None:
         raw = _padded_window(velocities, start, seq_len)
         example["input_velocities"], example["target_velocities"] = raw[:-1], raw[1:]

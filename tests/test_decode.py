@@ -43,19 +43,24 @@ def reference_logits(params, cfg, frames: np.ndarray, prefill_len: int) -> np.nd
     """Logits of every frame from plain forward passes over the window each decode step saw (no cache)."""
     starts = decode.window_starts(frames.shape[1], prefill_len, cfg.max_len)
     out = np.zeros(frames.shape + (cfg.num_states,), np.float32)
-    forward = jax.jit(lambda x: MusicTransformer(cfg).apply({"params": params}, x)[0])
+    forward = jax.jit(lambda x, steps: MusicTransformer(cfg).apply({"params": params}, x, steps=steps)[0])
     padded = np.pad(frames, ((0, 0), (0, cfg.max_len), (0, 0)))  # one window shape, one compile
     for start in np.unique(starts):
         # Causal: the logits at t over frames[start:start+max_len] are those of frames[start:t+1].
-        logits = np.asarray(forward(jnp.asarray(padded[:, start : start + cfg.max_len])))
+        steps = np.broadcast_to(np.arange(start, start + cfg.max_len), frames.shape[:1] + (cfg.max_len,))
+        logits = np.asarray(forward(jnp.asarray(padded[:, start : start + cfg.max_len]), jnp.asarray(steps)))
         steps = np.flatnonzero(starts == start)
         out[:, steps] = logits[:, steps - start]
     return out
 
 
-@pytest.mark.parametrize("scan_layers, num_frames", [(False, 30), (True, 30), (False, 6)])
-def test_decode_matches_full_forward_also_after_slides(scan_layers, num_frames):
-    cfg = configs.ModelConfig(**{**CFG.__dict__, "scan_layers": scan_layers})
+@pytest.mark.parametrize(
+    "scan_layers, num_frames, beat_steps", [(False, 30, 0), (True, 30, 0), (False, 6, 0), (False, 30, 3)]
+)
+def test_decode_matches_full_forward_also_after_slides(scan_layers, num_frames, beat_steps):
+    # beat_steps 3: each slide moves the window by 4 frames, so a cache that lost count of the frames' places in
+    # the beat would give other logits.
+    cfg = configs.ModelConfig(**{**CFG.__dict__, "scan_layers": scan_layers, "beat_steps": beat_steps})
     params = init_params(cfg)
     frames = random_frames((2, num_frames, cfg.num_pitches))
     prefill_len = 3
@@ -92,6 +97,23 @@ def test_generation_continues_right_after_the_primer(params, primer_len):
     previous = np.concatenate([primer[:, -1:], out[:, :-1]], axis=1)
     assert not np.any((out == 2) & (previous == 0))
     assert out.min() >= 0 and out.max() < CFG.num_states
+
+
+@pytest.mark.parametrize("primer_len", [5, 20])
+def test_a_beat_model_knows_where_the_primer_leaves_off(primer_len):
+    cfg = configs.ModelConfig(**{**CFG.__dict__, "beat_steps": 3})
+    params = init_params(cfg)
+    primer = random_frames((2, primer_len, cfg.num_pitches), seed=1)
+    rng = jax.random.key(7)
+    out = np.asarray(decode.generate(params, cfg, primer, 4, rng, temperature=1.0))
+    context = np.asarray(decode.context_of(jnp.asarray(primer), cfg.max_len))
+    first_index = primer_len + 1 - context.shape[1]  # the sequence index of the context's first frame
+    steps = np.broadcast_to(np.arange(first_index, primer_len + 1), context.shape[:2])
+    logits, _ = MusicTransformer(cfg).apply({"params": params}, jnp.asarray(context), steps=jnp.asarray(steps))
+    first = sample_frame(logits[:, -1], jax.random.fold_in(rng, 0), 1.0, jnp.asarray(primer[:, -1]), 3)
+    np.testing.assert_array_equal(out[:, 0], np.asarray(first))
+    wrong, _ = MusicTransformer(cfg).apply({"params": params}, jnp.asarray(context), steps=jnp.asarray(steps) + 1)
+    assert not np.allclose(np.asarray(wrong[:, -1]), np.asarray(logits[:, -1]), atol=1e-4)  # the place matters
 
 
 def test_generation_is_deterministic_and_compiles_once(params):

@@ -53,6 +53,14 @@ def test_edge_bars_count_bars_beyond_the_untransposed_range():
     assert long_samples.edge_bars(piece, 32, 34, 90) == 0
 
 
+def test_on_grid_share_is_the_share_of_onset_frames_on_the_grid():
+    piece = np.zeros((32, 128), np.int32)
+    piece[[0, 4, 8], 60] = ONSET  # three onset frames on the eighth-note grid
+    piece[[9, 10], 64] = ONSET, HOLD  # one off it (a held note is no onset)
+    assert long_samples.on_grid_share(piece, 3, 4) == 0.75
+    assert long_samples.on_grid_share(np.zeros((8, 128), np.int32), 3, 4) == 1.0
+
+
 def test_voice_shares_count_sounding_frames_by_notes_sounding():
     frames = np.zeros((10, 128), np.int32)
     frames[0:6, [60, 64, 67, 72]] = HOLD  # six four-note frames
@@ -88,5 +96,6 @@ def test_long_samples_cli_scores_its_samples_cached_and_recomputed(piano_run, tm
     assert all(np.isclose(sum(shares), 1) or sum(shares) == 0 for shares in voices.values())
     assert sum(voices["held-out test frames"]) > 0.99  # the synthetic pieces' test split sounds
     assert isinstance(figures["edge_bars"], int) and 0 <= figures["edge_bars"] <= 6
+    assert 0 <= figures["off_the_beat"] <= 2 and all(0 <= s["on_grid"] <= 1 for s in figures["samples"])
     first_window_gap = float(result.stdout.split("first window ")[1].split(",")[0])
     assert first_window_gap < 1e-3

@@ -131,6 +131,27 @@ def test_the_transposition_input_shifts_the_model_and_none_means_untransposed(ch
     np.testing.assert_array_equal(shifted, plain.apply({"params": plain_params}, frames)[0])
 
 
+def test_the_beat_input_gives_each_place_in_the_beat_its_own_vector(chorale_batch):
+    cfg = configs.ModelConfig(
+        num_pitches=88, num_states=2, num_layers=1, d_model=32, num_heads=4, mlp_dim=64, max_len=32, dropout=0.0,
+        beat_steps=4,
+    )  # fmt: skip
+    model, frames = MusicTransformer(cfg), chorale_batch[:, :-1]
+    params = nn.meta.unbox(model.init(jax.random.key(0), frames)["params"])
+    assert params["beat_embed"]["table"].shape == (4, 32)
+    length = frames.shape[1]
+
+    def run(first):
+        steps = jnp.broadcast_to(jnp.arange(first, first + length), frames.shape[:2])
+        return np.asarray(model.apply({"params": params}, frames, steps=steps)[0])
+
+    np.testing.assert_array_equal(run(0), np.asarray(model.apply({"params": params}, frames)[0]))  # None: 0, 1, ...
+    np.testing.assert_allclose(run(0), run(8), atol=1e-6)  # two beats later: the same places in the beat
+    assert not np.allclose(run(0), run(1), atol=1e-4)
+    plain = MusicTransformer(configs.ModelConfig(**{**cfg.__dict__, "beat_steps": 0}))
+    assert "beat_embed" not in plain.init(jax.random.key(0), frames)["params"]  # older checkpoints load as they are
+
+
 def nade_model(num_pitches: int, num_states: int) -> tuple[configs.ModelConfig, dict]:
     cfg = configs.ModelConfig(
         num_pitches=num_pitches, num_states=num_states, num_layers=1, d_model=16, num_heads=2, mlp_dim=32,
