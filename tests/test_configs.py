@@ -62,6 +62,7 @@ def test_a_config_file_resolves_like_its_preset(tmp_path):
         ("tiny", ["model.head=lstm"], "is not one of independent, nade"),
         ("tiny", ["train.async_checkpoints=maybe"], "expected bool"),
         ("tiny", ["model.condition_on_transposition=true", "data.transpose=13"], "up to 12 semitones only"),
+        ("tiny", ["model.beat_steps=-1"], "must be 0 (off) or a number of frames"),
     ],
 )
 def test_bad_names_and_overrides_are_one_line_errors(name, overrides, needle):
