@@ -300,12 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     if reference is not None:
         report = stats.measure(out, reference, steps_per_quarter=grid.steps_per_quarter)
         held = report["reference"]
-        per_piece = [
-            stats.compute_stats([midi_to_frames(f, steps_per_quarter=grid.steps_per_quarter)])["notes_per_bar"] or 0.0
-            for f in sorted(reference.iterdir())
-        ]
-        summary["held_out_notes_per_bar"] = [float(np.median(per_piece)), float(np.max(per_piece))]
         held_frames = [midi_to_frames(f, steps_per_quarter=grid.steps_per_quarter) for f in sorted(reference.iterdir())]
+        per_piece = [stats.compute_stats([f])["notes_per_bar"] or 0.0 for f in held_frames]
+        summary["held_out_notes_per_bar"] = [float(np.median(per_piece)), float(np.max(per_piece))]
         held_grid = [on_grid_share(f.states, f.num_states, eighth) for f in held_frames]
         summary["held_out_off_the_beat"] = int(sum(g < ON_GRID for g in held_grid))
         summary["texture"] = {k: report["distances"][k] for k in TEXTURE}

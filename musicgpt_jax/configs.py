@@ -396,9 +396,9 @@ def resolve(name_or_path: str = "tiny", overrides: Sequence[str] = ()) -> Config
 
 
 def check(cfg: Config) -> None:
+    """Refuse settings that are out of range or valid alone but not together (one-line ConfigError)."""
     if cfg.model.beat_steps < 0:
         raise ConfigError(f"--config.model.beat_steps={cfg.model.beat_steps}: must be 0 (off) or a number of frames")
-    """Refuse settings that are each valid but do not go together (one-line ConfigError)."""
     if cfg.model.condition_on_transposition and not 0 <= cfg.data.transpose <= MAX_TRANSPOSITION:
         raise ConfigError(
             f"--config.data.transpose={cfg.data.transpose}: model.condition_on_transposition has a vector for "

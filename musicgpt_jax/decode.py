@@ -217,11 +217,11 @@ def _generate(params, primer, rng, choice, allowed, primer_velocities=None, *, c
     TRACE_COUNTS["generate"] += 1
     context = _constrain(context_of(primer, cfg.max_len), mesh, ("batch", None, None))
     fed = context.shape[1] + num_frames - 1  # the last sampled frame is never fed
+    offset = primer.shape[1] + 1 - context.shape[1]  # the sequence index of the context's first frame
     if primer_velocities is not None:
         return _generate_with_velocities(
-            params, context, primer_velocities, rng, choice, allowed, cfg, num_frames, mesh
+            params, context, offset, primer_velocities, rng, choice, allowed, cfg, num_frames, mesh
         )
-    offset = primer.shape[1] + 1 - context.shape[1]  # primer frames cut from the front
     outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed), offset=offset)
 
     def next_output(state: DecodeState, frame: jax.Array) -> tuple[jax.Array, DecodeState]:
@@ -234,11 +234,10 @@ def _generate(params, primer, rng, choice, allowed, primer_velocities=None, *, c
     return _constrain(frames, mesh, ("batch", None, None))
 
 
-def _generate_with_velocities(params, context, primer_velocities, rng, choice, allowed, cfg, num_frames, mesh):
+def _generate_with_velocities(params, context, offset, primer_velocities, rng, choice, allowed, cfg, num_frames, mesh):
     """`_generate` for a model with dynamics: (states, velocity bins), each (B, num_frames, P)."""
     velocity_context = _constrain(context_of(primer_velocities, cfg.max_len, NO_VELOCITY), mesh, ("batch", None, None))
     fed = context.shape[1] + num_frames - 1
-    offset = primer_velocities.shape[1] + 1 - context.shape[1]
     outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed), velocity_context, offset)
 
     def next_output(state: DecodeState, frame: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, DecodeState]:

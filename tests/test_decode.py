@@ -47,8 +47,8 @@ def reference_logits(params, cfg, frames: np.ndarray, prefill_len: int) -> np.nd
     padded = np.pad(frames, ((0, 0), (0, cfg.max_len), (0, 0)))  # one window shape, one compile
     for start in np.unique(starts):
         # Causal: the logits at t over frames[start:start+max_len] are those of frames[start:t+1].
-        steps = np.broadcast_to(np.arange(start, start + cfg.max_len), frames.shape[:1] + (cfg.max_len,))
-        logits = np.asarray(forward(jnp.asarray(padded[:, start : start + cfg.max_len]), jnp.asarray(steps)))
+        indices = np.broadcast_to(np.arange(start, start + cfg.max_len), frames.shape[:1] + (cfg.max_len,))
+        logits = np.asarray(forward(jnp.asarray(padded[:, start : start + cfg.max_len]), jnp.asarray(indices)))
         steps = np.flatnonzero(starts == start)
         out[:, steps] = logits[:, steps - start]
     return out

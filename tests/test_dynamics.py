@@ -151,13 +151,8 @@ def test_without_dynamics_training_is_bitwise_the_old_path(head):
     source = [{"states": random_frames(rng, (20, 16))[0], "velocities": np.zeros((20, 16), np.uint8)}]
     data = pipeline.train_dataset(source, seq_len=8, batch_size=4, seed=0, transpose=2)
     batches = [{k: jnp.asarray(data[i][k]) for k in data[i] if "index" not in k} for i in range(3)]
-    assert set(batches[0]) == {
-        "inputs",
-        "targets",
-        "mask",
-        "transposition",
-        "steps",
-    }  # no velocity keys without dynamics
+    # No velocity keys without dynamics.
+    assert set(batches[0]) == {"inputs", "targets", "mask", "transposition", "steps"}
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(jax.random.key(3)))
     new, old = jax.jit(make_train_step(model, tx, 1)), jax.jit(old_train_step(model, tx))
     a = b = state
