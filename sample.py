@@ -50,11 +50,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from absl import logging  # Orbax logs its read-only notes as warnings; they are not ours to show
+    from musicgpt_jax import cloud, compose
+    from musicgpt_jax.checkpoint import quiet_orbax
 
-    from musicgpt_jax import compose
-
-    logging.set_verbosity(logging.ERROR)
+    quiet_orbax()
+    try:
+        cloud.require_access(args.workdir)
+    except cloud.CloudError as error:
+        print(f"sample.py: {error}", file=sys.stderr)
+        return 2
+    if cloud.is_remote(args.out):
+        print(f"sample.py: --out {args.out}: samples go to a local folder (copy them up after)", file=sys.stderr)
+        return 2
 
     options = compose.SampleOptions(**vars(args))
     try:

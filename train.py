@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from musicgpt_jax import configs, host_memory
+from musicgpt_jax import cloud, configs, host_memory
 
 EPILOG = """\
 Any --config.SECTION.FIELD=VALUE overrides a preset field, e.g. --config.train.learning_rate=3e-4
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from musicgpt_jax import records
-    from musicgpt_jax.checkpoint import CheckpointError, quiet_orbax_errors
+    from musicgpt_jax.checkpoint import CheckpointError, quiet_orbax
     from musicgpt_jax.sharding import MeshError
     from musicgpt_jax.train import TrainingError, train_and_evaluate
 
@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.train.steps = args.steps
     if args.mesh is not None:
         cfg.mesh = args.mesh
+    try:
+        cloud.require_access(args.workdir, cfg.data.data_dir)
+    except cloud.CloudError as error:
+        print(f"train.py: {error}", file=sys.stderr)
+        return 2
 
     default_data = (
         not args.data_dir
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     data_log = f"{args.data_log}.process_{jax.process_index()}" if args.data_log else None
-    quiet_orbax_errors()  # a failed save is reported once, below, not as Orbax's tracebacks
+    quiet_orbax()  # a failed save is reported once, below, not as Orbax's tracebacks
     try:
         metrics = train_and_evaluate(cfg, args.workdir, progress=not args.no_progress, data_log=data_log)
     except (TrainingError, CheckpointError, MeshError, configs.ConfigError, records.DatasetNotFoundError) as error:

@@ -34,7 +34,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import logging
 import os
 import platform
 import random
@@ -246,23 +245,12 @@ class TrainSetup:
 
 def restore_final(workdir: Path) -> tuple[Any, dict, int]:
     """(state, data-iterator state, step) of a workdir's latest checkpoint, restored on one CPU device."""
-    import jax
+    from musicgpt_jax import configs
+    from musicgpt_jax.checkpoint import load_config_dict, quiet_orbax_notes, restore_state
 
-    from musicgpt_jax import configs, sharding
-    from musicgpt_jax.checkpoint import Checkpointer, load_config_dict
-    from musicgpt_jax.model import MusicTransformer
-    from musicgpt_jax.train_state import abstract_train_state, make_optimizer, train_state_shardings
-
-    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notes on read-only managers
-    cfg = configs.Config.from_dict(load_config_dict(workdir)[0])
-    mesh = sharding.make_mesh("", devices=jax.devices()[:1])
-    model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
-    target = abstract_train_state(train_state_shardings(model, tx, cfg, mesh), model, tx, cfg)
-    checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
-    try:
-        return checkpointer.restore(target)
-    finally:
-        checkpointer.close()
+    with quiet_orbax_notes():
+        cfg = configs.Config.from_dict(load_config_dict(workdir)[0])
+        return restore_state(workdir, cfg)
 
 
 def bitwise_equal(a: Any, b: Any) -> bool:

@@ -33,13 +33,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from musicgpt_jax import compose, decode, frame_choice, host_memory, pipeline, records, stats  # noqa: E402
-from musicgpt_jax.checkpoint import restore_params  # noqa: E402
+from musicgpt_jax.checkpoint import quiet_orbax, restore_params  # noqa: E402
 from musicgpt_jax.frames import OFF, Meter, note_starts, with_start_frame  # noqa: E402
 from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood, model_inputs  # noqa: E402
@@ -219,7 +218,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.set_verbosity(logging.ERROR)
+    quiet_orbax()
     cfg, step = compose.load_config(args.workdir)
     grid = compose.grid_of(cfg)
     steps_per_bar = Meter((), grid.steps_per_quarter).steps_per_bar()  # generated pieces are 4/4

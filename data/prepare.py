@@ -7,6 +7,10 @@ data/records; a complete dataset built from the same files with the same options
     python data/prepare.py --midi_dir ~/midi --dataset my_piano [--workers 8]
     python data/prepare.py --midi_dir maestro-v3.0.0 --dataset maestro  # MAESTRO's own train/validation/test
     python data/prepare.py --benchmark ../shared/data/polyphonic/JSB_Chorales.mat
+    python data/prepare.py --midi_dir ~/midi --dataset my_piano --data_dir gs://BUCKET/data  # the cloud extra
+
+A gs:// --data_dir is built in a local scratch folder, then uploaded with its card last (the card marks a
+dataset complete, so a reader never takes a half-uploaded one).
 """
 
 from __future__ import annotations
@@ -90,11 +94,58 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported here, not at the top: conversion workers are spawned processes that re-import this file.
     sys.path.insert(0, str(REPO_ROOT))  # runnable from a checkout without `pip install -e .`
+    from musicgpt_jax import cloud
+
+    try:
+        cloud.require_access(args.data_dir)
+    except cloud.CloudError as error:
+        print(f"prepare.py: {error}", file=sys.stderr)
+        return 2
+    if cloud.is_remote(args.data_dir):
+        return _build_and_upload(args)
+    return _build(args, args.data_dir)
+
+
+def _build_and_upload(args: argparse.Namespace) -> int:
+    """Build into a local scratch folder, then upload the dataset to the gs:// --data_dir (unless the one there has
+    the same fingerprint), its card last."""
+    import tempfile
+
+    from etils import epath
+
+    from musicgpt_jax import cloud, records
+
+    with tempfile.TemporaryDirectory(prefix="musicgpt-prepare-") as scratch:
+        found: list = []
+        code = _build(args, scratch, report=False, results=found)
+        if code:
+            return code
+        (result,) = found
+        remote = epath.Path(args.data_dir) / result.path.name
+        try:
+            there = records.load_card(args.data_dir, result.path.name)
+        except records.DatasetNotFoundError:
+            there = {}
+        if there.get("fingerprint") == result.card.get("fingerprint") and not args.force:
+            print(f"{remote}: up to date (same input files and options); nothing to do (--force rebuilds)")
+            return 0
+        if (remote / records.CARD_FILE).exists():
+            (remote / records.CARD_FILE).unlink()  # first: from now on readers see no dataset there
+        if remote.exists():
+            remote.rmtree()
+        cloud.upload_tree(result.path, remote, last=[records.CARD_FILE])
+    print(result.summary())
+    print(f"wrote {remote} (manifest: {remote / records.MANIFEST_FILE})")
+    return 0
+
+
+def _build(args: argparse.Namespace, data_dir: str, report: bool = True, results: list | None = None) -> int:
+    """Build the dataset the flags ask for into local folder `data_dir`; its BuildResult appended to `results`."""
     from musicgpt_jax import corpus, records
 
     try:
         if args.benchmark:
-            result = records.build_benchmark_dataset(args.benchmark, args.data_dir, args.dataset, force=args.force)
+            result = records.build_benchmark_dataset(args.benchmark, data_dir, args.dataset, force=args.force)
         else:
             if args.midi_dir is None:
                 corpus.export_default_corpus(corpus.DEFAULT_CORPUS_DIR, workers=args.workers)
@@ -103,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 midi_dir, name = args.midi_dir, args.dataset or records.dataset_name_for(args.midi_dir)
             result = records.build_midi_dataset(
                 midi_dir,
-                args.data_dir,
+                data_dir,
                 name,
                 steps_per_quarter=args.steps_per_quarter,
                 sustain_pedal=not args.no_sustain_pedal,
@@ -119,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     except (records.InputError, corpus.BenchmarkFormatError) as error:
         print(f"prepare.py: {error}", file=sys.stderr)
         return 2
+    if results is not None:
+        results.append(result)
+    if not report:
+        return 0
     if not result.rebuilt:
         print(f"{result.path}: up to date (same input files and options); nothing to do (--force rebuilds)")
     print(result.summary())

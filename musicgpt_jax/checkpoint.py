@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from musicgpt_jax import sharding
+from musicgpt_jax import cloud, sharding
 from musicgpt_jax.configs import Config, ConfigError
 from musicgpt_jax.model import MusicTransformer
 from musicgpt_jax.train_state import abstract_train_state, evaluation_params, make_optimizer, train_state_shardings
@@ -131,6 +131,16 @@ class _QuietOrbaxErrors(logging.Filter):
         return not _from_orbax(text)
 
 
+def quiet_orbax() -> None:
+    """For command-line tools, the one place Orbax's own output is quieted: its notes and warnings (a read-only
+    manager "saves nothing", ...) are dropped, and so are the errors its background work prints
+    (`quiet_orbax_errors`); failures still reach the caller as exceptions, reported in one line."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    quiet_orbax_errors()
+
+
 def quiet_orbax_errors() -> None:
     """For command-line tools: drop the error output Orbax's background work prints when a save or restore
     fails (logged tracebacks, and TensorStore callbacks on a closed event loop); `Checkpointer` reports each such
@@ -174,6 +184,7 @@ class Checkpointer:
         )
         self._pending: int | None = None  # the step of the last save started
         self._failed = False  # a save failure has been reported: later waits do not raise it again
+        self._known_good = set(self.steps())  # for error messages when the store cannot be listed any more
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -241,11 +252,15 @@ class Checkpointer:
             )
 
     def _finished_steps(self) -> list[int]:
-        """Step folders on disk (Orbax's temporary folders excluded)."""
+        """Finished checkpoints: step folders on disk (Orbax's temporary folders excluded), or in an object store
+        the steps Orbax has committed; when the store cannot be read (a bucket gone), the ones this run knows."""
         try:
+            if cloud.is_remote(self.directory):
+                self.manager.reload()
+                return sorted(self.manager.all_steps())
             return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
-        except OSError:
-            return []
+        except Exception:  # noqa: BLE001 - an unreachable store or a vanished folder: say what is known
+            return sorted(self._known_good)
 
     def read_config(self, step: int) -> dict:
         restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
@@ -337,7 +352,8 @@ class Checkpointer:
             target = target.parent / f"{step}.{copies}"
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
-            (self.directory / str(step)).rename(target)
+            cloud.move(self.directory / str(step), target)  # in an object store: copy, check, then delete
+        self._known_good.discard(step)
         if jax.process_count() > 1:  # the others must not reload before process 0 has moved it
             multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
         self.manager.reload()
@@ -347,6 +363,8 @@ class Checkpointer:
         """Wait for the save in flight; CheckpointError (one line) if it failed."""
         with self._save_errors(self._pending):
             self.manager.wait_until_finished()
+        if self._pending is not None:
+            self._known_good.add(self._pending)
 
     def close(self) -> None:
         """Finish the save in flight and release the manager; a failure already reported is not raised again."""
@@ -372,8 +390,8 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 
 @contextlib.contextmanager
-def _quiet_read_only_notes() -> Iterator[None]:
-    """Orbax's warnings while it opens a read-only manager, dropped (errors still show)."""
+def quiet_orbax_notes() -> Iterator[None]:
+    """Orbax's notes and warnings dropped while the block runs, for library code (errors still show)."""
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(max(level, logging.ERROR))
@@ -391,7 +409,7 @@ def load_config_dict(workdir: str | epath.Path, step: int | None = None) -> tupl
         raise CheckpointError(
             f"{workdir}: no checkpoints (expected {directory}); train first: python train.py --workdir {workdir}"
         )
-    with _quiet_read_only_notes():  # Orbax warns that a read-only manager saves nothing: we know
+    with quiet_orbax_notes():  # Orbax warns that a read-only manager saves nothing: we know
         ckpt = Checkpointer(workdir, read_only=True, async_save=False)
     try:
         steps = ckpt.steps()
@@ -426,15 +444,24 @@ def _read_newest_config(ckpt: Checkpointer, candidates: list[int]) -> tuple[dict
     )
 
 
-def restore_params(workdir: str | epath.Path, cfg: Config, step: int | None = None) -> Any:
-    """The parameters of a checkpoint (the latest, or `step`) on one device — their moving average when training
-    kept one (`train.ema_decay`); the rest of the optimizer state is dropped."""
+def restore_state(
+    workdir: str | epath.Path, cfg: Config, step: int | None = None, on_fallback: Callable[[str], None] = _warn
+) -> tuple[Any, dict, int]:
+    """(train state, data-iterator state, step) of a checkpoint (the latest that restores, or `step`) on one
+    device, read-only: a damaged checkpoint is reported through `on_fallback` and left where it is."""
     mesh = sharding.make_mesh("", devices=jax.devices()[:1])
     model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
     target = abstract_train_state(train_state_shardings(model, tx, cfg, mesh), model, tx, cfg)
-    checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
+    with quiet_orbax_notes():  # Orbax warns that a read-only manager saves nothing: we know
+        checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
     try:
-        state, _, _ = checkpointer.restore(target, step)
+        return checkpointer.restore(target, step, on_fallback)
     finally:
         checkpointer.close()
+
+
+def restore_params(workdir: str | epath.Path, cfg: Config, step: int | None = None) -> Any:
+    """The parameters of a checkpoint (the latest, or `step`) on one device — their moving average when training
+    kept one (`train.ema_decay`); the rest of the optimizer state is dropped."""
+    state, _, _ = restore_state(workdir, cfg, step)
     return evaluation_params(state)

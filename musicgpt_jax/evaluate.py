@@ -23,10 +23,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from musicgpt_jax import dynamics, host_memory, records
-from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_params
+from musicgpt_jax import cloud, dynamics, host_memory, records
+from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, quiet_orbax, restore_params
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.dataset_card import SPLITS
 from musicgpt_jax.frames import with_start_frame
@@ -253,13 +252,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.set_verbosity(logging.ERROR)  # Orbax logs its read-only notes as warnings: stderr holds only our line
+    quiet_orbax()  # stderr holds only our line
 
     try:
+        cloud.require_access(args.workdir, args.data_dir)
         result = evaluate_run(
             args.workdir, args.step, args.data_dir, args.dataset, args.split, args.batch_size, args.stride
         )
-    except (EvaluationError, CheckpointError, records.DatasetNotFoundError) as error:
+    except (EvaluationError, CheckpointError, records.DatasetNotFoundError, cloud.CloudError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1, sort_keys=True))

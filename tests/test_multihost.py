@@ -19,9 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, TINY_OVERRIDES, BenchmarkData
-from etils import epath
-
-from musicgpt_jax import metrics_log
 
 TINY = [*TINY_OVERRIDES, "model.dropout=0.0", "train.eval_batches=1"]
 TIMEOUT_S = 600
@@ -180,16 +177,3 @@ def test_bad_multihost_settings_fail_fast_with_one_line(tmp_path, args, env, mes
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], err[-2000:]
     assert time.monotonic() - start < 60
-
-
-def test_metrics_in_an_object_store_are_rewritten_whole(tmp_path, monkeypatch):
-    """gs:// objects cannot be appended to: metrics.jsonl is rewritten, keeping the lines of earlier runs."""
-    monkeypatch.setattr(metrics_log, "is_local", lambda path: False)
-    for first in (1, 3):
-        writer = metrics_log.MetricsWriter(epath.Path(tmp_path), enabled=True)
-        writer.write(first, {"loss": 2.0})
-        writer.write(first + 1, {"loss": 1.0})
-        writer.close()
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
-    assert not (tmp_path / "tensorboard").exists()  # tensorboardX cannot write to this "store"
