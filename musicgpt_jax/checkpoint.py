@@ -132,12 +132,14 @@ class _QuietOrbaxErrors(logging.Filter):
 
 
 def quiet_orbax() -> None:
-    """For command-line tools, the one place Orbax's own output is quieted: its notes and warnings (a read-only
-    manager "saves nothing", ...) are dropped, and so are the errors its background work prints
-    (`quiet_orbax_errors`); failures still reach the caller as exceptions, reported in one line."""
+    """For command-line tools, the one place the storage libraries' own output is quieted: Orbax's notes and
+    warnings (a read-only manager "saves nothing", ...), the errors its background work prints
+    (`quiet_orbax_errors`), and gcsfs's logged tracebacks of each retry on an unreachable bucket. Failures still
+    reach the caller as exceptions, reported in one line."""
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     quiet_orbax_errors()
 
 

@@ -97,6 +97,13 @@ def move(source: epath.Path, target: epath.Path) -> None:
     fs.invalidate_cache()
 
 
+def list_files(remote: str | os.PathLike) -> list[str]:
+    """Every object under remote folder `remote`, as paths relative to it, sorted (one listing, not one a level)."""
+    fs, root = _filesystem(remote)
+    root = root.rstrip("/") + "/"
+    return sorted(name[len(root) :] for name in fs.find(root) if name.startswith(root))
+
+
 def upload_tree(local: Path, remote: epath.Path, last: Iterable[str] = ()) -> None:
     """Copy every file under `local` to the same relative path under `remote`; the relative paths in `last` (the
     files whose presence marks the folder complete) are written after all the others."""

@@ -68,7 +68,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from etils import epath
 
+from musicgpt_jax import cloud
 from musicgpt_jax.frames import OFF, Frames, Meter, note_lengths, note_starts
 from musicgpt_jax.midi_io import MIDI_SUFFIXES, midi_to_frames
 
@@ -245,12 +247,21 @@ def compute_stats(frames_list: Sequence[Frames], names: Sequence[str] | None = N
     return _aggregate(list(names), [_piece_counts(f) for f in frames_list])
 
 
+def _folder(path: str | os.PathLike) -> Path:
+    """A local folder as a Path; a gs:// one as an `epath.Path` (the same methods, read through gcsfs)."""
+    return epath.Path(path) if cloud.is_remote(path) else Path(path)
+
+
 def midi_files(path: str | os.PathLike) -> list[Path]:
     """MIDI files under ``path`` (recursive; ``MIDI_SUFFIXES`` in any case), sorted by path for a stable order."""
-    root = Path(path)
+    root = _folder(path)
     if not root.is_dir():
         raise NoMidiFilesError(f"{root}: no such directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    if cloud.is_remote(path):
+        found = [root / relative for relative in cloud.list_files(path)]
+    else:
+        found = [p for p in root.rglob("*") if p.is_file()]
+    files = sorted(p for p in found if p.suffix.lower() in MIDI_SUFFIXES)
     if not files:
         raise NoMidiFilesError(f"{root}: no .mid, .midi or .kar files")
     return files
@@ -258,14 +269,14 @@ def midi_files(path: str | os.PathLike) -> list[Path]:
 
 def _read_dir(path: str | os.PathLike, steps_per_quarter: int) -> tuple[list[str], list[dict], list[dict]]:
     """Per-piece counts of every readable file (one at a time: a long piece's frames are dropped at once)."""
-    root = Path(path)
+    root = _folder(path)
     names, pieces, skipped = [], [], []
     for file in midi_files(root):
         name = file.relative_to(root).as_posix()
         try:
             with warnings.catch_warnings():  # pretty_midi's warnings about odd files are not skips
                 warnings.simplefilter("ignore")
-                frames = midi_to_frames(file, steps_per_quarter=steps_per_quarter)
+                frames = midi_to_frames(file.read_bytes(), steps_per_quarter=steps_per_quarter, name=str(file))
         except Exception as error:  # any failure to read one file is a skip, never a crash of the whole set
             # MidiDecodeError carries its reason alone; anything else is named by its type
             reason = getattr(error, "reason", None) or " ".join(f"{type(error).__name__}: {error}".split())
@@ -400,29 +411,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "  python -m musicgpt_jax.stats samples --json /tmp/stats.json --png /tmp/stats.png\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("samples_dir", help="directory of MIDI files (searched recursively)")
+    parser.add_argument("samples_dir", help="directory of MIDI files (searched recursively; may be gs://)")
     parser.add_argument("--reference", help="directory of reference MIDI files to compare against")
     parser.add_argument(
         "--json",
         "--out",
         dest="json",
         metavar="PATH",
-        help="JSON report (default SAMPLES_DIR/stats.json; --out: old name)",
+        help="JSON report (default SAMPLES_DIR/stats.json, or ./stats.json for a gs:// SAMPLES_DIR; --out: old name)",
     )
-    parser.add_argument("--png", metavar="PATH", help="histogram picture (default SAMPLES_DIR/stats.png)")
+    parser.add_argument("--png", metavar="PATH", help="histogram picture (default beside the JSON's default)")
     parser.add_argument("--steps_per_quarter", type=int, default=8, help="grid (default 8: 32nd notes)")
     args = parser.parse_args(argv)
     if args.steps_per_quarter < 1:
         parser.error("--steps_per_quarter: must be at least 1")
     try:
+        cloud.require_access(args.samples_dir, args.reference)
         report = measure(args.samples_dir, args.reference, steps_per_quarter=args.steps_per_quarter)
-    except NoMidiFilesError as error:
+    except (NoMidiFilesError, cloud.CloudError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2, allow_nan=False)
     print(text)
-    out = Path(args.json or Path(args.samples_dir) / "stats.json")
-    png = Path(args.png or Path(args.samples_dir) / "stats.png")
+    beside = Path(".") if cloud.is_remote(args.samples_dir) else Path(args.samples_dir)  # outputs stay local
+    out = Path(args.json or beside / "stats.json")
+    png = Path(args.png or beside / "stats.png")
     try:
         out.write_text(text + "\n")
         plot_report(report, png)

@@ -337,6 +337,7 @@ def _loop(
             # Every process has consumed the same number of local batches, so one data state serves them all,
             # and it stays valid when the run resumes with another number of processes.
             run.checkpointer.save(step, state, run.data_iter.get_state(), config_dict)
+            writer.sync()  # a remote workdir's logs follow its checkpoints
         if stopping:
             run.checkpointer.wait()
             reason = f"time budget of {tcfg.max_seconds:g} s spent" if out_of_time else "SIGTERM"
