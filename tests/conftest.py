@@ -155,3 +155,30 @@ def run_all(commands: dict[str, list[str]], timeout: float = 300) -> dict[str, s
             err += f"\n(killed after {timeout} s)"
         done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     return done
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A local Cloud Storage emulator for the whole session (tests/gcs_emulator.py), its variables set in this
+    process and inherited by the tools the tests start; skipped, in one line, where it cannot run."""
+    from gcs_emulator import EmulatorError, StorageEmulator
+
+    for module in ("gcp_storage_emulator", "gcsfs"):
+        try:
+            __import__(module)
+        except ImportError:
+            pytest.skip(f"{module} not installed (the test extra installs it: pip install -e '.[test]')")
+    emulator = StorageEmulator(tmp_path_factory.mktemp("gcs") / "objects")
+    try:
+        emulator.start()
+    except EmulatorError as error:
+        pytest.skip(f"no Cloud Storage emulator: {error}")
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    yield emulator
+    emulator.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
