@@ -161,12 +161,12 @@ def run_all(commands: dict[str, list[str]], timeout: float = 300) -> dict[str, s
 def gcs(tmp_path_factory):
     """A local Cloud Storage emulator for the whole session (tests/gcs_emulator.py), its variables set in this
     process and inherited by the tools the tests start; skipped, in one line, where it cannot run."""
+    import importlib.util
+
     from gcs_emulator import EmulatorError, StorageEmulator
 
-    for module in ("gcp_storage_emulator", "gcsfs"):
-        try:
-            __import__(module)
-        except ImportError:
+    for module in ("gcp_storage_emulator", "gcsfs"):  # found, not imported: gcsfs reads its settings at import
+        if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} not installed (the test extra installs it: pip install -e '.[test]')")
     emulator = StorageEmulator(tmp_path_factory.mktemp("gcs") / "objects")
     try:

@@ -56,7 +56,8 @@ class StorageEmulator:
     def start(self, timeout_s: float = 30.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         log = (self.folder.parent / f"{self.folder.name}.log").open("ab")
-        command = [sys.executable, "-m", "gcp_storage_emulator", "-d", str(self.folder), "start"]
+        server = Path(__file__).with_name("gcs_emulator_server.py")
+        command = [sys.executable, str(server), "-d", str(self.folder), "start"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "-q", "--default-bucket", self.bucket]
         self.proc = subprocess.Popen(command, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s

@@ -7,7 +7,8 @@ USAGE="Usage: tpu/setup.sh [--project P] [--zone Z] [--name N] [--repo URL [--re
 On every worker of TPU VM N: copies this working tree (tracked files and untracked ones that git does not
 ignore, packed here and sent with gcloud scp) or, with --repo, clones URL and checks out REF (default: the
 remote's default branch) into ~/musicgpt; creates ~/musicgpt/.venv with Python VERSION (default 3.12; the
-TPU images ship 3.10, so uv fetches it) and runs pip install -e . \"jax[tpu]\" there. Safe to run again:
+TPU images ship 3.10, so uv fetches it) and runs pip install -e \".[tpu]\" there (JAX for TPU and the
+cloud extra: gcsfs and google-cloud-storage, so that gs:// records, checkpoints and logs work). Safe to run again:
 the code is refreshed, the environment reused. --data_from copies prepared records (what data/prepare.py
 writes to data/records) from GCS to ~/musicgpt/data/records on every worker (gcloud storage rsync), for
 tpu/train.sh --data_dir data/records: the way to go if the data loader cannot read gs:// directly.
@@ -70,7 +71,7 @@ install+=" && cd $dir && rm -f .venv/.setup-done"
 install+=" && { [ -x .venv/bin/python ]"
 install+=" || $uv venv --quiet --seed --python $(tpu_quote "$python_version") .venv; }"
 install+=" && .venv/bin/python -m pip install --quiet --upgrade pip"
-install+=" && .venv/bin/python -m pip install --quiet -e . \"jax[tpu]\""
+install+=" && .venv/bin/python -m pip install --quiet -e \".[tpu]\""
 if [ -n "$data_from" ]; then
   install+=" && mkdir -p data/records"
   install+=" && gcloud storage rsync --recursive $(tpu_quote "$data_from") data/records"
