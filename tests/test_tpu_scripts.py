@@ -168,7 +168,7 @@ def test_create_setup_train_sample_teardown_commands(gcloud):
     assert setup[:8] == ["compute", "tpus", "tpu-vm", "ssh", "run1", *LOCATION, "--worker=all"]
     command = option(setup, "--command")
     assert "tar -xzf $HOME/musicgpt.tar.gz" in command
-    assert '.venv/bin/python -m pip install --quiet -e . "jax[tpu]"' in command
+    assert '.venv/bin/python -m pip install --quiet -e ".[tpu]"' in command
 
     assert train[:8] == ["compute", "tpus", "tpu-vm", "ssh", "run1", *LOCATION, "--worker=all"]
     command = option(train, "--command")
