@@ -258,6 +258,7 @@ class Checkpointer:
         the steps Orbax has committed; when the store cannot be read (a bucket gone), the ones this run knows."""
         try:
             if cloud.is_remote(self.directory):
+                cloud.forget_listings(self.directory)
                 self.manager.reload()
                 return sorted(self.manager.all_steps())
             return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
@@ -358,6 +359,8 @@ class Checkpointer:
         self._known_good.discard(step)
         if jax.process_count() > 1:  # the others must not reload before process 0 has moved it
             multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+        if cloud.is_remote(self.directory):
+            cloud.forget_listings(self.directory)
         self.manager.reload()
         return target
 

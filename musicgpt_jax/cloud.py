@@ -60,6 +60,14 @@ def _filesystem(path: str | os.PathLike) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(os.fspath(path))
 
 
+def forget_listings(path: str | os.PathLike) -> None:
+    """Drop the cached listings of every client of `path`'s store (etils.epath, Orbax and this module each keep
+    their own gcsfs instance), so that objects just written or deleted are seen as they are."""
+    fs, _ = _filesystem(path)
+    for client in list(getattr(type(fs), "_cache", {}).values()) or [fs]:
+        client.invalidate_cache()
+
+
 def append_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Add `data` to the end of object `path` (creating it): a temporary object composed onto it, then deleted."""
     if not data:
@@ -74,7 +82,7 @@ def append_bytes(path: str | os.PathLike, data: bytes) -> None:
         fs.merge(target, [target, part])
     finally:
         fs.rm_file(part)
-    fs.invalidate_cache(target)
+    forget_listings(path)
 
 
 def move(source: epath.Path, target: epath.Path) -> None:
@@ -94,7 +102,7 @@ def move(source: epath.Path, target: epath.Path) -> None:
     if missing:
         raise CloudError(f"{source}: copying to {target} left out {len(missing)} objects (e.g. {missing[0]}); kept")
     fs.rm(src, recursive=True)
-    fs.invalidate_cache()
+    forget_listings(source)
 
 
 def list_files(remote: str | os.PathLike) -> list[str]:
