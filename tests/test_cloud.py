@@ -223,6 +223,7 @@ def test_append_and_move_on_the_object_store(gcs):
 
 def test_killed_mid_run_and_mid_save_in_gs_then_resumed_equals_a_local_uninterrupted_run(gs_run, local_run, gcs):
     assert_same_final_state(gs_run, local_run)
+    assert checkpoint_entries(filesystem(gcs), gs_run) == ([STEPS - 8, STEPS - 4, STEPS], [])  # keep-3, no leftovers
     steps = [json.loads(line)["step"] for line in (Path(local_run) / "metrics.jsonl").read_text().splitlines()]
     from etils import epath
 
