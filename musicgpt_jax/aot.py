@@ -107,11 +107,22 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+def require_libtpu() -> None:
+    """libtpu (the `aot` extra) describes TPU chips; without it, an AOTError naming the extra to install."""
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        raise AOTError(
+            "libtpu is not installed: pip install -e '.[aot]' (the `aot` extra) to compile for a TPU topology"
+        ) from None
+
+
 def topology_devices(topology: str) -> list[jax.Device]:
     """Compile-only devices, one per chip, of a Cloud TPU topology such as 'v5e:2x4' or 'v5p:2x2x1'."""
     from jax.experimental import topologies
 
     gen = generation(topology)
+    require_libtpu()
     # Compile-only use needs no exclusive hold on TPU chips: without this, libtpu's lockfile lets one process
     # on the host load it at a time, so two AOT runs (or a test beside a CLI run) would fail.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
