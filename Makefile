@@ -53,8 +53,9 @@ test: $(TEST_STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(CPU_ENV) $(PY) -m pytest -q tests
 
+# `make benchmark ARGS="--mat_dir FOLDER --write_docs"`: the .mat files' folder; rewrite docs/ only when asked.
 benchmark: $(STAMP)
-	$(CPU_ENV) $(PY) benchmarks/polyphonic.py
+	$(CPU_ENV) $(PY) benchmarks/polyphonic.py $(ARGS)
 
 clean:
 	rm -rf runs samples data/default_corpus data/records

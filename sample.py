@@ -19,15 +19,10 @@ examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, as every error of the project
-        self.exit(2, f"{self.prog}: {message}\n")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from musicgpt_jax import compose
+    from musicgpt_jax import cli, compose
 
-    parser = _Parser(
+    parser = cli.Parser(
         prog="sample.py", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workdir", default="runs/default", help="run to restore (default: runs/default)")

@@ -30,7 +30,11 @@ examples:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    sys.path.insert(0, str(REPO_ROOT))  # runnable from a checkout without `pip install -e .`
+    from musicgpt_jax import cli
+
+    parser = cli.Parser(
+        prog="prepare.py",
         description=__doc__.split("\n\n")[0],
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
