@@ -51,9 +51,11 @@ def measure(variant: str, batch_size: int | None, steps: int, dtype: str, overri
     b, t, p = cfg.train.batch_size, cfg.model.max_len, cfg.model.num_pitches
     rng = np.random.default_rng(0)
     frames = rng.integers(0, cfg.model.num_states, (b, t + 1, p)).astype(np.int32)
-    batch = global_batch(
-        {"inputs": frames[:, :-1], "targets": frames[:, 1:], "mask": np.ones((b, t), np.float32)}, mesh
-    )
+    rows = {"inputs": frames[:, :-1], "targets": frames[:, 1:], "mask": np.ones((b, t), np.float32)}
+    if cfg.model.velocity_bins:  # dynamics (the piano preset): a velocity bin beside each state
+        bins = rng.integers(0, cfg.model.velocity_bins, (b, t + 1, p)).astype(np.int32)
+        rows.update(input_velocities=bins[:, :-1], target_velocities=bins[:, 1:])
+    batch = global_batch(rows, mesh)
     step = jit_train_step(model, tx, cfg.train.grad_accum, shardings)
     with sharding.activate(mesh):
         start = time.perf_counter()

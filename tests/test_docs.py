@@ -15,8 +15,9 @@ NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?%?")
 def expectation_paragraphs() -> list[str]:
     """README's "What to expect" paragraphs and the "Which preset?" table."""
     paragraphs = [p for p in README.split("\n\n") if "What to expect" in p]
-    assert len(paragraphs) >= 3
-    return paragraphs
+    table = README[README.index("## Which preset?") :].split("\n\n")[2]
+    assert len(paragraphs) >= 3 and table.startswith("| preset |")
+    return [*paragraphs, table]
 
 
 def test_every_number_in_what_to_expect_is_in_a_results_document():
