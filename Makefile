@@ -3,16 +3,22 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 CPU_ENV := JAX_PLATFORMS=cpu
 
 .PHONY: demo test lint install prepare train sample benchmark browser clean
 
+# The demo needs the runtime only; the tests add the test extra (pytest, ruff, libtpu for AOT, the viewer, ...).
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; run 'make PYTHON=python3 ...'" >&2; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -28,7 +34,7 @@ sample: $(STAMP)
 demo: train sample
 	@echo "Samples written to samples/ (MIDI, piano-roll PNG, WAV); open samples/index.html to listen."
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
@@ -43,12 +49,13 @@ browser:
 	|| { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; } \
 	|| echo "make: could not install chromium: the browser test will skip"; exit 0
 
-test: $(STAMP) browser
+test: $(TEST_STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(CPU_ENV) $(PY) -m pytest -q tests
 
+# `make benchmark ARGS="--mat_dir FOLDER --write_docs"`: the .mat files' folder; rewrite docs/ only when asked.
 benchmark: $(STAMP)
-	$(CPU_ENV) $(PY) benchmarks/polyphonic.py
+	$(CPU_ENV) $(PY) benchmarks/polyphonic.py $(ARGS)
 
 clean:
 	rm -rf runs samples data/default_corpus data/records

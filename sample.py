@@ -19,15 +19,10 @@ examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, as every error of the project
-        self.exit(2, f"{self.prog}: {message}\n")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from musicgpt_jax import compose
+    from musicgpt_jax import cli, compose
 
-    parser = _Parser(
+    parser = cli.Parser(
         prog="sample.py", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workdir", default="runs/default", help="run to restore (default: runs/default)")
@@ -50,18 +45,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from musicgpt_jax import cloud, compose
+    from musicgpt_jax import cli, cloud, compose
     from musicgpt_jax.checkpoint import quiet_orbax
 
     quiet_orbax()
     try:
         cloud.require_access(args.workdir)
     except cloud.CloudError as error:
-        print(f"sample.py: {error}", file=sys.stderr)
-        return 2
+        return cli.fail("sample.py", str(error))
     if cloud.is_remote(args.out):
-        print(f"sample.py: --out {args.out}: samples go to a local folder (copy them up after)", file=sys.stderr)
-        return 2
+        return cli.fail("sample.py", f"--out {args.out}: samples go to a local folder (copy them up after)")
 
     options = compose.SampleOptions(**vars(args))
     try:

@@ -1,7 +1,8 @@
 """Train the music Transformer: `python train.py [--config PRESET|PATH] [--workdir DIR] ...`.
 
 With no arguments: prepares the default corpus if needed and trains the `tiny` preset into runs/default.
-A workdir that already holds checkpoints resumes from the latest one.
+A workdir that already holds checkpoints resumes from the latest one, with the config and dataset saved there
+(`--workdir W` alone is enough); flags given explicitly still override it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ import os
 import subprocess
 import sys
 
-from musicgpt_jax import cloud, configs, host_memory
+from musicgpt_jax import cli, cloud, configs, host_memory
 
+PROG = "train.py"
 EPILOG = """\
+presets (--config NAME):
+{presets}
+
 Any --config.SECTION.FIELD=VALUE overrides a preset field, e.g. --config.train.learning_rate=3e-4
 --config.model.num_layers=6. A workdir trained on another dataset is refused: give each dataset its own.
+`--workdir W` alone resumes W with the config and dataset saved in its checkpoints.
 
 examples:
   python train.py --workdir runs/default                        # the tiny demo: Bach chorales, minutes on CPU
@@ -25,16 +31,17 @@ examples:
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
+    width = max(map(len, configs.PRESETS))
+    presets = "\n".join(f"  {name:{width}}  {configs.SUMMARIES.get(name, '')}" for name in configs.PRESETS)
+    parser = cli.Parser(
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG,
+        epilog=EPILOG.format(presets=presets),
     )
     parser.add_argument(
         "--config",
-        default="tiny",
-        help="preset name (tiny, small, base, large, jsb, "
-        "nottingham, musedata, piano_midi) or a config .json (default: tiny)",
+        help="preset name (listed below) or a config .json (default: the workdir's saved config, else tiny)",
     )
     parser.add_argument("--workdir", default="runs/default", help="checkpoints, metrics and TensorBoard logs")
     parser.add_argument("--data_dir", help="where the prepared records are (default: data/records)")
@@ -50,11 +57,20 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--process_id", type=int, help="multi-host: this process's index")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--data_log", help=argparse.SUPPRESS)  # diagnostic: FILE.process_I gets each batch's rows
-    args, rest = parser.parse_known_args(argv)
-    try:
-        return args, configs.split_overrides(rest)
-    except configs.ConfigError as error:
-        parser.error(str(error))
+    return cli.parse_with_overrides(parser, argv)
+
+
+def resolve_config(args: argparse.Namespace, overrides: list[str]) -> configs.Config:
+    """The preset or .json `--config` names; without one, the config saved in the workdir's checkpoints (a resume),
+    else `tiny`. The overrides apply on top either way. ConfigError or CheckpointError on a bad one."""
+    from musicgpt_jax import checkpoint
+
+    if args.config is None and checkpoint.checkpoint_dir(args.workdir).exists():
+        saved, step = checkpoint.load_config_dict(args.workdir)
+        print(f"{PROG}: resuming {args.workdir} with the config saved at step {step}", file=sys.stderr)
+        cfg = configs.Config.from_dict(saved)
+        return configs.apply_overrides(cfg, overrides)
+    return configs.resolve(args.config or "tiny", overrides)
 
 
 def _dataset_ready(records, data_dir: str, name: str) -> bool:
@@ -81,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     from musicgpt_jax.train import TrainingError, train_and_evaluate
 
     try:
-        cfg = configs.resolve(args.config, overrides)
-    except configs.ConfigError as error:
-        print(f"train.py: {error}", file=sys.stderr)
-        return 2
+        cloud.require_access(args.workdir, args.data_dir)  # before the workdir's saved config is read
+        cfg = resolve_config(args, overrides)
+        cloud.require_access(cfg.data.data_dir)
+    except (configs.ConfigError, CheckpointError, cloud.CloudError) as error:
+        return cli.fail(PROG, str(error))
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     if args.dataset:
@@ -93,11 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg.train.steps = args.steps
     if args.mesh is not None:
         cfg.mesh = args.mesh
-    try:
-        cloud.require_access(args.workdir, cfg.data.data_dir)
-    except cloud.CloudError as error:
-        print(f"train.py: {error}", file=sys.stderr)
-        return 2
 
     default_data = (
         not args.data_dir

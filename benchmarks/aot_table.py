@@ -56,7 +56,17 @@ class Results:
         key = (preset, topology)
         if key not in self.reports:
             start = time.perf_counter()
-            command = [sys.executable, "-m", "musicgpt_jax.aot", "--config", preset, "--topology", topology, "--json"]
+            command = [
+                sys.executable,
+                "-m",
+                "musicgpt_jax.aot",
+                "--config",
+                preset,
+                "--topology",
+                topology,
+                "--json",
+                "-",
+            ]
             try:
                 proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=self.timeout)
             except subprocess.TimeoutExpired:

@@ -1,7 +1,13 @@
 """Classical piano, end to end: does a CPU-trained model write piano music that neither falls silent nor collapses?
 
     python benchmarks/classical_piano.py [--midi_dir ../shared/data/midi/real] [--work /tmp/classical_piano]
-        [--config piano] [--steps 1000] [--max_seconds 1800] [--num_samples 8] [--bars 64] [--json FILE]
+        [--config piano] [--steps 1000] [--max_seconds 1800] [--num_samples 8] [--bars 64] [--json PATH]
+        [--config.SECTION.FIELD=VALUE ...]
+
+Without ../shared/data/midi/real, give `--midi_dir` a folder of classical piano MIDI: MAESTRO's
+(https://magenta.tensorflow.org/datasets/maestro; `curl -O https://storage.googleapis.com/magentadata/datasets/
+maestro/v3.0.0/maestro-v3.0.0-midi.zip && unzip -q maestro-v3.0.0-midi.zip`, then --midi_dir maestro-v3.0.0), whose
+every file is piano.
 
 Takes the 25 classical piano files of the shared MIDI set (the ten MAESTRO performances, the piano-midi.de and
 MuseScore piano pieces; not the two orchestral files), prepares them with 20% held out for test and 10% for
@@ -34,6 +40,13 @@ from musicgpt_jax.midi_io import midi_to_frames, write_midi  # noqa: E402
 PIANO_PREFIXES = ("miditok_Maestro_", "miditok_63", "tonejs_")
 ORCHESTRAL = ("tonejs_concerto_for_orchestra_1.mid", "tonejs_symphony_7_2.mid")
 DATASET = "classical_piano"
+PROG = "classical_piano.py"
+SHARED = REPO.parent / "shared" / "data" / "midi" / "real"
+WHERE = (
+    "MAESTRO's MIDI is at https://magenta.tensorflow.org/datasets/maestro: curl -O "
+    "https://storage.googleapis.com/magentadata/datasets/maestro/v3.0.0/maestro-v3.0.0-midi.zip, unzip it and pass "
+    "--midi_dir maestro-v3.0.0"
+)
 EDGE_BARS = 16
 RATIO_GOAL = 2.0  # each texture distance within 2x the held-out split-half distance
 TEXTURE = (
@@ -46,9 +59,11 @@ TEXTURE = (
 
 
 def classical_piano_files(midi_dir: Path) -> list[Path]:
+    """The shared set's 25 classical piano files; in any other folder (MAESTRO's, say) every MIDI file in it."""
     files = sorted(p for p in midi_dir.iterdir() if p.name.startswith(PIANO_PREFIXES) and p.name not in ORCHESTRAL)
+    files = files or sorted(p for p in midi_dir.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
     if not files:
-        raise SystemExit(f"classical_piano: {midi_dir}: none of the classical piano files is there")
+        raise SystemExit(f"{PROG}: {midi_dir}: no MIDI files there; {WHERE}")
     return files
 
 
@@ -161,8 +176,14 @@ def table(reports: dict[str, dict], repeated: dict[str, float], nll: dict, budge
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--midi_dir", default=str(REPO.parent / "shared" / "data" / "midi" / "real"))
+    from musicgpt_jax import cli
+
+    parser = cli.Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--midi_dir",
+        default=str(SHARED) if SHARED.is_dir() else None,
+        help="classical piano MIDI files (default: ../shared/data/midi/real when it exists)",
+    )
     parser.add_argument("--work", default="/tmp/classical_piano", help="scratch folder (replaced)")
     parser.add_argument("--config", default="piano")
     parser.add_argument("--steps", type=int, default=1000)
@@ -170,9 +191,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_samples", type=int, default=8)
     parser.add_argument("--bars", type=int, default=64)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--json", help="write every figure to this JSON file")
+    parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     parser.add_argument("--keep_data", action="store_true", help="reuse the data prepared in --work (train anew)")
-    return parser.parse_args(argv)
+    args, overrides = cli.parse_with_overrides(parser, sys.argv[1:] if argv is None else argv)
+    args.overrides = overrides
+    if args.midi_dir is None:
+        parser.error(f"no --midi_dir given and no {SHARED.relative_to(REPO.parent)} here: {WHERE}")
+    if not Path(args.midi_dir).is_dir():
+        parser.error(f"--midi_dir {args.midi_dir}: no such folder; {WHERE}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = run(
         [python, "train.py", "--config", args.config, "--dataset", DATASET, "--data_dir", str(data),
          "--workdir", str(run_dir), "--steps", str(args.steps), f"--config.train.max_seconds={args.max_seconds}",
-         "--no_progress"],
+         "--no_progress", *[f"--config.{override}" for override in args.overrides]],
         work / "train.log",
     )  # fmt: skip
     steps = max(int(json.loads(line)["step"]) for line in (run_dir / "metrics.jsonl").read_text().splitlines())

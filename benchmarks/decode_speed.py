@@ -15,6 +15,8 @@ frame costs about what (1.) measures once the sequence is as long as the context
 
 Every timing excludes compilation (each function runs once before it is timed). Parameters are random:
 speed does not depend on their values. On a CPU-only machine with libtpu installed, set JAX_PLATFORMS=cpu.
+The model has the independent head (ModelConfig's default); every preset trains the NADE head, whose decode this
+does not time.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     params = random_params(cfg)
     print(
         f"model: {count_params(params) / 1e6:.2f}M parameters, {cfg.num_layers} layers, "
-        f"d_model {cfg.d_model}, context {cfg.max_len} frames of {cfg.num_pitches} pitches; "
+        f"d_model {cfg.d_model}, the {cfg.head} head, context {cfg.max_len} frames of {cfg.num_pitches} pitches; "
         f"{jax.devices()[0].platform}, 1 device",
         flush=True,
     )

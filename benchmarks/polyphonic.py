@@ -1,7 +1,12 @@
 """Polyphonic music benchmark (Boulanger-Lewandowski et al. 2012): test NLL in nats per frame, beside published numbers.
 
-    python benchmarks/polyphonic.py [--sets jsb_chorales nottingham piano_midi musedata] [--budget_s S]
-                                    [--override model.dropout=0.2 ...] [--no_test] [--no_write]
+    python benchmarks/polyphonic.py [--mat_dir FOLDER] [--sets jsb_chorales nottingham piano_midi musedata]
+                                    [--budget_s S] [--config.model.dropout=0.2 ...] [--no_test] [--write_docs]
+
+The four .mat files (JSB_Chorales.mat, Nottingham.mat, Piano_midi.mat, MuseData.mat) are the ones published with
+Boulanger-Lewandowski et al. 2012, "Modeling Temporal Dependencies in High-Dimensional Sequences", on
+http://www-etud.iro.umontreal.ca/~boulanni/icml2012; put them in one folder and pass it as `--mat_dir`
+(default: ../shared/data/polyphonic when that folder exists).
 
 For each set: import the .mat file (`records.build_benchmark_dataset`, skipped when up to date), train its preset
 (configs.py: jsb, nottingham, piano_midi, musedata) from scratch in `runs/benchmark/SET` (deleted first) within a
@@ -10,10 +15,10 @@ compilation and the in-loop validation count), evaluating the WHOLE validation s
 every `eval_every` steps (and when the budget stops the run). The checkpoint with the lowest validation NLL is
 selected and its validation NLL re-measured with the evaluator (`musicgpt_jax.evaluate`: whole sequences,
 sliding window); the test split is evaluated once, on that checkpoint only. Results go to
-`docs/polyphonic_results.json` (one entry per set, the latest run), and the "Polyphonic benchmark" section of
-`docs/RESULTS.md` is rewritten from it.
+`docs/polyphonic_results.json` (one entry per set, the latest run) and the "Polyphonic benchmark" section of
+`docs/RESULTS.md` is rewritten from it, only when asked (`--write_docs`); `--json PATH` writes the results to a file.
 
-Tuning uses `--no_test --no_write` (validation only; the test split is not touched).
+Tuning uses `--no_test` (validation only; the test split is not touched).
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SHARED = REPO.parent / "shared" / "data" / "polyphonic"
+PROG = "polyphonic.py"
+WHERE = (
+    "the four .mat files (JSB_Chorales.mat, Nottingham.mat, Piano_midi.mat, MuseData.mat) are published with "
+    "Boulanger-Lewandowski et al. 2012 at http://www-etud.iro.umontreal.ca/~boulanni/icml2012: download them into "
+    "a folder and pass --mat_dir FOLDER"
+)
 RESULTS_JSON = REPO / "docs" / "polyphonic_results.json"
 RESULTS_MD = REPO / "docs" / "RESULTS.md"
 SECTION = "## Polyphonic benchmark"
@@ -79,7 +90,7 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     file, preset, default_budget, _ = SETS[name]
     budget = args.budget_s if args.budget_s is not None else default_budget
-    records.build_benchmark_dataset(SHARED / file, Path(args.data_dir).resolve())
+    records.build_benchmark_dataset(Path(args.mat_dir) / file, Path(args.data_dir).resolve())
     cfg = configs.resolve(preset, args.override)
     cfg.data.data_dir = str(Path(args.data_dir).resolve())
     cfg.train.max_seconds = budget
@@ -140,8 +151,7 @@ def command_line(name: str, args: argparse.Namespace) -> str:
     parts = ["python benchmarks/polyphonic.py", "--sets", name]
     if args.budget_s is not None:
         parts += ["--budget_s", f"{args.budget_s:g}"]
-    if args.override:
-        parts += ["--override", *args.override]
+    parts += [f"--config.{override}" for override in args.override]
     return " ".join(parts)
 
 
@@ -159,9 +169,9 @@ def render_section(results: dict[str, dict[str, Any]]) -> str:
         "checkpoint with the best validation NLL; whole sequences, each first frame scored given the empty "
         "start frame, sequences longer than the context window through a sliding window (stride max_len/2). "
         "The test split is evaluated once per reported number. Two frame heads share the same Transformer: "
-        "`independent` (`--override model.head=independent`: each pitch's state predicted on its own, like TCN, "
+        "`independent` (`--config.model.head=independent`: each pitch's state predicted on its own, like TCN, "
         "LSTM and RRU below) and `nade` (the presets' default; rows run before it was the default say "
-        "`--override model.head=nade`: the pitches of a frame predicted one after another, like RNN-NADE).",
+        "`--config.model.head=nade`: the pitches of a frame predicted one after another, like RNN-NADE).",
         "",
         "| model | output | " + " | ".join(titles) + " |",
         "|---|---|" + "---|" * len(titles),
@@ -222,24 +232,44 @@ def write_results(new: list[dict[str, Any]]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from musicgpt_jax import cli
+
+    parser = cli.Parser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog="Any --config.SECTION.FIELD=VALUE overrides each set's preset, e.g. --config.model.head=independent.",
+    )
+    parser.add_argument(
+        "--mat_dir",
+        default=str(SHARED) if SHARED.is_dir() else None,
+        help="folder of the four .mat files (default: ../shared/data/polyphonic when it exists)",
+    )
     parser.add_argument("--sets", nargs="+", default=list(ORDER), choices=ORDER, help="default: all four")
     parser.add_argument(
         "--budget_s", type=float, help="training wall-clock budget per set (default: 1200 for JSB, 3600 for the others)"
     )
-    parser.add_argument(
-        "--override",
-        nargs="*",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="config overrides applied to each preset",
-    )
+    parser.add_argument("--override", nargs="*", default=[], help=argparse.SUPPRESS)  # old: --config.X=V
     parser.add_argument("--data_dir", default="data/records", help="records directory (default: %(default)s)")
     parser.add_argument("--workdir_root", default="runs/benchmark", help="runs go in ROOT/SET (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=16, help="evaluation batch (windows)")
     parser.add_argument("--no_test", action="store_true", help="validation only (for tuning); implies --no_write")
-    parser.add_argument("--no_write", action="store_true", help="do not update docs/")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--write_docs", action="store_true", help="rewrite docs/polyphonic_results.json and RESULTS.md's table"
+    )
+    parser.add_argument("--no_write", action="store_true", help=argparse.SUPPRESS)  # old: docs are written on request
+    parser.add_argument("--json", metavar="PATH", help="write each set's result to PATH (JSON lines)")
+    args, overrides = cli.parse_with_overrides(parser, sys.argv[1:] if argv is None else argv)
+    if args.override:
+        cli.deprecated(PROG, "--override SECTION.FIELD=VALUE", "--config.SECTION.FIELD=VALUE")
+    if args.no_write:
+        cli.deprecated(PROG, "--no_write", "nothing: docs are rewritten only with --write_docs")
+    args.override = [*args.override, *overrides]
+    if args.mat_dir is None:
+        parser.error(f"no --mat_dir given and no {SHARED.relative_to(REPO.parent)} here: {WHERE}")
+    missing = [SETS[name][0] for name in args.sets if not (Path(args.mat_dir) / SETS[name][0]).is_file()]
+    if missing:
+        parser.error(f"--mat_dir {args.mat_dir}: no {', '.join(missing)}; {WHERE}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,11 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run_set(name, args)
         except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"{PROG}: {error}", file=sys.stderr)
             return 2
         result["machine"] = machine
-        print(json.dumps({k: v for k, v in result.items() if k != "val_history"}), flush=True)
-        if not (args.no_test or args.no_write):
+        line = json.dumps({k: v for k, v in result.items() if k != "val_history"})
+        print(line, flush=True)
+        if args.json:
+            with open(args.json, "a") as out:
+                out.write(line + "\n")
+        if args.write_docs and not args.no_test:
             write_results([result])  # after each set: a later set's failure loses nothing
     return 0
 

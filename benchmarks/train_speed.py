@@ -2,8 +2,8 @@
 
     JAX_PLATFORMS=cpu python benchmarks/train_speed.py [--presets tiny small] [--steps 5] [--batch_size N]
     python benchmarks/train_speed.py --presets base --batch_size 0 --dtype bfloat16    # on a GPU / TPU
-    python benchmarks/train_speed.py --presets base base:model.remat=false,model.attention=xla \\
-        --batch_size 0 --dtype bfloat16 [--config.model.dropout=0]      # variants; overrides for all of them
+    python benchmarks/train_speed.py --presets base --batch_size 0 --dtype bfloat16 --config.model.remat=false
+    python benchmarks/train_speed.py --presets tiny small --json speed.jsonl    # one JSON object a line, to a file
 
 For each preset the real jitted train step (`train_step.jit_train_step`: train.py's optimizer, shardings and donation,
 on one device) runs on a batch of random frames. Two FLOP counts per step are reported:
@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from musicgpt_jax import configs, host_memory, sharding  # noqa: E402
+from musicgpt_jax import cli, configs, host_memory, sharding  # noqa: E402
 from musicgpt_jax.hardware import measure_matmul_flops, peak_flops_per_device  # noqa: E402
 from musicgpt_jax.model import GatedMLP, MusicTransformer, count_params, flops_per_frame  # noqa: E402
 from musicgpt_jax.train_state import create_train_state, make_optimizer  # noqa: E402
@@ -51,9 +51,11 @@ def measure(variant: str, batch_size: int | None, steps: int, dtype: str, overri
     b, t, p = cfg.train.batch_size, cfg.model.max_len, cfg.model.num_pitches
     rng = np.random.default_rng(0)
     frames = rng.integers(0, cfg.model.num_states, (b, t + 1, p)).astype(np.int32)
-    batch = global_batch(
-        {"inputs": frames[:, :-1], "targets": frames[:, 1:], "mask": np.ones((b, t), np.float32)}, mesh
-    )
+    rows = {"inputs": frames[:, :-1], "targets": frames[:, 1:], "mask": np.ones((b, t), np.float32)}
+    if cfg.model.velocity_bins:  # dynamics (the piano preset): a velocity bin beside each state
+        bins = rng.integers(0, cfg.model.velocity_bins, (b, t + 1, p)).astype(np.int32)
+        rows.update(input_velocities=bins[:, :-1], target_velocities=bins[:, 1:])
+    batch = global_batch(rows, mesh)
     step = jit_train_step(model, tx, cfg.train.grad_accum, shardings)
     with sharding.activate(mesh):
         start = time.perf_counter()
@@ -106,18 +108,35 @@ def measure_mlp_block(cfg: configs.Config, tokens: int, steps: int) -> float:
     return 3 * 3 * 2 * tokens * cfg.model.d_model * cfg.model.mlp_dim / best  # 3 matmuls, each ×3 with backward
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], help="PRESET or PRESET:key=value,...")
+PROG = "train_speed.py"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=["tiny", "small"],
+        help="presets to time; --config.SECTION.FIELD=VALUE overrides apply to each "
+        "(PRESET:section.field=value,... is the old per-variant spelling)",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per preset (median reported)")
     parser.add_argument("--batch_size", type=int, default=16, help="batch per step (0: the preset's own)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
-    parser.add_argument("--json", action="store_true", help="one JSON object per variant instead of the table")
-    args, extra = parser.parse_known_args()
-    try:
-        overrides = configs.split_overrides(extra)
-    except configs.ConfigError as e:
-        sys.exit(f"train_speed: {e}")
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="also write one JSON object per preset, a line each, to PATH",
+    )
+    args, overrides = cli.parse_with_overrides(parser, sys.argv[1:] if argv is None else argv)
+    if any(":" in variant for variant in args.presets):
+        cli.deprecated(PROG, "--presets PRESET:section.field=value", "--config.SECTION.FIELD=VALUE")
+    if args.json == "":
+        cli.deprecated(PROG, "--json without a PATH", "--json PATH")
+        args.json = "/dev/stdout"
+    json_lines = open(args.json, "w") if args.json else None  # noqa: SIM115 - written as each preset finishes
     on_cpu = jax.devices()[0].platform == "cpu"
     size = 1024 if on_cpu else 8192  # big enough to reach a GPU's peak
     matmul = measure_matmul_flops(size=size, dtype=jnp.dtype(args.dtype), repeats=10)
@@ -130,7 +149,7 @@ def main() -> None:
         + ("; glibc malloc tuned (musicgpt_jax.host_memory)" if tuned else "; glibc malloc as is")
     )
     width = max(8, *map(len, args.presets))
-    if not args.json:
+    if json_lines is None or args.json != "/dev/stdout":
         print(header, flush=True)
         print(
             f"{'variant':{width}} {'params':>7} {'batch×frames':>13} {'compile s':>9} {'step s':>8} {'frames/s':>10} "
@@ -152,9 +171,11 @@ def main() -> None:
             mlp_ratio=r["mlp_flops_per_s"] / matmul,
             malloc_tuned=tuned,
         )
-        if args.json:
-            print(json.dumps(r), flush=True)
-            continue
+        if json_lines is not None:
+            json_lines.write(json.dumps(r) + "\n")
+            json_lines.flush()
+            if args.json == "/dev/stdout":
+                continue
         print(
             f"{variant:{width}} {r['params'] / 1e6:6.1f}M {r['batch']:>6}×{r['frames']:<6} {r['compile_s']:9.1f} "
             f"{r['step_s']:8.3f} {r['frames_per_s']:10,.0f} {xla_rate / 1e12:12.3f} {model_rate / 1e12:14.3f} "
@@ -162,7 +183,9 @@ def main() -> None:
             f"{r['temp_gib']:8.2f}",
             flush=True,
         )
-    if not args.json:
+    if json_lines is not None:
+        json_lines.close()
+    if args.json != "/dev/stdout":
         print(
             "ratio = XLA-counted FLOP rate of the train step / this machine's dense matmul rate, both measured in "
             "this run (goal on CPU >= 0.5); MFU = model FLOP rate (6N + 12LdT per frame) / peak (goal >= 50% on an "

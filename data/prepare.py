@@ -34,7 +34,11 @@ examples:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    sys.path.insert(0, str(REPO_ROOT))  # runnable from a checkout without `pip install -e .`
+    from musicgpt_jax import cli
+
+    parser = cli.Parser(
+        prog="prepare.py",
         description=__doc__.split("\n\n")[0],
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -94,13 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported here, not at the top: conversion workers are spawned processes that re-import this file.
     sys.path.insert(0, str(REPO_ROOT))  # runnable from a checkout without `pip install -e .`
-    from musicgpt_jax import cloud
+    from musicgpt_jax import cli, cloud
 
     try:
         cloud.require_access(args.data_dir)
     except cloud.CloudError as error:
-        print(f"prepare.py: {error}", file=sys.stderr)
-        return 2
+        return cli.fail("prepare.py", str(error))
     if cloud.is_remote(args.data_dir):
         return _build_and_upload(args)
     return _build(args, args.data_dir)

@@ -20,12 +20,13 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from musicgpt_jax import configs, sharding, train_state, train_step
+from musicgpt_jax import cli, configs, sharding, train_state, train_step
 from musicgpt_jax.configs import Config
 from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame
 
@@ -107,11 +108,22 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+def require_libtpu() -> None:
+    """libtpu (the `aot` extra) describes TPU chips; without it, an AOTError naming the extra to install."""
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        raise AOTError(
+            "libtpu is not installed: pip install -e '.[aot]' (the `aot` extra) to compile for a TPU topology"
+        ) from None
+
+
 def topology_devices(topology: str) -> list[jax.Device]:
     """Compile-only devices, one per chip, of a Cloud TPU topology such as 'v5e:2x4' or 'v5p:2x2x1'."""
     from jax.experimental import topologies
 
     gen = generation(topology)
+    require_libtpu()
     # Compile-only use needs no exclusive hold on TPU chips: without this, libtpu's lockfile lets one process
     # on the host load it at a time, so two AOT runs (or a test beside a CLI run) would fail.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -310,7 +322,8 @@ def format_report(report: AOTReport) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
+    parser = cli.Parser(
+        tool="aot",
         prog="python -m musicgpt_jax.aot",
         description=__doc__.splitlines()[0],
         epilog="Any --config.SECTION.FIELD=VALUE overrides a preset field, e.g. --config.model.remat=false. "
@@ -327,12 +340,14 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         help="data=D,fsdp=F,tensor=T over the topology's chips (default: the config's, i.e. all chips on fsdp)",
     )
     parser.add_argument("--batch_size", type=int, help="global batch (default: the preset's)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args, rest = parser.parse_known_args(list(argv))
-    try:
-        return args, configs.split_overrides(rest)
-    except configs.ConfigError as error:
-        parser.error(str(error))
+    parser.add_argument(
+        "--json", nargs="?", const="", metavar="PATH", help="write the report as JSON to PATH (-: stdout, alone)"
+    )
+    args, overrides = cli.parse_with_overrides(parser, argv)
+    if args.json == "":
+        cli.deprecated("aot", "--json without a PATH", "--json PATH (or --json - for stdout)")
+        args.json = "-"
+    return args, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -355,11 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (configs.ConfigError, AOTError) as error:
         print(f"aot: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(dataclasses.asdict(report), indent=2) if args.json else format_report(report))
+    to_stdout = args.json == "-"
+    if args.json and not to_stdout:
+        Path(args.json).write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
+    print(json.dumps(dataclasses.asdict(report), indent=2) if to_stdout else format_report(report))
     if not report.fits:
         print(f"aot: {report.verdict()}", file=sys.stderr)
         return 1
-    if not args.json:
+    if not to_stdout:
         print(report.verdict())
     return 0
 

@@ -1,7 +1,8 @@
 """A sample as sound: every MIDI file gets a WAV beside it.
 
 FluidSynth renders it when it and a piano (General MIDI) soundfont are installed (`apt-get install fluidsynth
-fluid-soundfont-gm`, or `SOUNDFONT=/path/to/font.sf2`); otherwise a small piano-like synthesiser in numpy does:
+fluid-soundfont-gm`; on macOS `brew install fluid-synth` and a .sf2 in Homebrew's share/soundfonts; or
+`SOUNDFONT=/path/to/font.sf2`); otherwise a small piano-like synthesiser in numpy does:
 each note a few slightly stretched harmonics under a struck, decaying envelope, loudness from its velocity, a short
 release after its note-off, the piece normalised to one peak and written as 16-bit mono PCM. `render_wav` returns
 which of the two made the file (`FLUIDSYNTH` or `BUILT_IN`), for the sample's log line and listening page.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import wave
 from pathlib import Path
 from typing import BinaryIO
@@ -21,11 +23,17 @@ import pretty_midi
 
 FLUIDSYNTH = "FluidSynth"
 BUILT_IN = "built-in synth"
-SOUNDFONTS = (
-    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
-    "/usr/share/soundfonts/FluidR3_GM.sf2",
-    "/usr/share/soundfonts/default.sf2",
-    "/usr/share/sounds/sf2/default-GM.sf2",
+# Debian/Ubuntu and Fedora/Arch packages, then Homebrew's prefixes (Apple silicon, Intel), where fluid-synth's
+# own default is share/soundfonts/default.sf2.
+SOUNDFONTS = tuple(
+    f"{prefix}/{name}"
+    for prefix in ("/usr/share", "/opt/homebrew/share", "/usr/local/share")
+    for name in (
+        "sounds/sf2/FluidR3_GM.sf2",
+        "soundfonts/FluidR3_GM.sf2",
+        "soundfonts/default.sf2",
+        "sounds/sf2/default-GM.sf2",
+    )
 )
 FLUIDSYNTH_RATE = 44100
 SAMPLE_RATE = 22050  # the built-in synth's: its highest partials stay below 11 kHz
@@ -42,9 +50,29 @@ def soundfont() -> str | None:
     return next((c for c in candidates if c and os.path.isfile(c)), None)
 
 
+_told_no_soundfont = False
+
+
+def no_soundfont_line() -> str:
+    """The one line shown when fluidsynth is installed but no soundfont is found."""
+    return (
+        "audio: fluidsynth is installed but no soundfont was found (set SOUNDFONT=/path/to/piano.sf2, or install "
+        "one at /usr/share/sounds/sf2/FluidR3_GM.sf2 or Homebrew's share/soundfonts/default.sf2); "
+        "the built-in synth writes the WAVs"
+    )
+
+
 def render_with_fluidsynth(midi_path: Path, wav_path: Path) -> bool:
-    """Render with fluidsynth when it and a soundfont are installed; False (silently) if not or if it fails."""
+    """Render with fluidsynth when it and a soundfont are installed; False if not or if it fails.
+
+    Without fluidsynth this is silent (the sample's line names the renderer); with fluidsynth but no soundfont it
+    says so once per process, on stderr, since the user evidently wanted FluidSynth.
+    """
+    global _told_no_soundfont
     fluidsynth, font = shutil.which("fluidsynth"), soundfont()
+    if fluidsynth is not None and font is None and not _told_no_soundfont:
+        print(no_soundfont_line(), file=sys.stderr)
+        _told_no_soundfont = True
     if fluidsynth is None or font is None:
         return False
     command = [fluidsynth, "-ni", "-F", str(wav_path), "-r", str(FLUIDSYNTH_RATE), font, str(midi_path)]

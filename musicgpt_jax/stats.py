@@ -70,7 +70,7 @@ from pathlib import Path
 import numpy as np
 from etils import epath
 
-from musicgpt_jax import cloud
+from musicgpt_jax import cli, cloud
 from musicgpt_jax.frames import OFF, Frames, Meter, note_lengths, note_starts
 from musicgpt_jax.midi_io import MIDI_SUFFIXES, midi_to_frames
 
@@ -403,7 +403,8 @@ def plot_report(report: dict, path: str | os.PathLike) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.Parser(
+        tool="stats",
         prog="python -m musicgpt_jax.stats",
         description="Musical statistics of a directory of MIDI files, optionally against a reference.",
         epilog="examples:\n  python -m musicgpt_jax.stats samples --reference data/default_corpus"
@@ -414,23 +415,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("samples_dir", help="directory of MIDI files (searched recursively; may be gs://)")
     parser.add_argument("--reference", help="directory of reference MIDI files to compare against")
     parser.add_argument(
-        "--json",
-        "--out",
-        dest="json",
-        metavar="PATH",
-        help="JSON report (default SAMPLES_DIR/stats.json, or ./stats.json for a gs:// SAMPLES_DIR; --out: old name)",
+        "--json", metavar="PATH", help="JSON report (default SAMPLES_DIR/stats.json; ./stats.json for a gs:// one)"
     )
+    parser.add_argument("--out", dest="old_out", metavar="PATH", help=argparse.SUPPRESS)  # the old --json
     parser.add_argument("--png", metavar="PATH", help="histogram picture (default beside the JSON's default)")
     parser.add_argument("--steps_per_quarter", type=int, default=8, help="grid (default 8: 32nd notes)")
     args = parser.parse_args(argv)
+    if args.old_out:
+        cli.deprecated("stats", "--out PATH", "--json PATH")
+        args.json = args.json or args.old_out
     if args.steps_per_quarter < 1:
         parser.error("--steps_per_quarter: must be at least 1")
     try:
         cloud.require_access(args.samples_dir, args.reference)
         report = measure(args.samples_dir, args.reference, steps_per_quarter=args.steps_per_quarter)
     except (NoMidiFilesError, cloud.CloudError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return cli.fail("stats", str(error))
     text = json.dumps(report, indent=2, allow_nan=False)
     print(text)
     beside = Path(".") if cloud.is_remote(args.samples_dir) else Path(args.samples_dir)  # outputs stay local
@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write_text(text + "\n")
         plot_report(report, png)
     except OSError as error:
-        print(f"error: {error.filename or out}: {error.strerror or error}", file=sys.stderr)
+        print(f"stats: {error.filename or out}: {error.strerror or error}", file=sys.stderr)
         return 1
     return 0
 

@@ -65,7 +65,7 @@ def test_scanned_layers_are_counted_once_per_layer():
 
 def test_oversized_config_does_not_fit_one_line_nonzero_exit():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "musicgpt_jax.aot", "--config", "tiny", "--topology", "v5e:1x1", "--json"]
+    command = [sys.executable, "-m", "musicgpt_jax.aot", "--config", "tiny", "--topology", "v5e:1x1", "--json", "-"]
     proc = subprocess.run(command + OVERSIZED, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -93,3 +93,17 @@ def test_bad_arguments_are_one_line_and_exit_2(args, message, capsys):
     assert aot.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"aot: {message}"), err
+
+
+def test_without_libtpu_one_line_names_the_extra():
+    """libtpu comes with the `aot` extra, not the runtime: without it the tool says which extra to install."""
+    code = (
+        "import sys; sys.modules['libtpu'] = None; from musicgpt_jax import aot; "
+        "sys.exit(aot.main(['--topology', 'v5e:2x2']))"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "aot: libtpu is not installed: pip install -e '.[aot]' (the `aot` extra) to compile for a TPU topology"
+    )

@@ -60,6 +60,13 @@ def test_built_in_synth_has_the_pieces_length_and_rate_and_follows_velocity(tmp_
     assert np.fft.rfftfreq(RATE, 1 / RATE)[spectrum.argmax()] == pytest.approx(261.6, abs=2)
 
 
+def test_soundfonts_are_searched_at_linux_and_homebrew_paths():
+    assert "/usr/share/sounds/sf2/FluidR3_GM.sf2" in audio.SOUNDFONTS
+    assert {"/opt/homebrew/share/soundfonts/default.sf2", "/usr/local/share/soundfonts/default.sf2"} <= set(
+        audio.SOUNDFONTS
+    )
+
+
 def test_an_empty_piece_is_a_short_silent_wav(tmp_path, no_fluidsynth):
     midi = midi_file(tmp_path / "empty.mid", [])
     assert audio.render_wav(midi, tmp_path / "empty.wav") == audio.BUILT_IN
@@ -67,7 +74,7 @@ def test_an_empty_piece_is_a_short_silent_wav(tmp_path, no_fluidsynth):
     assert len(samples) > 0 and not samples.any()
 
 
-def test_fluidsynth_only_when_it_and_a_soundfont_exist_else_the_built_in_synth(tmp_path, monkeypatch):
+def test_fluidsynth_only_when_it_and_a_soundfont_exist_else_the_built_in_synth(tmp_path, monkeypatch, capsys):
     midi = midi_file(tmp_path / "x.mid", [(60, 80, 0.0, 0.5)])
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     assert audio.render_wav(midi, tmp_path / "a.wav") == audio.BUILT_IN  # no fluidsynth
@@ -77,7 +84,10 @@ def test_fluidsynth_only_when_it_and_a_soundfont_exist_else_the_built_in_synth(t
     fake.chmod(0o755)
     monkeypatch.setattr(audio, "SOUNDFONTS", ())
     monkeypatch.delenv("SOUNDFONT", raising=False)
-    assert audio.render_wav(midi, tmp_path / "b.wav") == audio.BUILT_IN  # no soundfont
+    monkeypatch.setattr(audio, "_told_no_soundfont", False)
+    assert audio.render_wav(midi, tmp_path / "b.wav") == audio.BUILT_IN  # no soundfont: said once, in one line
+    assert audio.render_wav(midi, tmp_path / "b2.wav") == audio.BUILT_IN
+    assert capsys.readouterr().err == audio.no_soundfont_line() + "\n"
     assert read_wav(tmp_path / "b.wav")[1] == RATE
     soundfont = tmp_path / "gm.sf2"
     soundfont.write_bytes(b"sf2")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -288,9 +289,10 @@ def test_bad_input_is_one_line_and_writes_nothing(case, run_dir, tmp_path, capsy
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_cli_refuses_bad_workdirs_primers_and_flags_in_one_line(run_dir, tmp_path):
-    """The real `python sample.py`: one line on stderr naming the workdir, file or flag and the reason, a
-    non-zero exit, nothing written, and the refused workdirs left as they were."""
+def test_cli_refuses_bad_workdirs_primers_and_flags_in_one_line(run_dir, tmp_path, capsys):
+    """One line on stderr naming the workdir, file or flag and the reason, a non-zero exit, nothing written, and
+    the refused workdirs left as they were. Workdirs go through the real `python sample.py` (where Orbax could add
+    lines of its own); the primer and flag cases, which restore the good run, run its `main` in this process."""
     workdirs = bad_workdirs(run_dir, tmp_path / "workdirs")
     (tmp_path / "notes.mid").write_text("these are not notes")
     good = ["--workdir", str(run_dir)]
@@ -302,6 +304,8 @@ def test_cli_refuses_bad_workdirs_primers_and_flags_in_one_line(run_dir, tmp_pat
             "checkpoints/2: parameter embed/table has shape (128, 3, 32) in the checkpoint but (128, 3, 64)",
         ),
         "other_version": (["--workdir", str(workdirs["other_version"])], "a config this version cannot read"),
+    }
+    in_process = {
         "primer_not_midi": ([*good, "--prime", str(tmp_path / "notes.mid")], "notes.mid: not a MIDI file"),
         "zero_bars": ([*good, "--bars", "0"], "--bars 0: must be positive"),
         "negative_temperature": ([*good, "--temperature", "-0.5"], "--temperature -0.5: must be >= 0"),
@@ -312,7 +316,10 @@ def test_cli_refuses_bad_workdirs_primers_and_flags_in_one_line(run_dir, tmp_pat
             for case, (args, _) in cases.items()
         }
     )
-    for case, (_, expected) in cases.items():
+    for case, (args, _) in in_process.items():
+        code, out, err = run_cli([*args, "--out", str(tmp_path / case), "--num_samples", "1"], capsys)
+        done[case] = subprocess.CompletedProcess(args, code, out, err)
+    for case, (_, expected) in {**cases, **in_process}.items():
         result = done[case]
         lines = result.stderr.splitlines()
         assert result.returncode != 0 and result.stdout == "", (case, result.stderr[-3000:])

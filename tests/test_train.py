@@ -120,7 +120,7 @@ def test_resume_is_bitwise_exact(benchmark_data, tmp_path):
 
 
 def test_resume_on_another_mesh_matches(benchmark_data, tmp_path):
-    base = ["train.checkpoint_every=2", "model.dropout=0.0"]
+    base = ["train.checkpoint_every=2", "model.dropout=0.0", "model.num_layers=1"]  # one layer: what moves is the mesh
     straight = tiny_config(benchmark_data, "train.steps=4", *base)
     straight.mesh = "data=2,fsdp=4,tensor=1"
     train_and_evaluate(straight, str(tmp_path / "a"), progress=False)
@@ -316,7 +316,9 @@ def test_grad_accumulation_matches_one_big_batch(benchmark_data):
 
 def test_parameter_average_follows_its_recurrence_and_is_what_evaluation_uses(benchmark_data, tmp_path):
     decay = 0.9
-    cfg = tiny_config(benchmark_data, f"train.ema_decay={decay}", "train.steps=4", "train.checkpoint_every=4")
+    cfg = tiny_config(
+        benchmark_data, f"train.ema_decay={decay}", "train.steps=4", "train.checkpoint_every=4", "model.num_layers=1"
+    )
     source = records.load_split(benchmark_data.data_dir, benchmark_data.dataset, "train")
     batches = pipeline.train_dataset(source, seq_len=32, batch_size=8, seed=1)
     mesh = sharding.make_mesh("fsdp=8")  # the average is sharded like the parameters
