@@ -36,7 +36,10 @@ from conftest import REPO, TINY_OVERRIDES, BenchmarkData
 from test_cloud import checkpoint_entries, filesystem
 from tpu_standin.standin import vm_processes
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="the gcloud stand-in needs Linux's /proc"),
+]
 
 STANDIN = REPO / "tests" / "tpu_standin"
 NAME = "lifecycle"
@@ -186,3 +189,27 @@ def test_create_setup_train_preempt_relaunch_resume_sample_teardown(gcs, synthet
     print(f"seconds from relaunch.sh to the first new step: {to_first_step:.1f} (train.py started after"
           f" {to_train_py:.0f} s: teardown, create, setup)")  # fmt: skip
     assert 0 < redone <= 2 * CHECKPOINT_EVERY
+
+
+def test_storage_commands_and_setup_data_from_on_the_emulator(gcs, synthetic_benchmark: BenchmarkData, tmp_path):
+    """The upload in docs/TPU.md (gcloud storage rsync), then setup.sh --data_from copying it onto every worker."""
+    cloud = Cloud(tmp_path / "standin", gcs.env)
+    cloud.state.mkdir()
+    data, local = f"gs://{gcs.bucket}/storage/data", Path(synthetic_benchmark.data_dir)
+    files = sorted(p.relative_to(local) for p in local.rglob("*") if p.is_file())
+    try:
+        assert cloud.gcloud("storage", "rsync", "--recursive", str(local), data).returncode == 0
+        listed = cloud.gcloud("storage", "ls", data)
+        assert listed.stdout.split() == [f"{data}/{synthetic_benchmark.dataset}/"], listed.stderr
+        cloud.run("create.sh")
+        cloud.run("setup.sh", "--data_from", data)
+        for worker in (0, 1):
+            records = cloud.home(worker) / "musicgpt" / "data" / "records"
+            assert sorted(p.relative_to(records) for p in records.rglob("*") if p.is_file()) == files
+            assert all((records / f).read_bytes() == (local / f).read_bytes() for f in files)
+        cloud.run("teardown.sh")
+        assert cloud.gcloud("storage", "rm", "--recursive", data).returncode == 0
+        assert cloud.gcloud("storage", "ls", data).returncode != 0
+    finally:
+        if (cloud.state / NAME).exists():
+            cloud.gcloud("compute", "tpus", "tpu-vm", "delete", NAME, "--quiet")

@@ -273,7 +273,13 @@ def filesystem():
 
 
 def storage(verb: str, words: list[str], named: dict[str, str]) -> None:
-    fs = filesystem()
+    try:
+        transfer(filesystem(), verb, words, named)
+    except FileNotFoundError as error:
+        fail(f"(gcloud.storage.{verb}) One or more URLs matched no objects: {error}")
+
+
+def transfer(fs, verb: str, words: list[str], named: dict[str, str]) -> None:
     recursive = "--recursive" in named or "-r" in words
     words = [w for w in words if w != "-r"]
     if verb == "ls":
