@@ -538,6 +538,10 @@ def test_remote_train_and_probe_commands_work_in_a_shell(gcloud, tmp_path):
     # A second start stops the first (its whole process group) before it begins.
     remote(train_cmd, FAKE_SLEEP="60")
     assert remote(probe_cmd).splitlines()[0] == "worker 3: running"
+    # The probe asks "alive?" before it reads the .exit file: read the other way round, a run that ends between
+    # the two looks is "idle", and relaunch.sh restarts it. Alive wins over an .exit file, so the order shows.
+    (project / "logs" / "train.worker3.exit").write_text("0\n")
+    assert remote(probe_cmd).splitlines()[0] == "worker 3: running"
     first = int((project / "logs" / "train.worker3.pid").read_text())
     remote(train_cmd, FAKE_SLEEP="60")
     second = int((project / "logs" / "train.worker3.pid").read_text())

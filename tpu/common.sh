@@ -172,9 +172,11 @@ TPU_REMOTE_ALIVE='alive() { ps -o stat= --sid "$1" 2>/dev/null | grep -qv "^Z"; 
 #   running     train.sh's process is alive,
 #   exited N    train.py ended with exit status N (0: training finished),
 #   idle        set up, but no training started (or it was killed without a trace).
-# Per worker, train.sh keeps logs/train.worker$id.{log,pid,exit} in the project directory.
+# Per worker, train.sh keeps logs/train.worker$id.{log,pid,exit} in the project directory. Alive is asked before
+# the .exit file is read: the other order says idle for a run that ends between the two looks (the wrapper writes
+# .exit before it ends, so once nothing is alive, the file is there if train.py ended).
 TPU_REMOTE_PROBE="cd $TPU_REMOTE_DIR 2>/dev/null; $TPU_REMOTE_WORKER_ID; $TPU_REMOTE_ALIVE"
 TPU_REMOTE_PROBE+='; p=logs/train.worker$id; if [ ! -f .venv/.setup-done ]; then s=not-set-up;'
-TPU_REMOTE_PROBE+=' elif [ -f $p.exit ]; then s="exited $(cat $p.exit)";'
-TPU_REMOTE_PROBE+=' elif alive "$(cat $p.pid 2>/dev/null)"; then s=running; else s=idle; fi;'
+TPU_REMOTE_PROBE+=' elif alive "$(cat $p.pid 2>/dev/null)"; then s=running;'
+TPU_REMOTE_PROBE+=' elif [ -f $p.exit ]; then s="exited $(cat $p.exit)"; else s=idle; fi;'
 TPU_REMOTE_PROBE+=' echo "worker $id: $s"'
