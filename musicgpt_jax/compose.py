@@ -24,7 +24,16 @@ from musicgpt_jax import audio, decode, dynamics, listening_page, pianoroll, sta
 from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_params
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
-from musicgpt_jax.frames import DEFAULT_TIME_SIGNATURE, HOLD, OFF, ONSET, Frames, Meter, note_starts, notes_of
+from musicgpt_jax.frames import (
+    DEFAULT_TIME_SIGNATURE,
+    OFF,
+    Frames,
+    Meter,
+    frames_before,
+    note_starts,
+    notes_of,
+    restart_held,
+)
 from musicgpt_jax.midi_io import MidiDecodeError, frames_to_midi, midi_to_frames
 
 # Temperature 0.9: chosen on the validation chorales (docs/RESULTS.md, "Long samples"); top_p: the nucleus default.
@@ -248,10 +257,8 @@ def output_frames(
     `generated_velocities` (MIDI velocities, 0 where unknown) are the generated onsets' own."""
     prime_states = primer.states if primer is not None and include_prime else generated[:0]
     states = np.concatenate([prime_states, generated]).astype(np.int32)
-    if grid.num_states == 3:
-        before = np.concatenate([np.zeros_like(states[:1]), states[:-1]])
-        # a HOLD after silence is a note the primer left sounding: it starts here
-        states = np.where((states == HOLD) & (before == OFF), ONSET, states)
+    if grid.num_states == 3:  # a HOLD after silence (a note the primer's cut left sounding) starts here
+        states = restart_held(states, frames_before(states))
     velocities = np.zeros(states.shape, np.uint8)
     if len(prime_states):
         velocities[: len(prime_states)] = primer.velocities
