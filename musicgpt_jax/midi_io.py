@@ -288,3 +288,18 @@ def frames_to_midi(frames: Frames, *, program: int = 0, default_velocity: int = 
 def write_midi(frames: Frames, path: str | os.PathLike, **kw) -> None:
     """Writes ``frames_to_midi(frames, **kw)`` to ``path``."""
     frames_to_midi(frames, **kw).write(os.fspath(path))
+
+
+def find_midi_files(midi_dir: Path) -> list[Path]:
+    """Every .mid/.midi/.kar file (any case) under `midi_dir`, sorted by relative path.
+
+    Linked folders are followed (each real folder visited once, so a link cycle cannot loop).
+    """
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(midi_dir, followlinks=True):
+        if os.path.realpath(folder) in seen:
+            subfolders.clear()
+            continue
+        seen.add(os.path.realpath(folder))
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in MIDI_SUFFIXES]
+    return sorted(found, key=lambda p: p.relative_to(midi_dir).as_posix())

@@ -70,7 +70,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgpt_jax.frames import OFF, Frames, Meter, note_lengths, note_starts
-from musicgpt_jax.midi_io import MIDI_SUFFIXES, midi_to_frames
+from musicgpt_jax.midi_io import find_midi_files, midi_to_frames
 
 LONG_SILENCE_BARS = 2.0
 MAX_POLYPHONY_BIN = 10  # the last polyphony bin holds ">= 10"
@@ -246,11 +246,11 @@ def compute_stats(frames_list: Sequence[Frames], names: Sequence[str] | None = N
 
 
 def midi_files(path: str | os.PathLike) -> list[Path]:
-    """MIDI files under ``path`` (recursive; ``MIDI_SUFFIXES`` in any case), sorted by path for a stable order."""
+    """MIDI files under ``path``, as `midi_io.find_midi_files` finds them; NoMidiFilesError when there are none."""
     root = Path(path)
     if not root.is_dir():
         raise NoMidiFilesError(f"{root}: no such directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    files = find_midi_files(root)
     if not files:
         raise NoMidiFilesError(f"{root}: no .mid, .midi or .kar files")
     return files
