@@ -25,7 +25,9 @@ from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_p
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
 from musicgpt_jax.frames import (
+    DEFAULT_TEMPO,
     DEFAULT_TIME_SIGNATURE,
+    DEFAULT_VELOCITY,
     OFF,
     Frames,
     Meter,
@@ -39,8 +41,6 @@ from musicgpt_jax.midi_io import MidiDecodeError, frames_to_midi, midi_to_frames
 # Temperature 0.9: chosen on the validation chorales (docs/RESULTS.md, "Long samples"); top_p: the nucleus default.
 DEFAULT_STRATEGY = Strategy("temperature", 0.9, 0.95)
 KEYBOARDS = ("corpus", "all")
-DEFAULT_VELOCITY = 80
-DEFAULT_BPM = 120.0
 
 
 class SampleError(ValueError):
@@ -141,7 +141,7 @@ def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keyboard",
         choices=KEYBOARDS,
-        default="corpus",
+        default=SampleOptions.keyboard,
         help="corpus: only pitches the training data sounds, transposition included; all: every pitch",
     )
 
@@ -268,7 +268,7 @@ def output_frames(
     velocities = np.where(velocities > 0, velocities, DEFAULT_VELOCITY)
     velocities = np.where(note_starts(states, grid.num_states), velocities, 0)
     if primer is None:
-        tempos, signatures = ((0, bpm or DEFAULT_BPM),), ((0, *DEFAULT_TIME_SIGNATURE),)
+        tempos, signatures = ((0, bpm or DEFAULT_TEMPO),), ((0, *DEFAULT_TIME_SIGNATURE),)
     elif include_prime:
         tempos = ((0, bpm),) if bpm else primer.tempos
         signatures = primer.time_signatures
@@ -328,6 +328,11 @@ def _move_into(staging: Path, out: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- the run
 
 
+def steps_per_bar(grid: Grid, primer: Primer | None) -> int:
+    """The length of a bar of the output: the primer's last bar, else a bar of MIDI's default meter."""
+    return primer.steps_per_bar if primer else Meter((), grid.steps_per_quarter).steps_per_bar()
+
+
 def num_frames_of(options: SampleOptions, steps_per_bar: int) -> int:
     if options.frames is not None:
         return options.frames
@@ -349,8 +354,7 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
                 f"{model.max_len}-frame context; using its last {len(primer.states)} frames",
                 file=sys.stderr,
             )
-    steps_per_bar = primer.steps_per_bar if primer else Meter((), grid.steps_per_quarter).steps_per_bar()
-    num_frames = num_frames_of(options, steps_per_bar)
+    num_frames = num_frames_of(options, steps_per_bar(grid, primer))
     params = restore_params(options.workdir, cfg, step)
     prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
     batch = np.broadcast_to(prime_states, (options.num_samples, *prime_states.shape))

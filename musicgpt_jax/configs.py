@@ -70,10 +70,19 @@ class ModelConfig:
         return self.d_model // self.num_heads
 
 
+# Data defaults, one home: where prepared datasets live, the default corpus's name, and how data/prepare.py builds
+# a dataset from MIDI files (records.build_midi_dataset).
+DEFAULT_DATA_DIR = "data/records"
+DEFAULT_DATASET = "bach_chorales"
+DEFAULT_MAX_FRAMES = 100_000  # a longer file is skipped as too long
+DEFAULT_TIMEOUT_S = 60.0  # seconds to convert one file
+DEFAULT_SPLIT_PERCENT = 5.0  # of the files in validation, and as many in test
+
+
 @dataclasses.dataclass
 class DataConfig:
-    data_dir: str = "data/records"
-    dataset: str = "bach_chorales"
+    data_dir: str = DEFAULT_DATA_DIR
+    dataset: str = DEFAULT_DATASET
     transpose: int = 5  # training-time random transposition in [-transpose, +transpose] semitones; 0 = off
     seed: int = 0
 

@@ -22,6 +22,7 @@ import numpy as np
 OFF, ONSET, HOLD = 0, 1, 2
 DEFAULT_TEMPO = 120.0  # quarter notes per minute before the first tempo change, as in MIDI
 DEFAULT_TIME_SIGNATURE = (4, 4)  # before the first time signature, as in MIDI
+DEFAULT_VELOCITY = 80  # what a note start without a velocity of its own (0 = unknown) is written at
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,6 +47,13 @@ from etils import epath
 from tqdm import tqdm
 
 from musicgpt_jax import corpus
+from musicgpt_jax.configs import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_DATASET,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_SPLIT_PERCENT,
+    DEFAULT_TIMEOUT_S,
+)
 from musicgpt_jax.dataset_card import SPLITS, format_card, make_card, sequence_stats
 from musicgpt_jax.deadline_pool import Failed, TimedOut, run_with_deadline
 from musicgpt_jax.file_conversion import ConversionOptions, convert_file
@@ -54,10 +61,6 @@ from musicgpt_jax.midi_io import find_midi_files
 from musicgpt_jax.split_rules import HASH_RULE, Metadata, MetadataError, describe, find_metadata, read_metadata
 from musicgpt_jax.split_rules import split_of as split_of
 
-DEFAULT_DATA_DIR = "data/records"
-DEFAULT_DATASET = "bach_chorales"
-DEFAULT_MAX_FRAMES = 100_000
-DEFAULT_TIMEOUT_S = 60.0
 VERSION = "1.0.0"
 CARD_FILE = "card.json"
 MANIFEST_FILE = "manifest.jsonl"
@@ -417,8 +420,8 @@ def build_midi_dataset(
     steps_per_quarter: int = 8,
     sustain_pedal: bool = True,
     include_drums: bool = False,
-    val_percent: float = 5.0,
-    test_percent: float = 5.0,
+    val_percent: float = DEFAULT_SPLIT_PERCENT,
+    test_percent: float = DEFAULT_SPLIT_PERCENT,
     max_frames: int = DEFAULT_MAX_FRAMES,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     workers: int | None = None,

@@ -34,7 +34,7 @@ class TrainingSample:
 def compose_sample(params: Any, cfg: Config, step: int) -> TrainingSample:
     """`cfg.train.sample_bars` bars from an empty start, drawn as `sample.py` draws them (seed: the step)."""
     grid = compose.grid_of(cfg)
-    num_frames = max(1, cfg.train.sample_bars * 4 * grid.steps_per_quarter)
+    num_frames = max(1, cfg.train.sample_bars * compose.steps_per_bar(grid, None))
     empty = np.zeros((1, 0, cfg.model.num_pitches), np.int32)
     allowed = compose.keyboard_of(cfg, grid)
     key, strategy = jax.random.key(step), compose.DEFAULT_STRATEGY

@@ -19,7 +19,7 @@ from flax import linen as nn
 from musicgpt_jax import compose, configs, decode, dynamics, pipeline, records
 from musicgpt_jax.checkpoint import Checkpointer, restore_params
 from musicgpt_jax.frame_choice import sample_frame, sample_velocities
-from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames
+from musicgpt_jax.frames import DEFAULT_VELOCITY, HOLD, OFF, ONSET, Frames
 from musicgpt_jax.midi_io import write_midi
 from musicgpt_jax.model import MusicTransformer, frame_nll
 from musicgpt_jax.train import TrainingError, check_compatible, train_and_evaluate
@@ -193,7 +193,7 @@ def test_a_config_saved_before_the_field_loads_and_samples_as_before(tmp_path):
     for sample, states in zip(samples, np.asarray(expected), strict=True):
         np.testing.assert_array_equal(sample.generated, states)  # the same music as the notes-only path draws
         onsets = sample.frames.velocities > 0
-        assert onsets.any() and np.all(sample.frames.velocities[onsets] == compose.DEFAULT_VELOCITY)
+        assert onsets.any() and np.all(sample.frames.velocities[onsets] == DEFAULT_VELOCITY)
 
 
 # ---------------------------------------------------------------------------------------------------- learning

@@ -18,7 +18,7 @@ from flax import linen as nn
 
 from musicgpt_jax import compose, configs
 from musicgpt_jax.checkpoint import Checkpointer
-from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames
+from musicgpt_jax.frames import DEFAULT_VELOCITY, HOLD, OFF, ONSET, Frames
 from musicgpt_jax.midi_io import midi_to_frames, write_midi
 from musicgpt_jax.model import MusicTransformer
 from musicgpt_jax.train_state import TrainState, make_optimizer
@@ -182,7 +182,7 @@ def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
         assert primed.prime_frames == 28 and primed.frames.num_frames == 28 + 32
         np.testing.assert_array_equal(primed.frames.states[:28], as_written(primer_states[-28:]))
         held = primer_velocities[-28:].copy()
-        held[0, 48] = compose.DEFAULT_VELOCITY  # the bass note cut at the bar line has no velocity of its own
+        held[0, 48] = DEFAULT_VELOCITY  # the bass note cut at the bar line has no velocity of its own
         np.testing.assert_array_equal(primed.frames.velocities[:28], held)
         np.testing.assert_array_equal(primed.frames.states[28:], primed.generated)
         assert plain.frames.tempos == primed.frames.tempos == ((0, 100.0),)  # the primer's tempo
