@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from musicgpt_jax import compose
+    from musicgpt_jax import compose, frames
 
     parser = _Parser(
         prog="sample.py", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -52,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--prime_bars", type=int, default=default.prime_bars, help="use the primer's last K bars (default: %(default)s)"
     )
     parser.add_argument("--include_prime", action="store_true", help="start the output with the primer")
-    parser.add_argument("--bpm", type=float, help=f"tempo (default: the primer's, else {compose.DEFAULT_TEMPO:g})")
+    parser.add_argument("--bpm", type=float, help=f"tempo (default: the primer's, else {frames.DEFAULT_TEMPO:g})")
     return parser.parse_args(argv)
 
 

@@ -319,21 +319,29 @@ def generate_with_velocities(
     primer_velocities: Any,
     num_frames: int,
     rng: jax.Array,
-    temperature: float = 1.0,
-    mesh: Mesh | None = None,
-    strategy: Strategy | None = None,
-    allowed: Any = None,
+    **options,
 ) -> tuple[jax.Array, jax.Array]:
     """`generate` for a model with dynamics (`cfg.velocity_bins` > 0): (states, velocity bins), each
     (B, num_frames, P) int32, bins `dynamics.NO_VELOCITY` off the onsets. `primer_velocities` (B, Tp, P) are the
     primer's bins (`dynamics.onset_velocity_bins`; None: none known), which the model hears as it heard them
-    in training."""
+    in training. `options` are `generate`'s (temperature, mesh, strategy, allowed)."""
     if not cfg.velocity_bins:
         raise ValueError("generate_with_velocities: the model has no dynamics (model.velocity_bins=0)")
-    return _sample(params, cfg, primer_states, primer_velocities, num_frames, rng, temperature, mesh, strategy, allowed)
+    return _sample(params, cfg, primer_states, primer_velocities, num_frames, rng, **options)
 
 
-def _sample(params, cfg, primer_states, primer_velocities, num_frames, rng, temperature, mesh, strategy, allowed):
+def _sample(
+    params,
+    cfg,
+    primer_states,
+    primer_velocities,
+    num_frames,
+    rng,
+    temperature=1.0,
+    mesh=None,
+    strategy=None,
+    allowed=None,
+):
     """`generate`'s checks and arguments, then the one jitted `_generate`, with or without dynamics."""
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}: must be at least 1")

@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from musicgpt_jax import pipeline, records, sharding, training_samples
+from musicgpt_jax import pipeline, records, sharding
 from musicgpt_jax.checkpoint import Checkpointer, load_config_dict
 from musicgpt_jax.configs import Config, ConfigError, ModelConfig, TrainConfig
 from musicgpt_jax.hardware import peak_flops_per_device
@@ -289,6 +289,8 @@ def _write_training_sample(run: _Run, state: TrainState, step: int, writer: Metr
     """A short sample of the evaluation parameters to TensorBoard, with its silent share and what it cost."""
     started = time.perf_counter()
     try:
+        from musicgpt_jax import training_samples  # the rendering stack, only when samples are due
+
         sample = training_samples.compose_sample(evaluation_params(state), run.cfg, step)
     except Exception as error:  # noqa: BLE001 - a side view of training must never end it
         log(f"step {step}: no training sample ({type(error).__name__}: {error})")
