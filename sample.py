@@ -20,26 +20,34 @@ examples:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from musicgpt_jax import cli, compose
+    from musicgpt_jax import cli, compose, frames
 
     parser = cli.Parser(
         prog="sample.py", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workdir", default="runs/default", help="run to restore (default: runs/default)")
+    default = compose.SampleOptions()  # every flag's default is the options' own
+    parser.add_argument("--workdir", default=default.workdir, help="run to restore (default: %(default)s)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-    parser.add_argument("--out", default="samples", help="output folder (default: samples)")
-    parser.add_argument("--num_samples", type=int, default=4, help="pieces, one batch (default: 4)")
+    parser.add_argument("--out", default=default.out, help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--num_samples", type=int, default=default.num_samples, help="pieces, one batch (default: %(default)s)"
+    )
     length = parser.add_mutually_exclusive_group()
     length.add_argument(
-        "--bars", type=int, default=8, help="length in bars of the primer's time signature, else 4/4 (default: 8)"
+        "--bars",
+        type=int,
+        default=default.bars,
+        help="length in bars of the primer's time signature, else 4/4 (default: %(default)s)",
     )
     length.add_argument("--frames", type=int, help="length in frames (time steps) instead of bars")
     compose.add_strategy_flags(parser)
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same MIDI (default: 0)")
+    parser.add_argument("--seed", type=int, default=default.seed, help="same seed, same MIDI (default: %(default)s)")
     parser.add_argument("--prime", help="a MIDI file to continue")
-    parser.add_argument("--prime_bars", type=int, default=4, help="use the primer's last K bars (default: 4)")
+    parser.add_argument(
+        "--prime_bars", type=int, default=default.prime_bars, help="use the primer's last K bars (default: %(default)s)"
+    )
     parser.add_argument("--include_prime", action="store_true", help="start the output with the primer")
-    parser.add_argument("--bpm", type=float, help="tempo (default: the primer's, else 120)")
+    parser.add_argument("--bpm", type=float, help=f"tempo (default: the primer's, else {frames.DEFAULT_TEMPO:g})")
     return parser.parse_args(argv)
 
 

@@ -44,8 +44,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="preset name (listed below) or a config .json (default: the workdir's saved config, else tiny)",
     )
     parser.add_argument("--workdir", default="runs/default", help="checkpoints, metrics and TensorBoard logs")
-    parser.add_argument("--data_dir", help="where the prepared records are (default: data/records)")
-    parser.add_argument("--dataset", help="dataset name under --data_dir (default: bach_chorales)")
+    parser.add_argument("--data_dir", help=f"where the prepared records are (default: {configs.DEFAULT_DATA_DIR})")
+    parser.add_argument("--dataset", help=f"dataset name under --data_dir (default: {configs.DEFAULT_DATASET})")
     parser.add_argument("--steps", type=int, help="total training steps (overrides the preset)")
     parser.add_argument(
         "--mesh", help="device mesh, e.g. data=2,fsdp=2,tensor=1 (one size may be -1); default: all devices on fsdp"
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     default_data = (
         not args.data_dir
         and not args.dataset
-        and cfg.data.data_dir == records.DEFAULT_DATA_DIR
-        and cfg.data.dataset == records.DEFAULT_DATASET
+        and cfg.data.data_dir == configs.DEFAULT_DATA_DIR
+        and cfg.data.dataset == configs.DEFAULT_DATASET
     )
     if default_data and not _dataset_ready(records, cfg.data.data_dir, cfg.data.dataset):
         print("train.py: preparing the default corpus first (python data/prepare.py)", file=sys.stderr)

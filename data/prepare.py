@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # runnable from a checkout without `pip install -e .`
 
+from musicgpt_jax import configs  # noqa: E402 - standard library only: cheap for the spawned workers too
 
 EPILOG = """\
 Errors print one line on stderr and exit with status 2.
@@ -48,13 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder searched recursively for .mid/.midi/.kar files "
         "(default: the Bach chorales, exported to data/default_corpus)",
     )
-    parser.add_argument("--data_dir", default="data/records", help="where datasets are written (default: %(default)s)")
+    parser.add_argument(
+        "--data_dir", default=configs.DEFAULT_DATA_DIR, help="where datasets are written (default: %(default)s)"
+    )
     parser.add_argument(
         "--dataset",
         "--name",
         dest="dataset",
-        help="dataset name, as train.py --dataset takes it (default: bach_chorales, the --midi_dir folder's name, "
-        "or the benchmark's name, e.g. jsb_chorales; --name is the old spelling)",
+        help=f"dataset name, as train.py --dataset takes it (default: {configs.DEFAULT_DATASET}, the --midi_dir "
+        "folder's name, or the benchmark's name, e.g. jsb_chorales; --name is the old spelling)",
     )
     parser.add_argument(
         "--steps_per_quarter",
@@ -69,10 +73,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="conversion processes (default: all %(default)s cores)",
     )
     parser.add_argument(
-        "--val_percent", type=float, default=5.0, help="percent of files in validation (default: %(default)s)"
+        "--val_percent",
+        type=float,
+        default=configs.DEFAULT_SPLIT_PERCENT,
+        help="percent of files in validation (default: %(default)s)",
     )
     parser.add_argument(
-        "--test_percent", type=float, default=5.0, help="percent of files in test (default: %(default)s)"
+        "--test_percent",
+        type=float,
+        default=configs.DEFAULT_SPLIT_PERCENT,
+        help="percent of files in test (default: %(default)s)",
     )
     parser.add_argument(
         "--hash_split",
@@ -85,10 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max_frames",
         type=int,
-        default=100_000,
+        default=configs.DEFAULT_MAX_FRAMES,
         help="skip longer files as 'too long' (default: %(default)s)",
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per file (default: %(default)s)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=configs.DEFAULT_TIMEOUT_S,
+        help="seconds allowed per file (default: %(default)s)",
+    )
     parser.add_argument("--benchmark", metavar="FILE", help="import a polyphonic-benchmark .mat/.json file instead")
     parser.add_argument("--force", action="store_true", help="rebuild even if an identical dataset exists")
     return parser.parse_args(argv)
@@ -97,7 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported here, not at the top: conversion workers are spawned processes that re-import this file.
-    sys.path.insert(0, str(REPO_ROOT))  # runnable from a checkout without `pip install -e .`
     from musicgpt_jax import cli, cloud
 
     try:
@@ -152,7 +166,7 @@ def _build(args: argparse.Namespace, data_dir: str, report: bool = True, results
         else:
             if args.midi_dir is None:
                 corpus.export_default_corpus(corpus.DEFAULT_CORPUS_DIR, workers=args.workers)
-                midi_dir, name = corpus.DEFAULT_CORPUS_DIR, args.dataset or records.DEFAULT_DATASET
+                midi_dir, name = corpus.DEFAULT_CORPUS_DIR, args.dataset or configs.DEFAULT_DATASET
             else:
                 midi_dir, name = args.midi_dir, args.dataset or records.dataset_name_for(args.midi_dir)
             result = records.build_midi_dataset(

@@ -20,22 +20,24 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from musicgpt_jax import audio, decode, dynamics, listening_page, pianoroll, stats
+from musicgpt_jax import audio, listening_page, pianoroll, stats
 from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_params
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
-from musicgpt_jax.frames import DEFAULT_TIME_SIGNATURE, HOLD, OFF, ONSET, Frames, Meter, note_starts, notes_of
-from musicgpt_jax.midi_io import MidiDecodeError, frames_to_midi, midi_to_frames
+from musicgpt_jax.frames import Frames, notes_of
+from musicgpt_jax.generation import (
+    DEFAULT_STRATEGY,
+    SampleError,
+    generate_pieces,
+    grid_of,
+    keyboard_of,
+    output_frames,
+    read_primer,
+    steps_per_bar,
+)
+from musicgpt_jax.midi_io import MidiDecodeError, frames_to_midi
 
-# Temperature 0.9: chosen on the validation chorales (docs/RESULTS.md, "Long samples"); top_p: the nucleus default.
-DEFAULT_STRATEGY = Strategy("temperature", 0.9, 0.95)
 KEYBOARDS = ("corpus", "all")
-DEFAULT_VELOCITY = 80
-DEFAULT_BPM = 120.0
-
-
-class SampleError(ValueError):
-    """Bad input to sampling (flag, primer, workdir); the message is one line naming it and the reason."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,16 +57,6 @@ class SampleOptions:
     prime_bars: int = 4
     include_prime: bool = False
     bpm: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Grid:
-    """How the model's frames map onto music: time resolution and keyboard."""
-
-    steps_per_quarter: int
-    lowest_pitch: int
-    num_pitches: int
-    num_states: int
 
 
 @dataclasses.dataclass
@@ -132,7 +124,7 @@ def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keyboard",
         choices=KEYBOARDS,
-        default="corpus",
+        default=SampleOptions.keyboard,
         help="corpus: only pitches the training data sounds, transposition included; all: every pitch",
     )
 
@@ -142,141 +134,13 @@ def strategy_options(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in ("strategy", "temperature", "top_p", "keyboard")}
 
 
-def keyboard_of(cfg: Config, grid: Grid) -> np.ndarray:
-    """(P,) bool: the model columns the run's training data sounds, widened by its transposition; all when the
-    dataset card is not at hand."""
-    try:
-        from musicgpt_jax import records
-
-        counts = np.asarray(records.load_card(cfg.data.data_dir, cfg.data.dataset)["pitch_histogram"]["counts"])
-    except (OSError, ValueError, KeyError, ImportError):
-        return np.ones(grid.num_pitches, bool)
-    used = np.flatnonzero(counts)
-    if counts.shape != (grid.num_pitches,) or not used.size:
-        return np.ones(grid.num_pitches, bool)
-    columns = np.arange(grid.num_pitches)
-    return (columns >= used[0] - cfg.data.transpose) & (columns <= used[-1] + cfg.data.transpose)
-
-
 def load_config(workdir: str, step: int | None = None) -> tuple[Config, int]:
     """The config saved with the workdir's latest checkpoint (or `step`'s), and that step."""
     config_dict, step = load_config_dict(workdir, step)
     return Config.from_dict(config_dict), step
 
 
-def grid_of(cfg: Config) -> Grid:
-    """The run's time grid and keyboard: from its dataset card if present, else from the model's shape."""
-    model = cfg.model
-    try:
-        from musicgpt_jax import records
-
-        info = records.load_info(cfg.data.data_dir, cfg.data.dataset)
-        if (info.num_pitches, info.num_states) == (model.num_pitches, model.num_states):
-            return Grid(info.steps_per_quarter, info.lowest_pitch, model.num_pitches, model.num_states)
-    except (OSError, ValueError, KeyError, ImportError):
-        pass
-    if model.num_pitches == 88:
-        from musicgpt_jax import corpus
-
-        return Grid(corpus.benchmark_steps_per_quarter(cfg.data.dataset), 21, 88, model.num_states)
-    return Grid(8, 0, model.num_pitches, model.num_states)
-
-
-def to_grid(frames: Frames, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Codec frames (128 pitches, 3 states) -> (states, velocities) on the model's keyboard and states."""
-    columns = slice(grid.lowest_pitch, grid.lowest_pitch + grid.num_pitches)
-    states = frames.states[:, columns].astype(np.int32)
-    if grid.num_states == 2:
-        states = (states != OFF).astype(np.int32)
-    velocities = np.where(note_starts(states, grid.num_states), frames.velocities[:, columns], 0)
-    return states, velocities.astype(np.uint8)
-
-
-@dataclasses.dataclass(frozen=True)
-class Primer:
-    states: np.ndarray  # (T, P) on the model's grid
-    velocities: np.ndarray
-    tempos: tuple[tuple[int, float], ...]
-    time_signatures: tuple[tuple[int, int, int], ...]
-    steps_per_bar: int
-    cut_to_context: bool
-
-
-def read_primer(path: str, grid: Grid, prime_bars: int, context: int) -> Primer:
-    """The last `prime_bars` bars of a MIDI file on the model's grid, cut to fit `context` frames."""
-    frames = midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter)
-    states, _ = to_grid(frames, grid)
-    if not np.any(states != OFF):
-        highest = grid.lowest_pitch + grid.num_pitches - 1
-        where = f" in the model's range (MIDI {grid.lowest_pitch}..{highest})" if frames.num_frames else ""
-        raise SampleError(f"--prime {path}: no notes{where}")
-    meter, end = frames.meter, frames.num_frames
-    start = _primer_start(meter, end, prime_bars)
-    cut = end - start > context
-    if cut:
-        start = _window_start(meter, end, context)
-    kept = frames.cut(start)
-    states, velocities = to_grid(kept, grid)
-    return Primer(states, velocities, kept.tempos, kept.time_signatures, meter.steps_per_bar(end - 1), cut)
-
-
-def _primer_start(meter: Meter, end: int, bars: int) -> int:
-    """The first step of the last `bars` bars before `end` (step 0 when the piece has fewer)."""
-    lines = meter.bar_lines(end - 1)
-    return lines[max(0, len(lines) - bars)]
-
-
-def _window_start(meter: Meter, end: int, context: int) -> int:
-    """The start of the last `context` frames before `end`, moved on to the next bar line when there is one
-    before `end`, so bar lines stay where they were."""
-    start = end - context
-    return next((line for line in meter.bar_lines(end - 1) if line >= start), start)
-
-
 # ---------------------------------------------------------------------------------------------------- outputs
-
-
-def output_frames(
-    generated: np.ndarray,
-    grid: Grid,
-    primer: Primer | None,
-    include_prime: bool,
-    bpm: float | None,
-    generated_velocities: np.ndarray | None = None,
-) -> Frames:
-    """The frames one sample file holds: the generated frames, after the primer when it is included.
-    `generated_velocities` (MIDI velocities, 0 where unknown) are the generated onsets' own."""
-    prime_states = primer.states if primer is not None and include_prime else generated[:0]
-    states = np.concatenate([prime_states, generated]).astype(np.int32)
-    if grid.num_states == 3:
-        before = np.concatenate([np.zeros_like(states[:1]), states[:-1]])
-        # a HOLD after silence is a note the primer left sounding: it starts here
-        states = np.where((states == HOLD) & (before == OFF), ONSET, states)
-    velocities = np.zeros(states.shape, np.uint8)
-    if len(prime_states):
-        velocities[: len(prime_states)] = primer.velocities
-    if generated_velocities is not None:
-        velocities[len(prime_states) :] = generated_velocities
-    # every note start gets a velocity: the primer's own, else the default (generated notes, cut notes)
-    velocities = np.where(velocities > 0, velocities, DEFAULT_VELOCITY)
-    velocities = np.where(note_starts(states, grid.num_states), velocities, 0)
-    if primer is None:
-        tempos, signatures = ((0, bpm or DEFAULT_BPM),), ((0, *DEFAULT_TIME_SIGNATURE),)
-    elif include_prime:
-        tempos = ((0, bpm),) if bpm else primer.tempos
-        signatures = primer.time_signatures
-    else:
-        tempos = ((0, bpm or primer.tempos[-1][1]),)
-        signatures = ((0, *primer.time_signatures[-1][1:]),)
-    return Frames(
-        states,
-        velocities,
-        steps_per_quarter=grid.steps_per_quarter,
-        lowest_pitch=grid.lowest_pitch,
-        num_states=grid.num_states,
-        tempos=tempos,
-        time_signatures=signatures,
-    )
 
 
 def summary_line(name: str, frames: Frames, seconds: float, renderer: str) -> str:
@@ -342,30 +206,14 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
                 f"{model.max_len}-frame context; using its last {len(primer.states)} frames",
                 file=sys.stderr,
             )
-    steps_per_bar = primer.steps_per_bar if primer else Meter((), grid.steps_per_quarter).steps_per_bar()
-    num_frames = num_frames_of(options, steps_per_bar)
+    num_frames = num_frames_of(options, steps_per_bar(grid, primer))
     params = restore_params(options.workdir, cfg, step)
-    prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
-    batch = np.broadcast_to(prime_states, (options.num_samples, *prime_states.shape))
     strategy = strategy_of(options)
     allowed = keyboard_of(cfg, grid) if options.keyboard == "corpus" else None
-    rng = jax.random.key(options.seed)
     started = time.perf_counter()
-    velocities = None
-    if model.velocity_bins:  # dynamics: the primer's velocities are context; the generated ones are written
-        prime_bins = dynamics.onset_velocity_bins(
-            prime_states, primer.velocities if primer is not None else np.zeros_like(prime_states), model.velocity_bins
-        )
-        generated, bins = decode.generate_with_velocities(
-            params, model, batch, np.broadcast_to(prime_bins, batch.shape), num_frames, rng, strategy=strategy,
-            allowed=allowed,
-        )  # fmt: skip
-        generated = np.asarray(generated)
-        velocities = dynamics.bin_to_velocity(np.asarray(bins), model.velocity_bins)
-    else:
-        generated = np.asarray(
-            decode.generate(params, model, batch, num_frames, rng, strategy=strategy, allowed=allowed)
-        )
+    generated, velocities = generate_pieces(
+        params, model, primer, options.num_samples, num_frames, jax.random.key(options.seed), strategy, allowed
+    )
     sampling_seconds = time.perf_counter() - started
 
     out = Path(options.out)

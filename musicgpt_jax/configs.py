@@ -70,10 +70,19 @@ class ModelConfig:
         return self.d_model // self.num_heads
 
 
+# Data defaults, one home: where prepared datasets live, the default corpus's name, and how data/prepare.py builds
+# a dataset from MIDI files (records.build_midi_dataset).
+DEFAULT_DATA_DIR = "data/records"
+DEFAULT_DATASET = "bach_chorales"
+DEFAULT_MAX_FRAMES = 100_000  # a longer file is skipped as too long
+DEFAULT_TIMEOUT_S = 60.0  # seconds to convert one file
+DEFAULT_SPLIT_PERCENT = 5.0  # of the files in validation, and as many in test
+
+
 @dataclasses.dataclass
 class DataConfig:
-    data_dir: str = "data/records"
-    dataset: str = "bach_chorales"
+    data_dir: str = DEFAULT_DATA_DIR
+    dataset: str = DEFAULT_DATASET
     transpose: int = 5  # training-time random transposition in [-transpose, +transpose] semitones; 0 = off
     seed: int = 0
 
@@ -142,20 +151,29 @@ class Config:
         return cfg
 
 
+def _preset_model(
+    num_layers: int, d_model: int, num_heads: int, mlp_dim: int, max_len: int, accelerator: bool = False
+) -> ModelConfig:
+    """A preset's model: the NADE head and the transposition input; for accelerators also bfloat16 and
+    rematerialised, scanned layers."""
+    speed = {"dtype": "bfloat16", "remat": True, "scan_layers": True} if accelerator else {}
+    return ModelConfig(
+        num_layers=num_layers,
+        d_model=d_model,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+        max_len=max_len,
+        head="nade",
+        condition_on_transposition=True,
+        **speed,
+    )
+
+
 def tiny() -> Config:
     """The CPU demo: under two minutes on 2 cores, loss clearly falling; `--steps 2000` and 5000 write better
     music (docs/RESULTS.md, "Scheduled sampling off")."""
     return Config(
-        model=ModelConfig(
-            num_layers=3,
-            d_model=128,
-            num_heads=4,
-            mlp_dim=384,
-            max_len=128,
-            dropout=0.1,
-            head="nade",
-            condition_on_transposition=True,
-        ),
+        model=_preset_model(num_layers=3, d_model=128, num_heads=4, mlp_dim=384, max_len=128),
         train=TrainConfig(
             steps=300, batch_size=16, learning_rate=2e-3, warmup_steps=30, eval_every=100, checkpoint_every=100
         ),
@@ -166,15 +184,7 @@ def tiny() -> Config:
 def small() -> Config:
     """A workstation / single-GPU model (27.7M parameters)."""
     return Config(
-        model=ModelConfig(
-            num_layers=8,
-            d_model=512,
-            num_heads=8,
-            mlp_dim=1536,
-            max_len=512,
-            head="nade",
-            condition_on_transposition=True,
-        ),
+        model=_preset_model(num_layers=8, d_model=512, num_heads=8, mlp_dim=1536, max_len=512),
         train=TrainConfig(
             steps=20_000, batch_size=64, learning_rate=6e-4, warmup_steps=500, eval_every=1000, checkpoint_every=1000
         ),
@@ -185,18 +195,7 @@ def small() -> Config:
 def base() -> Config:
     """113.9M parameters: one TPU v4-8 / v5e-8 or one H100."""
     return Config(
-        model=ModelConfig(
-            num_layers=12,
-            d_model=768,
-            num_heads=12,
-            mlp_dim=3072,
-            max_len=1024,
-            dtype="bfloat16",
-            remat=True,
-            scan_layers=True,
-            head="nade",
-            condition_on_transposition=True,
-        ),
+        model=_preset_model(num_layers=12, d_model=768, num_heads=12, mlp_dim=3072, max_len=1024, accelerator=True),
         train=TrainConfig(
             steps=100_000, batch_size=128, learning_rate=3e-4, warmup_steps=2000, eval_every=2000, checkpoint_every=2000
         ),
@@ -207,18 +206,7 @@ def base() -> Config:
 def large() -> Config:
     """630.2M parameters, for pod slices."""
     return Config(
-        model=ModelConfig(
-            num_layers=24,
-            d_model=1280,
-            num_heads=20,
-            mlp_dim=5120,
-            max_len=2048,
-            dtype="bfloat16",
-            remat=True,
-            scan_layers=True,
-            head="nade",
-            condition_on_transposition=True,
-        ),
+        model=_preset_model(num_layers=24, d_model=1280, num_heads=20, mlp_dim=5120, max_len=2048, accelerator=True),
         train=TrainConfig(
             steps=200_000, batch_size=256, learning_rate=2e-4, warmup_steps=4000, eval_every=5000, checkpoint_every=2000
         ),

@@ -214,42 +214,31 @@ def sample_loop(
 
 
 def _generate(params, primer, rng, choice, allowed, primer_velocities=None, *, cfg: ModelConfig, num_frames: int, mesh):
+    """The frames (B, num_frames, P) after `primer`; with dynamics (`cfg.velocity_bins`) a frame is the pair
+    (states, velocity bins) and `primer_velocities` are the primer's bins."""
     TRACE_COUNTS["generate"] += 1
-    context = _constrain(context_of(primer, cfg.max_len), mesh, ("batch", None, None))
+    constrain = lambda x: _constrain(x, mesh, ("batch", None, None))
+    dynamic = bool(cfg.velocity_bins)
+    context = constrain(context_of(primer, cfg.max_len))
+    velocity_context = constrain(context_of(primer_velocities, cfg.max_len, NO_VELOCITY)) if dynamic else None
     fed = context.shape[1] + num_frames - 1  # the last sampled frame is never fed
     offset = primer.shape[1] + 1 - context.shape[1]  # the sequence index of the context's first frame
-    if primer_velocities is not None:
-        return _generate_with_velocities(
-            params, context, offset, primer_velocities, rng, choice, allowed, cfg, num_frames, mesh
-        )
-    outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed), offset=offset)
-
-    def next_output(state: DecodeState, frame: jax.Array) -> tuple[jax.Array, DecodeState]:
-        return decode_step(params, cfg, state, frame, mesh)
-
-    def choose_frame(output: jax.Array, key: jax.Array, previous: jax.Array) -> jax.Array:
-        return sample_frame(output, key, choice, previous, cfg.num_states, cfg, params, allowed)
-
-    frames = sample_loop(next_output, choose_frame, outputs[:, -1], state, context[:, -1], num_frames, rng)
-    return _constrain(frames, mesh, ("batch", None, None))
-
-
-def _generate_with_velocities(params, context, offset, primer_velocities, rng, choice, allowed, cfg, num_frames, mesh):
-    """`_generate` for a model with dynamics: (states, velocity bins), each (B, num_frames, P)."""
-    velocity_context = _constrain(context_of(primer_velocities, cfg.max_len, NO_VELOCITY), mesh, ("batch", None, None))
-    fed = context.shape[1] + num_frames - 1
     outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed), velocity_context, offset)
 
-    def next_output(state: DecodeState, frame: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, DecodeState]:
-        return decode_step(params, cfg, state, frame[0], mesh, frame[1])
+    def next_output(state: DecodeState, frame: Any) -> tuple[jax.Array, DecodeState]:
+        states, bins = frame if dynamic else (frame, None)
+        return decode_step(params, cfg, state, states, mesh, bins)
 
-    def choose_frame(output: jax.Array, key: jax.Array, previous: tuple[jax.Array, jax.Array]):
-        states = sample_frame(output, key, choice, previous[0], cfg.num_states, cfg, params, allowed)
+    def choose_frame(output: jax.Array, key: jax.Array, previous: Any) -> Any:
+        before = previous[0] if dynamic else previous
+        states = sample_frame(output, key, choice, before, cfg.num_states, cfg, params, allowed)
+        if not dynamic:
+            return states
         return states, sample_velocities(output, states, jax.random.fold_in(key, 1), choice, cfg, params)
 
-    previous = (context[:, -1], velocity_context[:, -1])
+    previous = (context[:, -1], velocity_context[:, -1]) if dynamic else context[:, -1]
     frames = sample_loop(next_output, choose_frame, outputs[:, -1], state, previous, num_frames, rng)
-    return jax.tree.map(lambda x: _constrain(x, mesh, ("batch", None, None)), frames)
+    return jax.tree.map(constrain, frames)
 
 
 def _decode_logits(params, frames, *, cfg: ModelConfig, prefill_len: int, mesh: Mesh | None):
@@ -316,20 +305,11 @@ def generate(
 
     `Tp` may be 0 (start from the empty frame alone). Frame k is sampled with `fold_in(rng, k)`, so the same
     key and inputs give the same music. Each choice is drawn by `strategy` (default: plain `temperature`;
-    temperature 0 is argmax); pitches where `allowed` (P,) bool is False are never sounded.
+    temperature 0 is argmax); pitches where `allowed` (P,) bool is False are never sounded. A model with
+    dynamics draws velocities too (`generate_with_velocities`); only the states are returned.
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames={num_frames}: must be at least 1")
-    _check(cfg, primer_states, mesh)
-    if cfg.velocity_bins:
-        return generate_with_velocities(
-            params, cfg, primer_states, None, num_frames, rng, temperature, mesh, strategy, allowed
-        )[0]
-    fn = _jitted_generate(_config_key(cfg), mesh, int(num_frames))
-    primer = jnp.asarray(primer_states, jnp.int32)
-    strategy = strategy or Strategy("temperature", temperature)
-    allowed = jnp.ones((cfg.num_pitches,), bool) if allowed is None else jnp.asarray(allowed, bool)
-    return _run(fn, mesh, params, primer, rng, strategy.arrays(), allowed)
+    frames = _sample(params, cfg, primer_states, None, num_frames, rng, temperature, mesh, strategy, allowed)
+    return frames[0] if cfg.velocity_bins else frames
 
 
 def generate_with_velocities(
@@ -339,27 +319,42 @@ def generate_with_velocities(
     primer_velocities: Any,
     num_frames: int,
     rng: jax.Array,
-    temperature: float = 1.0,
-    mesh: Mesh | None = None,
-    strategy: Strategy | None = None,
-    allowed: Any = None,
+    **options,
 ) -> tuple[jax.Array, jax.Array]:
     """`generate` for a model with dynamics (`cfg.velocity_bins` > 0): (states, velocity bins), each
     (B, num_frames, P) int32, bins `dynamics.NO_VELOCITY` off the onsets. `primer_velocities` (B, Tp, P) are the
     primer's bins (`dynamics.onset_velocity_bins`; None: none known), which the model hears as it heard them
-    in training."""
+    in training. `options` are `generate`'s (temperature, mesh, strategy, allowed)."""
     if not cfg.velocity_bins:
         raise ValueError("generate_with_velocities: the model has no dynamics (model.velocity_bins=0)")
+    return _sample(params, cfg, primer_states, primer_velocities, num_frames, rng, **options)
+
+
+def _sample(
+    params,
+    cfg,
+    primer_states,
+    primer_velocities,
+    num_frames,
+    rng,
+    temperature=1.0,
+    mesh=None,
+    strategy=None,
+    allowed=None,
+):
+    """`generate`'s checks and arguments, then the one jitted `_generate`, with or without dynamics."""
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}: must be at least 1")
     _check(cfg, primer_states, mesh)
     primer = jnp.asarray(primer_states, jnp.int32)
-    if primer_velocities is None:
-        velocities = jnp.full(primer.shape, NO_VELOCITY, jnp.int32)
-    else:
-        velocities = jnp.asarray(primer_velocities, jnp.int32)
-        if velocities.shape != primer.shape:
-            raise ValueError(f"primer velocities of shape {velocities.shape}: expected {primer.shape}")
+    velocities = None
+    if cfg.velocity_bins:
+        if primer_velocities is None:
+            velocities = jnp.full(primer.shape, NO_VELOCITY, jnp.int32)
+        else:
+            velocities = jnp.asarray(primer_velocities, jnp.int32)
+            if velocities.shape != primer.shape:
+                raise ValueError(f"primer velocities of shape {velocities.shape}: expected {primer.shape}")
     fn = _jitted_generate(_config_key(cfg), mesh, int(num_frames))
     strategy = strategy or Strategy("temperature", temperature)
     allowed = jnp.ones((cfg.num_pitches,), bool) if allowed is None else jnp.asarray(allowed, bool)

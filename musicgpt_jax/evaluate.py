@@ -2,7 +2,8 @@
 
     python -m musicgpt_jax.evaluate [--workdir runs/default] [--step N] [--data_dir DIR --dataset NAME] [--split test]
 
-prints one JSON object: `nats_per_frame` = Σ NLL / Σ frames pooled over every frame of every sequence of the split
+scores the validation split unless `--split` names another (test: once, for a reported figure), and prints
+one JSON object: `nats_per_frame` = Σ NLL / Σ frames pooled over every frame of every sequence of the split
 (the convention of Boulanger-Lewandowski et al. 2012; a frame's NLL is the sum over all its pitches), `frames`,
 `sequences`, the checkpoint `step`, `dataset`, `split`, and the window (`max_len`, `stride`) used.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -30,6 +31,7 @@ from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.dataset_card import SPLITS
 from musicgpt_jax.frames import with_start_frame
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
+from musicgpt_jax.pipeline import plan_windows
 
 
 class EvaluationError(ValueError):
@@ -41,42 +43,10 @@ def _as_states(item: Any) -> np.ndarray:
     return np.asarray(states)
 
 
-def plan_windows(lengths: Sequence[int], window: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """(sequence, input start, first scored position, end of valid positions) for every window.
-
-    With the start frame prepended, a sequence of T frames has inputs 0..T-1 predicting targets 1..T. A window
-    starting at input `a` holds inputs a..a+window-1; position j predicts frame a+j+1. Positions
-    [first, end) are scored. The union over a sequence's windows is every target exactly once.
-    """
-    if not 1 <= stride <= window:
-        raise EvaluationError(f"stride {stride}: must be in [1, window={window}]")
-    plan = []
-    for seq, length in enumerate(lengths):
-        plan.append((seq, 0, 0, min(window, length)))
-        start = 0
-        while start + window < length:  # targets start+window+1 .. length are still unscored
-            start += stride
-            plan.append((seq, start, window - stride, min(window, length - start)))
-    return plan
-
-
 def make_window_nll(model_cfg: ModelConfig) -> Callable:
-    """jit(params, inputs (B, W, P), targets (B, W, P), mask (B, W), steps (B, W): the inputs' indices in their
-    sequences) -> per-window NLL sums (B,), float32."""
-    model = MusicTransformer(model_cfg)
-
-    @jax.jit
-    def window_nll(params, inputs, targets, mask, steps):
-        out, _ = model.apply({"params": params}, inputs, deterministic=True, steps=steps)
-        nll = -frame_log_likelihood(out, targets, model_cfg, params)
-        return jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1)
-
-    return window_nll
-
-
-def make_window_dynamics_nll(model_cfg: ModelConfig) -> Callable:
-    """For a model with dynamics: jit(params, inputs, targets, input and target velocity bins (B, W, P), mask) ->
-    per-window (notes NLL sums, velocity NLL sums, scored onsets), each (B,)."""
+    """jit(params, inputs (B, W, P), targets (B, W, P), input and target velocity bins (B, W, P) or None (a model
+    without dynamics), mask (B, W), steps (B, W): the inputs' indices in their sequences) -> per-window (notes NLL
+    sums, velocity NLL sums, scored onsets), each (B,) float32; the last two are 0 without dynamics."""
     model = MusicTransformer(model_cfg)
 
     @jax.jit
@@ -84,6 +54,8 @@ def make_window_dynamics_nll(model_cfg: ModelConfig) -> Callable:
         out, _ = model.apply({"params": params}, inputs, deterministic=True, velocities=input_velocities, steps=steps)
         nll = -frame_log_likelihood(out, targets, model_cfg, params)
         notes = jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1)
+        if target_velocities is None:
+            return notes, jnp.zeros_like(notes), jnp.zeros_like(notes)
         per_window = jax.vmap(
             lambda o, t, v, m: dynamics.velocity_nll(o, t, v, m, model_cfg, params), in_axes=(0, 0, 0, 0)
         )
@@ -131,9 +103,7 @@ def evaluate_nll(
             dynamics.onset_velocity_bins(p, with_start_frame(_as_velocities(i, s)), bins)
             for p, i, s in zip(padded, items, seqs, strict=True)
         ]
-        window_nll = make_window_dynamics_nll(model_cfg)
-    else:
-        window_nll = make_window_nll(model_cfg)
+    window_nll = make_window_nll(model_cfg)
 
     total, velocity_total, onsets = 0.0, 0.0, 0.0
     for b in range(0, len(plan), batch_size):
@@ -149,15 +119,10 @@ def evaluate_nll(
             if bins:
                 velocities[r, : piece.shape[0]] = velocity_bins[seq][start : start + window + 1]
             mask[r, first:end] = 1.0
-        if bins:
-            sums, velocity_sums, onset_counts = window_nll(
-                params, states[:, :-1], states[:, 1:], velocities[:, :-1], velocities[:, 1:], mask, steps
-            )
-            velocity_total += float(np.sum(np.asarray(velocity_sums, np.float64)[: len(rows)]))
-            onsets += float(np.sum(np.asarray(onset_counts, np.float64)[: len(rows)]))
-        else:
-            sums = window_nll(params, states[:, :-1], states[:, 1:], mask, steps)
-        total += float(np.sum(np.asarray(sums, np.float64)[: len(rows)]))
+        given, scored = (velocities[:, :-1], velocities[:, 1:]) if bins else (None, None)
+        sums = window_nll(params, states[:, :-1], states[:, 1:], given, scored, mask, steps)
+        notes, velocity_sums, onset_counts = (float(np.sum(np.asarray(x, np.float64)[: len(rows)])) for x in sums)
+        total, velocity_total, onsets = total + notes, velocity_total + velocity_sums, onsets + onset_counts
     frames = sum(lengths)
     velocity = {}
     if bins:
@@ -179,7 +144,7 @@ def evaluate_run(
     step: int | None = None,
     data_dir: str | None = None,
     dataset: str | None = None,
-    split: str = "test",
+    split: str = "validation",
     batch_size: int = 16,
     stride: int | None = None,
 ) -> dict[str, Any]:
@@ -232,7 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m musicgpt_jax.evaluate",
         description="Frame NLL (nats per frame, pooled over every frame of a split) of a trained run; prints JSON.",
         epilog="Errors print one line on stderr and exit with status 2.\n\nexamples:\n"
-        "  python -m musicgpt_jax.evaluate --split validation   # the run in runs/default, on its own dataset\n"
+        "  python -m musicgpt_jax.evaluate   # the run in runs/default, on its own dataset's validation split\n"
         "  python -m musicgpt_jax.evaluate --workdir runs/jsb --dataset jsb_chorales --split test\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -242,7 +207,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--data_dir", help="records directory (default: the one the run trained on)")
     parser.add_argument("--dataset", help="dataset name (default: the one the run trained on)")
-    parser.add_argument("--split", default="test", help="train, validation or test (default: %(default)s)")
+    parser.add_argument(
+        "--split",
+        default="validation",
+        help="train, validation or test (default: %(default)s; read test only for a final figure)",
+    )
     parser.add_argument("--batch_size", type=_positive_int, default=16, help="windows per forward pass (default: 16)")
     parser.add_argument(
         "--stride", type=_positive_int, help="sliding-window stride for long sequences (default: max_len/2)"

@@ -2,7 +2,7 @@
 
 `sample_frame` is the one entry point (the decode loop and scheduled sampling call it). It draws every pitch's
 state at once for the independent head, and pitch by pitch, low to high, for the NADE head (`nade_sample`);
-pitches off the keyboard stay off, and a HOLD only continues a sounding note.
+pitches off the keyboard stay off, and a HOLD drawn after an OFF starts a note (`frames.restart_held`).
 
 Each choice is one pitch's next state (off / onset / hold, or off / on), drawn from that pitch's logits by a
 strategy, named as MaxText names its own:
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from musicgpt_jax import dynamics
 from musicgpt_jax.configs import ModelConfig
-from musicgpt_jax.frames import HOLD, OFF
+from musicgpt_jax.frames import OFF, restart_held
 from musicgpt_jax.model import nade_parameters, split_nade_output
 
 STRATEGIES = ("greedy", "temperature", "nucleus")
@@ -91,8 +91,8 @@ def _restrict(logits: jax.Array, allowed: jax.Array | None) -> jax.Array:
 
 def _pick_states(logits: jax.Array, rng: jax.Array, choice: ChoiceArrays, previous: jax.Array, num_states: int):
     states = choose(logits, rng, choice)
-    if num_states == 3:  # a HOLD only continues a sounding note
-        states = jnp.where((states == HOLD) & (previous == OFF), OFF, states)
+    if num_states == 3:  # a HOLD only continues a sounding note: after an OFF it starts one
+        states = restart_held(states, previous, jnp)
     return states
 
 
@@ -130,8 +130,8 @@ def sample_frame(
     keeping states consistent with the previous frame.
 
     `choice` is a strategy's arrays (`Strategy.arrays`) or a bare temperature (0 = argmax, per pitch
-    in order for the NADE head). Pitches where `allowed` (P,) is False stay off. With 3 states a HOLD only
-    continues a sounding note: a HOLD drawn on a pitch that was off becomes OFF. A model with dynamics
+    in order for the NADE head). Pitches where `allowed` (P,) is False stay off. With 3 states a HOLD drawn on
+    a pitch that was off starts a note (`frames.restart_held`). A model with dynamics
     (`cfg.velocity_bins`) needs `cfg`; the frame's velocities are drawn after it, given it (`sample_velocities`).
     """
     if not isinstance(choice, ChoiceArrays):

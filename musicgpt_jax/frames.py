@@ -22,6 +22,7 @@ import numpy as np
 OFF, ONSET, HOLD = 0, 1, 2
 DEFAULT_TEMPO = 120.0  # quarter notes per minute before the first tempo change, as in MIDI
 DEFAULT_TIME_SIGNATURE = (4, 4)  # before the first time signature, as in MIDI
+DEFAULT_VELOCITY = 80  # what a note start without a velocity of its own (0 = unknown) is written at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,15 +99,28 @@ def _changes_from(changes: tuple[tuple, ...], start: int, *default: Any) -> tupl
 # ---------------------------------------------------------------------------------------------------- notes
 
 
-def note_starts(states: np.ndarray, num_states: int) -> np.ndarray:
-    """(T, P) bool: where a note starts. With 3 states: an ONSET, or a HOLD after silence (model output may hold
-    one); with 2 states: the first sounding frame of each run."""
+def restart_held(states: Any, previous: Any, xp: ModuleType = np) -> Any:
+    """THE rule for a HOLD after an OFF (3 states): a HOLD of a pitch that ``previous`` (the frame before, same
+    shape) has off starts a note, so it is an ONSET. Model output and cut pieces may hold one; the sampler, the
+    training targets under scheduled sampling, the written files and ``note_starts`` all read it this way.
+    ``xp`` is the array module (numpy, or ``jax.numpy`` inside a traced function)."""
+    return xp.where((states == HOLD) & (previous == OFF), ONSET, states)
+
+
+def frames_before(states: np.ndarray) -> np.ndarray:
+    """(T, P): each frame's previous frame, all OFF before the first."""
     states = np.asarray(states)
-    sounding = states != OFF
-    before = np.zeros_like(sounding)
-    before[1:] = sounding[:-1]
-    continues = before & (sounding if num_states == 2 else states == HOLD)
-    return sounding & ~continues
+    return np.concatenate([np.full_like(states[:1], OFF), states[:-1]])
+
+
+def note_starts(states: np.ndarray, num_states: int) -> np.ndarray:
+    """(T, P) bool: where a note starts. With 3 states: an ONSET, or a HOLD after silence (``restart_held``);
+    with 2 states: the first sounding frame of each run."""
+    states = np.asarray(states)
+    before = frames_before(states)
+    if num_states == 2:
+        return (states != OFF) & (before == OFF)
+    return restart_held(states, before) == ONSET
 
 
 def note_arrays(frames: Frames) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -25,7 +25,16 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
-from musicgpt_jax.frames import DEFAULT_TEMPO, DEFAULT_TIME_SIGNATURE, HOLD, OFF, ONSET, Frames, note_arrays
+from musicgpt_jax.frames import (
+    DEFAULT_TEMPO,
+    DEFAULT_TIME_SIGNATURE,
+    DEFAULT_VELOCITY,
+    HOLD,
+    OFF,
+    ONSET,
+    Frames,
+    note_arrays,
+)
 
 NUM_PITCHES = 128
 MAX_STEPS = 1_000_000  # 35 hours of 32nd notes at 120 bpm; a longer grid means a corrupt file, not music
@@ -243,7 +252,9 @@ def _changes(steps: np.ndarray, values: np.ndarray) -> list[tuple]:
 # ---------------------------------------------------------------------------------------------------- writing
 
 
-def frames_to_midi(frames: Frames, *, program: int = 0, default_velocity: int = 80) -> pretty_midi.PrettyMIDI:
+def frames_to_midi(
+    frames: Frames, *, program: int = 0, default_velocity: int = DEFAULT_VELOCITY
+) -> pretty_midi.PrettyMIDI:
     """One piano (``program``) playing the notes of ``frames``, with its tempo map and time signatures.
 
     Resolution: 480 ticks per quarter when ``steps_per_quarter`` divides it (else the nearest multiple), so
@@ -288,3 +299,18 @@ def frames_to_midi(frames: Frames, *, program: int = 0, default_velocity: int = 
 def write_midi(frames: Frames, path: str | os.PathLike, **kw) -> None:
     """Writes ``frames_to_midi(frames, **kw)`` to ``path``."""
     frames_to_midi(frames, **kw).write(os.fspath(path))
+
+
+def find_midi_files(midi_dir: Path) -> list[Path]:
+    """Every .mid/.midi/.kar file (any case) under `midi_dir`, sorted by relative path.
+
+    Linked folders are followed (each real folder visited once, so a link cycle cannot loop).
+    """
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(midi_dir, followlinks=True):
+        if os.path.realpath(folder) in seen:
+            subfolders.clear()
+            continue
+        seen.add(os.path.realpath(folder))
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in MIDI_SUFFIXES]
+    return sorted(found, key=lambda p: p.relative_to(midi_dir).as_posix())

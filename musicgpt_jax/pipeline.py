@@ -169,16 +169,42 @@ class _ProcessRows(grain.MapDataset):
         return self._parent[batch * self._local * self._count + self._process * self._local + row]
 
 
+def plan_windows(lengths: Sequence[int], window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(sequence, input start, first scored position, end of valid positions) for every window.
+
+    With the start frame prepended, a sequence of T frames has inputs 0..T-1 predicting targets 1..T. A window
+    starting at input `a` holds inputs a..a+window-1; position j predicts frame a+j+1. Positions
+    [first, end) are scored. The union over a sequence's windows is every target exactly once.
+
+    What the two scorers differ in, stated here once: the training loop's validation (`eval_examples`) plans
+    with `stride = window`, so a window's first frames see little context, and scores the first
+    `train.eval_batches` batches; `evaluate` plans with `stride = window // 2` over the whole split, so every
+    scored frame sees at least half a window. Both score a frame's NLL the same way (`model.frame_log_likelihood`).
+    """
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride {stride}: must be in [1, window={window}]")
+    plan = []
+    for seq, length in enumerate(lengths):
+        plan.append((seq, 0, 0, min(window, length)))
+        start = 0
+        while start + window < length:  # targets start+window+1 .. length are still unscored
+            start += stride
+            plan.append((seq, start, window - stride, min(window, length - start)))
+    return plan
+
+
 def eval_examples(source: Sequence[dict], *, seq_len: int, velocity_bins: int = 0) -> list[Example]:
-    """Consecutive, non-overlapping windows covering every frame of every sequence exactly once."""
+    """Consecutive, non-overlapping windows covering every frame of every sequence exactly once (`plan_windows`
+    with stride = window)."""
     examples = []
     for i in range(len(source)):
         item = source[i]
         states = with_start_frame(np.asarray(item["states"]))
         velocities = _velocities_of(item, velocity_bins)
-        for start in range(0, states.shape[0] - 1, seq_len):
-            example = window_example(states, start, seq_len, velocities)
-            examples.append(bin_velocities(example, velocity_bins) if velocity_bins else example)
+        for _, start, _, end in plan_windows([states.shape[0] - 1], seq_len, seq_len):
+            if end > 0:  # an empty sequence has nothing to score
+                example = window_example(states, start, seq_len, velocities)
+                examples.append(bin_velocities(example, velocity_bins) if velocity_bins else example)
     return examples
 
 

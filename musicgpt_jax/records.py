@@ -47,17 +47,20 @@ from etils import epath
 from tqdm import tqdm
 
 from musicgpt_jax import corpus
+from musicgpt_jax.configs import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_DATASET,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_SPLIT_PERCENT,
+    DEFAULT_TIMEOUT_S,
+)
 from musicgpt_jax.dataset_card import SPLITS, format_card, make_card, sequence_stats
 from musicgpt_jax.deadline_pool import Failed, TimedOut, run_with_deadline
 from musicgpt_jax.file_conversion import ConversionOptions, convert_file
-from musicgpt_jax.midi_io import MIDI_SUFFIXES
+from musicgpt_jax.midi_io import find_midi_files
 from musicgpt_jax.split_rules import HASH_RULE, Metadata, MetadataError, describe, find_metadata, read_metadata
 from musicgpt_jax.split_rules import split_of as split_of
 
-DEFAULT_DATA_DIR = "data/records"
-DEFAULT_DATASET = "bach_chorales"
-DEFAULT_MAX_FRAMES = 100_000
-DEFAULT_TIMEOUT_S = 60.0
 VERSION = "1.0.0"
 CARD_FILE = "card.json"
 MANIFEST_FILE = "manifest.jsonl"
@@ -225,21 +228,6 @@ def dataset_name_for(directory: str | os.PathLike) -> str:
     """A dataset name from a folder name: `My MIDI-files` -> `my_midi_files`."""
     name = re.sub(r"[^a-z0-9]+", "_", Path(directory).resolve().name.lower()).strip("_")
     return name if re.match(r"[a-z]", name) else f"midi_{name}".rstrip("_")
-
-
-def find_midi_files(midi_dir: Path) -> list[Path]:
-    """Every .mid/.midi/.kar file (any case) under `midi_dir`, sorted by relative path.
-
-    Linked folders are followed (each real folder visited once, so a link cycle cannot loop).
-    """
-    found, seen = [], set()
-    for folder, subfolders, files in os.walk(midi_dir, followlinks=True):
-        if os.path.realpath(folder) in seen:
-            subfolders.clear()
-            continue
-        seen.add(os.path.realpath(folder))
-        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in MIDI_SUFFIXES]
-    return sorted(found, key=lambda p: p.relative_to(midi_dir).as_posix())
 
 
 class _LocalDatasetInfo(tfds.core.DatasetInfo):
@@ -432,8 +420,8 @@ def build_midi_dataset(
     steps_per_quarter: int = 8,
     sustain_pedal: bool = True,
     include_drums: bool = False,
-    val_percent: float = 5.0,
-    test_percent: float = 5.0,
+    val_percent: float = DEFAULT_SPLIT_PERCENT,
+    test_percent: float = DEFAULT_SPLIT_PERCENT,
     max_frames: int = DEFAULT_MAX_FRAMES,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     workers: int | None = None,

@@ -72,7 +72,7 @@ from etils import epath
 
 from musicgpt_jax import cli, cloud
 from musicgpt_jax.frames import OFF, Frames, Meter, note_lengths, note_starts
-from musicgpt_jax.midi_io import MIDI_SUFFIXES, midi_to_frames
+from musicgpt_jax.midi_io import MIDI_SUFFIXES, find_midi_files, midi_to_frames
 
 LONG_SILENCE_BARS = 2.0
 MAX_POLYPHONY_BIN = 10  # the last polyphony bin holds ">= 10"
@@ -253,15 +253,15 @@ def _folder(path: str | os.PathLike) -> Path:
 
 
 def midi_files(path: str | os.PathLike) -> list[Path]:
-    """MIDI files under ``path`` (recursive; ``MIDI_SUFFIXES`` in any case), sorted by path for a stable order."""
+    """MIDI files under ``path``, as `midi_io.find_midi_files` finds them (or, in a gs:// folder, every object with
+    a MIDI suffix); NoMidiFilesError when there are none."""
     root = _folder(path)
     if not root.is_dir():
         raise NoMidiFilesError(f"{root}: no such directory")
     if cloud.is_remote(path):
-        found = [root / relative for relative in cloud.list_files(path)]
+        files = sorted(root / f for f in cloud.list_files(path) if Path(f).suffix.lower() in MIDI_SUFFIXES)
     else:
-        found = [p for p in root.rglob("*") if p.is_file()]
-    files = sorted(p for p in found if p.suffix.lower() in MIDI_SUFFIXES)
+        files = find_midi_files(root)
     if not files:
         raise NoMidiFilesError(f"{root}: no .mid, .midi or .kar files")
     return files

@@ -22,9 +22,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from musicgpt_jax import pipeline, records, sharding, training_samples
+from musicgpt_jax import pipeline, records, sharding
 from musicgpt_jax.checkpoint import Checkpointer, load_config_dict
-from musicgpt_jax.configs import Config, TrainConfig
+from musicgpt_jax.configs import Config, ConfigError, ModelConfig, TrainConfig
 from musicgpt_jax.hardware import peak_flops_per_device
 from musicgpt_jax.metrics_log import MetricsWriter, log
 from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame
@@ -35,6 +35,7 @@ from musicgpt_jax.train_state import (
     evaluation_params,
     learning_rate_schedule,
     make_optimizer,
+    param_shapes,
 )
 from musicgpt_jax.train_step import global_batch, jit_train_step, make_eval_step
 
@@ -57,28 +58,37 @@ def apply_dataset_shape(cfg: Config, num_pitches: int, num_states: int) -> None:
 
 def check_compatible(saved: dict, cfg: Config, workdir: str) -> None:
     """A workdir's checkpoints must have been written on the same dataset (when they say which: older ones may
-    not), by the same model shape; a run that would resume another's is refused in one line."""
+    not), by a model with the same parameter shapes (`param_shapes` of the saved config and of ours, so any
+    option that adds or resizes a parameter counts); a run that would resume another's is refused in one line."""
     saved_dataset = saved.get("data", {}).get("dataset")
     if saved_dataset is not None and saved_dataset != cfg.data.dataset:
         raise TrainingError(
             f"{workdir}: holds a run trained on dataset {saved_dataset}, not {cfg.data.dataset}; "
             f"use another --workdir (e.g. runs/{cfg.data.dataset}), or --dataset {saved_dataset} to resume it"
         )
-    saved_model = saved.get("model", {})
-    ours = dataclasses.asdict(cfg.model)
-    shape_keys = (
-        "num_pitches", "num_states", "num_layers", "d_model", "num_heads", "mlp_dim", "scan_layers", "head",
-        "velocity_bins",
-    )  # fmt: skip
-    if ours["head"] == "nade":
-        shape_keys += ("nade_hidden",)
-    defaults = dataclasses.asdict(type(cfg.model)())  # keys added since the checkpoint was written
-    saved_shape = {k: saved_model.get(k, defaults[k]) for k in shape_keys}
-    diffs = [f"{k}={saved_shape[k]!r} (now {ours[k]!r})" for k in shape_keys if saved_shape[k] != ours[k]]
-    if diffs:
-        raise TrainingError(
-            f"{workdir}: holds checkpoints of an incompatible model: {', '.join(diffs)}; use another --workdir"
-        )
+    try:
+        theirs = Config.from_dict({"model": saved.get("model", {})}).model  # fields added since: their defaults
+    except ConfigError as error:
+        message = f"{workdir}: its checkpoints' config does not load ({error}); use another --workdir"
+        raise TrainingError(message) from None
+    ours = param_shapes(cfg.model)
+    if param_shapes(theirs) == ours:
+        return
+    changed = [f.name for f in dataclasses.fields(theirs) if getattr(theirs, f.name) != getattr(cfg.model, f.name)]
+    # name the options that change the shapes on their own (others, such as dropout, may differ as well)
+    shaping = [k for k in changed if _shapes_or_none(dataclasses.replace(cfg.model, **{k: getattr(theirs, k)})) != ours]
+    diffs = [f"{k}={getattr(theirs, k)!r} (now {getattr(cfg.model, k)!r})" for k in shaping or changed]
+    raise TrainingError(
+        f"{workdir}: holds checkpoints of an incompatible model: {', '.join(diffs)}; use another --workdir"
+    )
+
+
+def _shapes_or_none(model: ModelConfig) -> dict | None:
+    """`param_shapes`, or None for a mix of options that makes no model (say num_heads not dividing d_model)."""
+    try:
+        return param_shapes(model)
+    except Exception:  # noqa: BLE001 - any failure to build it: not the model we have
+        return None
 
 
 class _StopFlag:
@@ -279,6 +289,8 @@ def _write_training_sample(run: _Run, state: TrainState, step: int, writer: Metr
     """A short sample of the evaluation parameters to TensorBoard, with its silent share and what it cost."""
     started = time.perf_counter()
     try:
+        from musicgpt_jax import training_samples  # the rendering stack, only when samples are due
+
         sample = training_samples.compose_sample(evaluation_params(state), run.cfg, step)
     except Exception as error:  # noqa: BLE001 - a side view of training must never end it
         log(f"step {step}: no training sample ({type(error).__name__}: {error})")

@@ -13,7 +13,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from musicgpt_jax import sharding
-from musicgpt_jax.configs import Config, TrainConfig
+from musicgpt_jax.configs import Config, ModelConfig, TrainConfig
 from musicgpt_jax.model import SCANNED_LAYERS, MusicTransformer
 
 
@@ -89,6 +89,15 @@ def evaluation_params(state: TrainState) -> Any:
 def _dummy_inputs(cfg: Config) -> jax.Array:
     """A short input batch: enough for `model.init` to trace every parameter's shape."""
     return jnp.zeros((1, min(8, cfg.model.max_len), cfg.model.num_pitches), jnp.int32)
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """{"layer_0/attention/query/kernel": shape, ...}: every parameter of the model ``cfg`` describes, traced
+    (nothing allocated). Two configs whose checkpoints are interchangeable have equal shapes here."""
+    dummy = jnp.zeros((1, min(8, cfg.max_len), cfg.num_pitches), jnp.int32)
+    init = lambda rng: nn.meta.unbox(MusicTransformer(cfg).init(rng, dummy)["params"])
+    leaves = jax.tree_util.tree_flatten_with_path(jax.eval_shape(init, jax.random.key(0)))[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def train_state_shardings(

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from musicgpt_jax import sharding
 from musicgpt_jax.configs import TrainConfig
 from musicgpt_jax.frame_choice import sample_frame
-from musicgpt_jax.frames import HOLD, OFF, ONSET
+from musicgpt_jax.frames import restart_held
 from musicgpt_jax.model import MusicTransformer, loss_sums, model_inputs
 from musicgpt_jax.train_state import TrainState
 
@@ -42,11 +42,11 @@ def with_own_samples(
 
 def restart_held_notes(inputs: jax.Array, targets: jax.Array, num_states: int) -> jax.Array:
     """Targets (B, T, P) made consistent with inputs that may hold the model's samples: a HOLD of a pitch that
-    the frame before it has off is an ONSET, as `sample_frame` and the MIDI writer read it. Without this the model
-    learns HOLD after OFF, which sampling turns into OFF: voices it dropped would never come back."""
+    the frame before it has off is an ONSET (`frames.restart_held`, as `sample_frame` and the MIDI writer read it),
+    so the model never learns a HOLD after an OFF."""
     if num_states != 3:
         return targets
-    return jnp.where((targets == HOLD) & (inputs == OFF), ONSET, targets)
+    return restart_held(targets, inputs, jnp)
 
 
 def scheduled_sampling_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:

@@ -1,7 +1,7 @@
 """A short sample of the model as it trains, for TensorBoard: its piano roll, its audio and its silent share.
 
 `train.py` composes one every `train.sample_every` steps (by default with each evaluation) from the parameters
-it evaluates, through the same decode loop and writers as `sample.py`, and `metrics_log.MetricsWriter` puts it
+it evaluates, generated as `sample.py` generates (`generation`), and `metrics_log.MetricsWriter` puts it
 beside the loss curves.
 """
 
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from musicgpt_jax import audio, compose, decode, pianoroll, stats
+from musicgpt_jax import audio, generation, pianoroll, stats
 from musicgpt_jax.configs import Config
 from musicgpt_jax.frames import notes_of
 from musicgpt_jax.midi_io import frames_to_midi
@@ -32,16 +32,22 @@ class TrainingSample:
 
 
 def compose_sample(params: Any, cfg: Config, step: int) -> TrainingSample:
-    """`cfg.train.sample_bars` bars from an empty start, drawn as `sample.py` draws them (seed: the step)."""
-    grid = compose.grid_of(cfg)
-    num_frames = max(1, cfg.train.sample_bars * 4 * grid.steps_per_quarter)
-    empty = np.zeros((1, 0, cfg.model.num_pitches), np.int32)
-    allowed = compose.keyboard_of(cfg, grid)
-    key, strategy = jax.random.key(step), compose.DEFAULT_STRATEGY
-    generated = decode.generate(
-        jax.device_get(params), cfg.model, empty, num_frames, key, strategy=strategy, allowed=allowed
+    """`cfg.train.sample_bars` bars from an empty start, generated as `sample.py` generates them (seed: the step)."""
+    grid = generation.grid_of(cfg)
+    num_frames = max(1, cfg.train.sample_bars * generation.steps_per_bar(grid, None))
+    allowed = generation.keyboard_of(cfg, grid)
+    generated, velocities = generation.generate_pieces(
+        jax.device_get(params),
+        cfg.model,
+        None,
+        1,
+        num_frames,
+        jax.random.key(step),
+        generation.DEFAULT_STRATEGY,
+        allowed,
     )
-    frames = compose.output_frames(np.asarray(generated)[0], grid, None, False, None)
+    own = None if velocities is None else velocities[0]
+    frames = generation.output_frames(generated[0], grid, None, False, None, own)
     with tempfile.TemporaryDirectory() as folder:
         picture = Path(folder) / "piano_roll.png"
         pianoroll.draw_piano_roll(frames, picture, title=f"step {step}")

@@ -45,3 +45,9 @@ def test_old_flag_names_still_work():
     assert prepare.parse_args(["--name", "my_piano"]).dataset == "my_piano"  # before --dataset
     assert evaluate.parse_args([]).workdir == "runs/default"  # as train.py and sample.py; it was required
     # stats: --json PATH (was --out, which elsewhere is sample.py's output folder): tests/test_stats.py runs both.
+
+
+def test_sample_flags_default_to_the_sample_options_own():
+    from musicgpt_jax import compose
+
+    assert compose.SampleOptions(**vars(script("sample.py").parse_args([]))) == compose.SampleOptions()

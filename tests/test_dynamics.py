@@ -16,10 +16,10 @@ import pretty_midi
 import pytest
 from flax import linen as nn
 
-from musicgpt_jax import compose, configs, decode, dynamics, pipeline, records
+from musicgpt_jax import compose, configs, decode, dynamics, generation, pipeline, records
 from musicgpt_jax.checkpoint import Checkpointer, restore_params
 from musicgpt_jax.frame_choice import sample_frame, sample_velocities
-from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames
+from musicgpt_jax.frames import DEFAULT_VELOCITY, HOLD, OFF, ONSET, Frames
 from musicgpt_jax.midi_io import write_midi
 from musicgpt_jax.model import MusicTransformer, frame_nll
 from musicgpt_jax.train import TrainingError, check_compatible, train_and_evaluate
@@ -188,12 +188,12 @@ def test_a_config_saved_before_the_field_loads_and_samples_as_before(tmp_path):
         log=lambda _: None,
     )
     expected = decode.generate(
-        params, model, np.zeros((2, 0, 128), np.int32), 24, jax.random.key(0), strategy=compose.DEFAULT_STRATEGY
+        params, model, np.zeros((2, 0, 128), np.int32), 24, jax.random.key(0), strategy=generation.DEFAULT_STRATEGY
     )
     for sample, states in zip(samples, np.asarray(expected), strict=True):
         np.testing.assert_array_equal(sample.generated, states)  # the same music as the notes-only path draws
         onsets = sample.frames.velocities > 0
-        assert onsets.any() and np.all(sample.frames.velocities[onsets] == compose.DEFAULT_VELOCITY)
+        assert onsets.any() and np.all(sample.frames.velocities[onsets] == DEFAULT_VELOCITY)
 
 
 # ---------------------------------------------------------------------------------------------------- learning
@@ -302,8 +302,8 @@ def test_a_primer_keeps_its_velocities_and_the_model_hears_them(trained_run, tmp
     # the primer's velocities are the model's context: other velocities, another output (same states)
     cfg, _ = compose.load_config(str(root / "run"))
     params = restore_params(str(root / "run"), cfg)
-    grid = compose.grid_of(cfg)
-    read = compose.read_primer(str(primer), grid, 1, cfg.model.max_len)
+    grid = generation.grid_of(cfg)
+    read = generation.read_primer(str(primer), grid, 1, cfg.model.max_len)
     bins = dynamics.onset_velocity_bins(read.states, read.velocities, BINS)
     context = decode.context_of(jnp.asarray(read.states[None]), cfg.model.max_len)
     outputs = [

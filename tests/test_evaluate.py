@@ -15,7 +15,7 @@ import pytest
 from conftest import bad_workdirs, run_all
 from flax import linen as nn
 
-from musicgpt_jax import configs, evaluate, records
+from musicgpt_jax import configs, evaluate, pipeline, records
 from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
 from musicgpt_jax.train import train_and_evaluate
@@ -44,7 +44,7 @@ def test_plan_scores_every_frame_once():
     for length in (1, 5, 31, 32, 33, 48, 49, 100, 161):
         for window, stride in ((32, 16), (32, 1), (32, 32), (32, 7)):
             scored = []
-            for _, start, first, end in evaluate.plan_windows([length], window, stride):
+            for _, start, first, end in pipeline.plan_windows([length], window, stride):
                 assert 0 <= first < end <= window
                 scored += [start + j + 1 for j in range(first, end)]
                 assert first == 0 or first + 1 >= window - stride + 1  # context of later windows
@@ -152,12 +152,13 @@ def evaluate_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_prints_json(tiny_run, benchmark_data):
-    out = evaluate_cli("--workdir", tiny_run, "--batch_size", "8")
+    out = evaluate_cli("--workdir", tiny_run, "--batch_size", "8")  # validation unless --split test asks
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     info = records.load_info(benchmark_data.data_dir, benchmark_data.dataset)
-    assert result["frames"] == info.split_frames["test"] and result["sequences"] == info.split_sizes["test"]
-    assert result["step"] == 2 and result["dataset"] == benchmark_data.dataset and result["split"] == "test"
+    assert result["frames"] == info.split_frames["validation"]
+    assert result["sequences"] == info.split_sizes["validation"]
+    assert result["step"] == 2 and result["dataset"] == benchmark_data.dataset and result["split"] == "validation"
     assert 0 < result["nats_per_frame"] < 88 * math.log(2) * 2
 
 

@@ -17,6 +17,7 @@ from musicgpt_jax.frames import (
     note_lengths,
     note_starts,
     notes_of,
+    restart_held,
     with_start_frame,
 )
 
@@ -38,6 +39,24 @@ def test_note_starts_with_three_states():
     states = np.array(column, np.uint8)[:, None]
     # an ONSET starts a note even right after a HOLD; a HOLD after silence starts one too
     assert np.flatnonzero(note_starts(states, 3)[:, 0]).tolist() == [0, 2, 5, 8]
+
+
+def test_a_hold_after_an_off_is_an_onset_everywhere():
+    # the rule's home: a HOLD of a pitch the frame before has off starts a note; other states stay as they are
+    states = np.array([[HOLD, HOLD, ONSET, OFF, HOLD, ONSET]], np.uint8)
+    previous = np.array([[OFF, HOLD, OFF, HOLD, ONSET, ONSET]], np.uint8)
+    assert restart_held(states, previous).tolist() == [[ONSET, HOLD, ONSET, OFF, HOLD, ONSET]]
+    # ... the same with jax.numpy (the sampler and the training step call it traced)
+    import jax.numpy as jnp
+
+    assert np.asarray(restart_held(jnp.asarray(states), jnp.asarray(previous), jnp)).tolist() == [
+        [ONSET, HOLD, ONSET, OFF, HOLD, ONSET]
+    ]
+    # ... and note_starts reads a piece by it: a piece and its restarted copy have the same notes
+    rng = np.random.default_rng(0)
+    piece = rng.integers(0, 3, (40, 6)).astype(np.uint8)
+    restarted = restart_held(piece, np.concatenate([np.zeros_like(piece[:1]), piece[:-1]]))
+    np.testing.assert_array_equal(note_starts(piece, 3), restarted == ONSET)
 
 
 def test_note_starts_with_two_states_are_the_first_frames_of_runs():

@@ -427,3 +427,19 @@ def test_default_corpus_chorales_round_trip():
         source = grid_notes(pm)
         if source is not None and not any(c.number == 64 for i in pm.instruments for c in i.control_changes):
             assert_notes_kept(source, notes_of(frames))
+
+
+def test_find_midi_files_follows_links_once_and_stats_finds_the_same(tmp_path):
+    from musicgpt_jax import stats
+    from musicgpt_jax.midi_io import find_midi_files
+
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for name in ("a/one.mid", "a/deep/two.MIDI", "a/three.kar", "a/notes.txt"):
+        (tmp_path / name).write_bytes(b"MThd")
+    (tmp_path / "linked").symlink_to(tmp_path / "a" / "deep")  # a linked folder: followed
+    (tmp_path / "a" / "deep" / "cycle").symlink_to(tmp_path / "a")  # a link cycle: each real folder once
+    found = find_midi_files(tmp_path)
+    real = sorted(p.resolve().relative_to(tmp_path.resolve()).as_posix() for p in found)
+    assert real == ["a/deep/two.MIDI", "a/one.mid", "a/three.kar"]  # every file once, whichever way walked to
+    assert found == sorted(found, key=lambda p: p.relative_to(tmp_path).as_posix())
+    assert stats.midi_files(tmp_path) == find_midi_files(tmp_path)

@@ -17,9 +17,9 @@ import pytest
 from conftest import REPO, bad_workdirs, run_all
 from flax import linen as nn
 
-from musicgpt_jax import compose, configs
+from musicgpt_jax import compose, configs, generation
 from musicgpt_jax.checkpoint import Checkpointer
-from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames
+from musicgpt_jax.frames import DEFAULT_VELOCITY, HOLD, OFF, ONSET, Frames
 from musicgpt_jax.midi_io import midi_to_frames, write_midi
 from musicgpt_jax.model import MusicTransformer
 from musicgpt_jax.train_state import TrainState, make_optimizer
@@ -93,8 +93,8 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def on_grid(path: Path, grid: compose.Grid) -> tuple[np.ndarray, np.ndarray]:
-    return compose.to_grid(midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter), grid)
+def on_grid(path: Path, grid: generation.Grid) -> tuple[np.ndarray, np.ndarray]:
+    return generation.to_grid(midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter), grid)
 
 
 def as_written(states: np.ndarray) -> np.ndarray:
@@ -106,9 +106,9 @@ def as_written(states: np.ndarray) -> np.ndarray:
 
 def assert_decodes_back(path: Path, frames: Frames) -> None:
     """The MIDI file read by the codec gives exactly `frames` (the file ends at the last note's offset)."""
-    grid = compose.Grid(frames.steps_per_quarter, frames.lowest_pitch, frames.num_pitches, frames.num_states)
+    grid = generation.Grid(frames.steps_per_quarter, frames.lowest_pitch, frames.num_pitches, frames.num_states)
     decoded = midi_to_frames(path, steps_per_quarter=grid.steps_per_quarter)
-    states, velocities = compose.to_grid(decoded, grid)
+    states, velocities = generation.to_grid(decoded, grid)
     length = len(states)
     np.testing.assert_array_equal(states, frames.states[:length])
     np.testing.assert_array_equal(velocities, frames.velocities[:length])
@@ -160,7 +160,7 @@ def test_midi_decodes_back_to_the_sampled_frames(run_dir, tmp_path):
 
 def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
     primer = primer_file(tmp_path / "primer.mid", 60)  # 2 bars less 4 steps: the last bar is 28 steps
-    grid = compose.Grid(8, 0, 128, 3)
+    grid = generation.Grid(8, 0, 128, 3)
     primer_states, primer_velocities = on_grid(primer, grid)
 
     def run(include: bool) -> list[compose.Sample]:
@@ -183,7 +183,7 @@ def test_primer_notes_only_with_include_prime(run_dir, tmp_path):
         assert primed.prime_frames == 28 and primed.frames.num_frames == 28 + 32
         np.testing.assert_array_equal(primed.frames.states[:28], as_written(primer_states[-28:]))
         held = primer_velocities[-28:].copy()
-        held[0, 48] = compose.DEFAULT_VELOCITY  # the bass note cut at the bar line has no velocity of its own
+        held[0, 48] = DEFAULT_VELOCITY  # the bass note cut at the bar line has no velocity of its own
         np.testing.assert_array_equal(primed.frames.velocities[:28], held)
         np.testing.assert_array_equal(primed.frames.states[28:], primed.generated)
         assert plain.frames.tempos == primed.frames.tempos == ((0, 100.0),)  # the primer's tempo
@@ -212,7 +212,7 @@ def test_primer_longer_than_the_context_is_cut_to_its_last_window(run_dir, tmp_p
         ),
         log=lambda _: None,
     )
-    states, _ = on_grid(primer, compose.Grid(8, 0, 128, 3))
+    states, _ = on_grid(primer, generation.Grid(8, 0, 128, 3))
     assert "context" in capsys.readouterr().err
     for sample in samples:
         # its last 32 frames, from the first bar line in them: 28 frames
@@ -380,14 +380,14 @@ def test_primer_bars_follow_a_time_signature_change(tmp_path):
     states[73:, 60] = HOLD  # the last note lasts to the end
     path = tmp_path / "meter.mid"
     write_midi(Frames(states, states * 40, time_signatures=((0, 4, 4), (32, 3, 4))), path)
-    grid = compose.Grid(8, 0, 128, 3)
-    starts = {bars: 80 - len(compose.read_primer(str(path), grid, bars, 1024).states) for bars in (1, 2, 3, 4)}
+    grid = generation.Grid(8, 0, 128, 3)
+    starts = {bars: 80 - len(generation.read_primer(str(path), grid, bars, 1024).states) for bars in (1, 2, 3, 4)}
     assert starts == {1: 56, 2: 32, 3: 0, 4: 0}
-    primer = compose.read_primer(str(path), grid, 2, 1024)
+    primer = generation.read_primer(str(path), grid, 2, 1024)
     assert primer.time_signatures == ((0, 3, 4),) and primer.steps_per_bar == 24 and not primer.cut_to_context
-    whole = compose.read_primer(str(path), grid, 3, 1024)
+    whole = generation.read_primer(str(path), grid, 3, 1024)
     assert whole.time_signatures == ((0, 4, 4), (32, 3, 4))
     np.testing.assert_array_equal(whole.states, states)
     # a primer longer than the context starts at the first bar line inside its last window
-    cut = compose.read_primer(str(path), grid, 3, 30)
+    cut = generation.read_primer(str(path), grid, 3, 30)
     assert cut.cut_to_context and len(cut.states) == 24

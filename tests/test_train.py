@@ -345,3 +345,33 @@ def test_parameter_average_follows_its_recurrence_and_is_what_evaluation_uses(be
     saved, _, _ = restore_state(tmp_path, cfg)
     assert_trees_equal(restore_params(str(tmp_path), cfg), evaluation_params(saved))
     assert not trees_close(saved.params, evaluation_params(saved))
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "model.d_model=64",
+        "model.num_layers=3",
+        "model.mlp_dim=128",
+        "model.head=independent",
+        "model.nade_hidden=16",
+        "model.velocity_bins=8",
+        "model.condition_on_transposition=true",
+        "model.beat_steps=8",
+        "model.scan_layers=true",
+    ],
+)
+def test_resuming_with_a_shape_changing_option_flipped_is_refused_in_one_line(option):
+    # the check compares the parameter shapes of the saved config's model and ours: every option that adds or
+    # resizes a parameter is named, with no list of names to keep up to date
+    base = configs.resolve("jsb", [o for o in TINY_OVERRIDES if o.startswith("model.")])
+    flipped = configs.resolve("jsb", [o for o in TINY_OVERRIDES if o.startswith("model.")] + [option])
+    key, value = option.removeprefix("model.").split("=")
+    for saved, ours in ((base, flipped), (flipped, base)):  # flipped on, and back off
+        with pytest.raises(TrainingError) as refused:
+            check_compatible(saved.to_dict(), ours, "w")
+        message = str(refused.value)
+        assert "\n" not in message and message.startswith("w: holds checkpoints of an incompatible model: ")
+        assert f"{key}=" in message and message.endswith("; use another --workdir"), message
+    dropout = configs.resolve("jsb", [o for o in TINY_OVERRIDES if o.startswith("model.")] + ["model.dropout=0.3"])
+    check_compatible(base.to_dict(), dropout, "w")  # no parameter changes: it resumes
