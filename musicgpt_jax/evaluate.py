@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musicgpt_jax import cloud, dynamics, host_memory, records
+from musicgpt_jax import cli, cloud, dynamics, host_memory, records
 from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, quiet_orbax, restore_params
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.dataset_card import SPLITS
@@ -229,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workdir, args.step, args.data_dir, args.dataset, args.split, args.batch_size, args.stride
         )
     except (EvaluationError, CheckpointError, records.DatasetNotFoundError, cloud.CloudError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+        return cli.fail("evaluate", " ".join(str(error).split()))
     print(json.dumps(result, indent=1, sort_keys=True))
     return 0
 
