@@ -21,6 +21,7 @@ On the split's pieces (read from their MIDI files, as `sample.py --melody/--fill
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -38,7 +39,7 @@ from musicgpt_jax.checkpoint import restore_params  # noqa: E402
 from musicgpt_jax.configs import ModelConfig  # noqa: E402
 from musicgpt_jax.frame_choice import Strategy  # noqa: E402
 from musicgpt_jax.frames import OFF, Frames, with_start_frame  # noqa: E402
-from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
+from musicgpt_jax.midi_io import frames_to_midi, midi_to_frames  # noqa: E402
 from musicgpt_jax.model import MusicTransformer  # noqa: E402
 
 GAP_BARS = (5, 6)
@@ -192,16 +193,37 @@ def joins(items, written: list[np.ndarray], beat: int) -> dict:
             "four_voice_share": float(np.mean(voices == 4))}  # fmt: skip
 
 
+def write_top_lines(workdir: str, split: str, folder: Path) -> int:
+    """Each piece's top line (`given.line_mask`) as DIR/NAME.mid, velocities and meter kept: melodies to harmonise."""
+    cfg, _ = compose.load_config(workdir)
+    paths = records.split_files(cfg.data.data_dir, cfg.data.dataset, split)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        frames = midi_to_frames(str(path))
+        line = given.line_mask(frames.states, highest=True)
+        top = dataclasses.replace(
+            frames, states=np.where(line, frames.states, OFF), velocities=np.where(line, frames.velocities, 0)
+        )
+        frames_to_midi(top).write(str(folder / path.name))
+    print(f"wrote {len(paths)} top lines to {folder}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a run with given notes")
-    parser.add_argument("--plain", required=True, help="the same preset trained without them")
+    parser.add_argument("--plain", help="the same preset trained without them")
     parser.add_argument("--split", default="test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--max_pieces", type=int, help="the split's first N pieces only (a quick look)")
+    parser.add_argument("--write_top_lines", metavar="DIR", help="only write each piece's top line as MIDI to DIR")
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.ERROR)
+    if args.write_top_lines:
+        return write_top_lines(args.workdir, args.split, Path(args.write_top_lines))
+    if not args.plain:
+        parser.error("--plain is required")
     cfg, params, step = load(args.workdir)
     plain_cfg, plain_params, plain_step = load(args.plain)
     names, frames, pieces = split_pieces(cfg, args.split)

@@ -247,12 +247,7 @@ def sample_kept(params, cfg, request: Request, options: SampleOptions, allowed) 
 def run(options: SampleOptions, log=print) -> list[compose.Sample]:
     """Sample with kept notes and write the files (module doc)."""
     check_flags(options)
-    if options.prime is not None and not Path(options.prime).is_file():
-        raise SampleError(f"--prime {options.prime}: no such file")
-    try:
-        compose.strategy_of(options)
-    except ValueError as error:
-        raise SampleError(str(error)) from None
+    compose.check_options(dataclasses.replace(options, bars=options.bars or 1))  # the flags plain sampling has too
     cfg, step = compose.load_config(options.workdir, options.step)
     grid = compose.grid_of(cfg)
     request = request_of(options, grid, cfg.model)
