@@ -175,3 +175,32 @@ def test_bad_kept_input_is_one_line(given_run, synthetic_midi, tmp_path, capsys)
         err = capsys.readouterr().err
         assert reason in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_training_window_gives_cells_as_they_are_and_leaves_the_rest_unknown():
+    states = np.zeros((200, 24), np.int32)
+    states[1:] = melody(199, 24)
+    states[1:, 3] = HOLD  # a held bass under it
+    states[1::16, 3] = ONSET
+    rng = np.random.default_rng(0)
+    tasks = set()
+    for _ in range(40):
+        codes = given.draw_given(states, 5, 32, 8, rng)
+        assert codes.shape == (40, 24)
+        known = codes != given.UNKNOWN
+        np.testing.assert_array_equal(codes[known] - 1, states[6:46][known])  # frames start+1 .. start+T+L
+        tasks.add("none" if not known.any() else "gap" if known.all(axis=1).any() else "line")
+    assert tasks == {"none", "gap", "line"}
+
+
+def test_a_model_with_dynamics_keeps_the_given_onsets_velocity_bins():
+    cfg = small_model(lookahead=2, velocity_bins=4)
+    params = jax.tree.map(lambda x: x * 20, init(cfg))
+    line = np.broadcast_to(melody(24, cfg.num_pitches), (2, 24, cfg.num_pitches))
+    bins = np.where(line == ONSET, 3, 0)
+    out, out_bins = keep.generate_kept(
+        params, cfg, line[:, :0], line, line != OFF, jax.random.key(2), kept_velocities=bins
+    )
+    onsets = line == ONSET
+    np.testing.assert_array_equal(out[line != OFF], line[line != OFF])
+    np.testing.assert_array_equal(out_bins[onsets], bins[onsets])
