@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from flax import linen as nn
 
-from musicgpt_jax import configs, decode, given, keep, records
+from musicgpt_jax import compose, configs, decode, given, keep, records
 from musicgpt_jax.frames import HOLD, OFF, ONSET, Frames, notes_of
 from musicgpt_jax.midi_io import frames_to_midi, midi_to_frames
 from musicgpt_jax.model import MusicTransformer
@@ -204,3 +204,37 @@ def test_a_model_with_dynamics_keeps_the_given_onsets_velocity_bins():
     onsets = line == ONSET
     np.testing.assert_array_equal(out[line != OFF], line[line != OFF])
     np.testing.assert_array_equal(out_bins[onsets], bins[onsets])
+
+
+def test_keep_after_a_primer_keeps_the_notes_after_it(given_run, synthetic_midi, tmp_path, capsys):
+    path, tune = piece_file(tmp_path / "tune.mid", synthetic_midi, top_only=True)
+    primer, _ = piece_file(tmp_path / "primer.mid", synthetic_midi, top_only=False)
+    out = tmp_path / "k"
+    argv = ["--workdir", str(given_run), "--keep", str(path), "--prime", str(primer), "--prime_bars", "1"]
+    assert sample_cli.main([*argv, "--out", str(out), "--num_samples", "1"]) == 0, capsys.readouterr().err
+    written = midi_to_frames(out / "sample_00.mid")
+    grid = compose.grid_of(compose.load_config(str(given_run))[0])
+    offset = len(compose.read_primer(str(primer), grid, 1, 32).states)  # the primer's last bar comes first
+    shifted = {(p, onset + offset, length, velocity) for p, onset, length, velocity in notes_of(tune)}
+    assert shifted <= set(notes_of(written))
+
+
+def test_the_piano_roll_draws_kept_notes_in_another_colour(tmp_path):
+    from PIL import Image
+
+    from musicgpt_jax import pianoroll
+
+    states = np.zeros((64, 128), np.uint8)
+    states[0:32, 60], states[0, 60] = HOLD, ONSET
+    states[32:64, 64], states[32, 64] = HOLD, ONSET
+    frames = Frames(states, np.where(states == ONSET, 80, 0))
+    kept = np.zeros(states.shape, bool)
+    kept[:32] = True  # the first note was given, the second written
+    pianoroll.draw_piano_roll(frames, tmp_path / "k.png", kept=kept)
+    pianoroll.draw_piano_roll(frames, tmp_path / "p.png")
+    orange = lambda path: np.count_nonzero(
+        np.apply_along_axis(
+            lambda c: c[0] > 200 and c[2] < 100 and c[1] > 80, -1, np.asarray(Image.open(path))[..., :3]
+        )
+    )
+    assert orange(tmp_path / "k.png") > 200 and orange(tmp_path / "p.png") < orange(tmp_path / "k.png") / 10
