@@ -149,7 +149,7 @@ def test_fill_rewrites_only_the_gap(given_run, synthetic_midi, tmp_path, capsys)
     argv = ["--workdir", str(given_run), "--prime", str(path), "--fill", "2:2", "--out", str(out), "--num_samples", "1"]
     assert sample_cli.main(argv) == 0, capsys.readouterr().err
     written = midi_to_frames(out / "sample_00.mid")
-    outside = [n for n in notes_of(piece) if n[1] + n[2] <= begin or n[1] >= end]  # (pitch, onset, length, vel)
+    outside = [n for n in notes_of(piece) if n[2] <= begin or n[1] >= end]  # (pitch, onset, offset, velocity)
     assert outside and set(outside) <= set(notes_of(written))
     np.testing.assert_array_equal(written.states[:begin], piece.states[:begin])
 
@@ -215,7 +215,7 @@ def test_keep_after_a_primer_keeps_the_notes_after_it(given_run, synthetic_midi,
     written = midi_to_frames(out / "sample_00.mid")
     grid = compose.grid_of(compose.load_config(str(given_run))[0])
     offset = len(compose.read_primer(str(primer), grid, 1, 32).states)  # the primer's last bar comes first
-    shifted = {(p, onset + offset, length, velocity) for p, onset, length, velocity in notes_of(tune)}
+    shifted = {(p, start + offset, end + offset, velocity) for p, start, end, velocity in notes_of(tune)}
     assert shifted <= set(notes_of(written))
 
 
