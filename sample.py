@@ -16,6 +16,8 @@ EPILOG = """\
 examples:
   python sample.py --workdir runs/default --out samples         # then open samples/index.html
   python sample.py --workdir runs/default --prime theme.mid --include_prime --bars 16 --seed 3
+  python sample.py --workdir runs/default --melody tune.mid          # keep the tune, write the voices under it
+  python sample.py --workdir runs/default --prime piece.mid --fill 5:6   # rewrite bars 5-6, keep the rest
 """
 
 
@@ -36,8 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     length.add_argument(
         "--bars",
         type=int,
-        default=default.bars,
-        help="length in bars of the primer's time signature, else 4/4 (default: %(default)s)",
+        help=f"length in bars of the primer's time signature, else 4/4 (default: {default.bars}; with --melody or "
+        "--keep: the file's)",
     )
     length.add_argument("--frames", type=int, help="length in frames (time steps) instead of bars")
     compose.add_strategy_flags(parser)
@@ -48,7 +50,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--include_prime", action="store_true", help="start the output with the primer")
     parser.add_argument("--bpm", type=float, help=f"tempo (default: the primer's, else {frames.DEFAULT_TEMPO:g})")
-    return parser.parse_args(argv)
+    kept = parser.add_mutually_exclusive_group()
+    kept.add_argument("--melody", help="a MIDI file whose notes are all kept; the model writes the rest (harmonise)")
+    kept.add_argument("--keep", help="a MIDI file of notes to keep, after --prime's bars when given")
+    kept.add_argument("--fill", metavar="A:B", help="rewrite bars A..B of --prime, keeping every other note")
+    args = parser.parse_args(argv)
+    if args.bars is None and args.frames is None and not (args.melody or args.keep or args.fill):
+        args.bars = default.bars
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

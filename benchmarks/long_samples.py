@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from musicgpt_jax import compose, decode, frame_choice, host_memory, pipeline, records, stats  # noqa: E402
+from musicgpt_jax import compose, decode, frame_choice, generation, host_memory, pipeline, records, stats  # noqa: E402
 from musicgpt_jax.checkpoint import quiet_orbax, restore_params  # noqa: E402
 from musicgpt_jax.frames import OFF, Meter, note_starts, with_start_frame  # noqa: E402
 from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_orbax()
     cfg, step = compose.load_config(args.workdir)
-    grid = compose.grid_of(cfg)
+    grid = generation.grid_of(cfg)
     steps_per_bar = Meter((), grid.steps_per_quarter).steps_per_bar()  # generated pieces are 4/4
     out = Path(args.out or tempfile.mkdtemp(prefix="long_samples-"))
     options = compose.SampleOptions(
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     samples = compose.sample_run(options, log=lambda line: None)
     pieces = np.stack([s.generated for s in samples])
-    allowed_mask = compose.keyboard_of(cfg, grid)
+    allowed_mask = generation.keyboard_of(cfg, grid)
     allowed = np.flatnonzero(allowed_mask)
     low, high = int(allowed[0]), int(allowed[-1])
     eighth = max(1, grid.steps_per_quarter // 2)

@@ -57,6 +57,10 @@ class SampleOptions:
     prime_bars: int = 4
     include_prime: bool = False
     bpm: float | None = None
+    # Kept notes (`musicgpt_jax.harmonise`): a melody to harmonise, notes to keep, or bars "A:B" of --prime to fill.
+    melody: str | None = None
+    keep: str | None = None
+    fill: str | None = None
 
 
 @dataclasses.dataclass
@@ -193,6 +197,10 @@ def num_frames_of(options: SampleOptions, steps_per_bar: int) -> int:
 
 def sample_run(options: SampleOptions, log=print) -> list[Sample]:
     """Restore, sample `num_samples` pieces as one batch, write them into `options.out` (module doc)."""
+    from musicgpt_jax import harmonise
+
+    if harmonise.kept_mode(options):  # --melody, --keep, --fill: notes to keep
+        return harmonise.run(options, log)
     check_options(options)
     cfg, step = load_config(options.workdir, options.step)
     grid = grid_of(cfg)

@@ -18,6 +18,7 @@ class ConfigError(ValueError):
     """A bad preset name, override key or value; the message is one line."""
 
 
+GIVEN_LOOKAHEAD = 32  # frames of given notes seen ahead by the presets' models: one 4/4 bar on the 32nd-note grid
 MAX_TRANSPOSITION = 12  # `model.condition_on_transposition` has a learned vector per shift in [-12, +12] semitones
 
 
@@ -64,6 +65,11 @@ class ModelConfig:
     # counted from the piece's first frame, added to every frame. With the grid's steps per quarter note (8) the
     # model cannot drift off the beat. 0 = off (corpora whose frames are not on a beat grid; checkpoints before it).
     beat_steps: int = 0
+    # Given notes (`musicgpt_jax.given`): a second input of notes the model must keep (a melody to harmonise, the
+    # bars around a gap), each position seeing those of the frame it predicts and of the `given_lookahead` frames
+    # after it. Training draws what is given per window (nothing, the top line, the bass line, bars around a gap).
+    # 0 = off: the input does not exist (checkpoints before it).
+    given_lookahead: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -154,8 +160,8 @@ class Config:
 def _preset_model(
     num_layers: int, d_model: int, num_heads: int, mlp_dim: int, max_len: int, accelerator: bool = False
 ) -> ModelConfig:
-    """A preset's model: the NADE head and the transposition input; for accelerators also bfloat16 and
-    rematerialised, scanned layers."""
+    """A preset's model: the NADE head, the transposition input and the given-notes input (`GIVEN_LOOKAHEAD`); for
+    accelerators also bfloat16 and rematerialised, scanned layers."""
     speed = {"dtype": "bfloat16", "remat": True, "scan_layers": True} if accelerator else {}
     return ModelConfig(
         num_layers=num_layers,
@@ -165,6 +171,7 @@ def _preset_model(
         max_len=max_len,
         head="nade",
         condition_on_transposition=True,
+        given_lookahead=GIVEN_LOOKAHEAD,
         **speed,
     )
 
@@ -274,7 +281,15 @@ def piano() -> Config:
     batch or `small`'s width on a GPU. Trains `--dataset maestro` unless told otherwise."""
     return Config(
         model=ModelConfig(
-            num_layers=4, d_model=192, num_heads=6, mlp_dim=576, max_len=256, dropout=0.1, head="nade", velocity_bins=32
+            num_layers=4,
+            d_model=192,
+            num_heads=6,
+            mlp_dim=576,
+            max_len=256,
+            dropout=0.1,
+            head="nade",
+            velocity_bins=32,
+            given_lookahead=GIVEN_LOOKAHEAD,
         ),
         data=DataConfig(dataset="maestro"),
         train=TrainConfig(
@@ -403,6 +418,8 @@ def apply_overrides(cfg: Config, overrides: Sequence[str] = ()) -> Config:
 
 def check(cfg: Config) -> None:
     """Refuse settings that are out of range or valid alone but not together (one-line ConfigError)."""
+    if cfg.model.given_lookahead < 0:
+        raise ConfigError(f"--config.model.given_lookahead={cfg.model.given_lookahead}: must be 0 (off) or frames")
     if cfg.model.beat_steps < 0:
         raise ConfigError(f"--config.model.beat_steps={cfg.model.beat_steps}: must be 0 (off) or a number of frames")
     if cfg.model.condition_on_transposition and not 0 <= cfg.data.transpose <= MAX_TRANSPOSITION:

@@ -58,6 +58,7 @@ class DecodeState(NamedTuple):
     index: jax.Array  # () int32: the cache position the next frame is written to
     velocity_window: jax.Array | None = None  # (B, cache length, P) int32: the frames' velocity bins (dynamics)
     offset: jax.Array | int = 0  # () int32: the sequence index of the frame at cache position 0 (start frame: 0)
+    given: jax.Array | None = None  # (B, frames, P) int32: the given notes' codes by sequence index (`given`)
 
 
 def context_of(primer: jax.Array, max_len: int, fill: int = 0) -> jax.Array:
@@ -79,7 +80,16 @@ def _constrain_state(state: DecodeState, mesh: Mesh | None) -> DecodeState:
     if velocity_window is not None:
         velocity_window = _constrain(velocity_window, mesh, ("batch", None, None))
     window = _constrain(state.window, mesh, ("batch", None, None))
-    return DecodeState(cache, window, state.index, velocity_window, state.offset)
+    return DecodeState(cache, window, state.index, velocity_window, state.offset, state.given)
+
+
+def given_inputs(cfg: ModelConfig, given: jax.Array | None, first: jax.Array, length: int) -> dict[str, jax.Array]:
+    """The model's `given` input for `length` input frames from sequence index `first`: the codes of frames
+    first+1 .. first+length+lookahead of the whole sequence's codes `given` (none for a model without the input)."""
+    if given is None or not cfg.given_lookahead:
+        return {}
+    size = (given.shape[0], length + cfg.given_lookahead, given.shape[2])
+    return {"given": jax.lax.dynamic_slice(given, (0, first + 1, 0), size)}
 
 
 def _velocity_inputs(velocities: jax.Array | None) -> dict[str, jax.Array]:
@@ -94,6 +104,7 @@ def prefill(
     cache_len: int | None = None,
     velocities: jax.Array | None = None,
     offset: jax.Array | int = 0,
+    given: jax.Array | None = None,
 ) -> tuple[jax.Array, DecodeState]:
     """Run `context` (B, T, P) into an empty cache: (logits of every position, state).
 
@@ -101,6 +112,8 @@ def prefill(
     must hold every frame the decode will feed. A model with dynamics also takes the context's velocity bins.
     `offset` is the sequence index of the context's first frame (0: it is the start frame; more when the front
     of a long primer was cut), so that a model with `beat_steps` knows where each frame falls in the beat.
+    `given` (B, frames, P): the codes of notes to keep, by sequence index (`musicgpt_jax.keep`), padded with
+    `given_lookahead` + 1 unknown frames past the last frame fed.
     """
     batch, length, pitches = context.shape
     cache_len = cache_len or cfg.max_len
@@ -118,12 +131,13 @@ def prefill(
         cache_index=0,
         steps=positions + offset,
         **_velocity_inputs(velocities),
+        **given_inputs(cfg, given, offset, length),
     )
     window = jnp.zeros((batch, cache_len, pitches), jnp.int32).at[:, :length].set(context)
     velocity_window = None
     if velocities is not None:
         velocity_window = jnp.full((batch, cache_len, pitches), NO_VELOCITY, jnp.int32).at[:, :length].set(velocities)
-    state = DecodeState(cache, window, jnp.asarray(length, jnp.int32), velocity_window, offset)
+    state = DecodeState(cache, window, jnp.asarray(length, jnp.int32), velocity_window, offset, given)
     return logits, _constrain_state(state, mesh)
 
 
@@ -147,8 +161,9 @@ def _slide(params: Any, cfg: ModelConfig, state: DecodeState) -> DecodeState:
         cache_index=0,
         steps=positions + offset,
         **extra,
+        **given_inputs(cfg, state.given, offset, half),
     )
-    return DecodeState(cache, window, jnp.asarray(half, jnp.int32), velocity_window, offset)
+    return DecodeState(cache, window, jnp.asarray(half, jnp.int32), velocity_window, offset, state.given)
 
 
 def decode_step(
@@ -173,10 +188,11 @@ def decode_step(
         extra = {"velocities": fed}
     positions = jnp.full((frame.shape[0], 1), index)
     steps = positions + state.offset
+    extra.update(given_inputs(cfg, state.given, state.offset + index, 1))
     logits, cache = MusicTransformer(cfg).apply(
         {"params": params}, frame[:, None], positions, cache=state.cache, cache_index=index, steps=steps, **extra
     )
-    state = DecodeState(cache, window, index + 1, velocity_window, state.offset)
+    state = DecodeState(cache, window, index + 1, velocity_window, state.offset, state.given)
     return logits[:, 0], _constrain_state(state, mesh)
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from musicgpt_jax import dynamics
 from musicgpt_jax.configs import ModelConfig
-from musicgpt_jax.frames import OFF, restart_held
+from musicgpt_jax.frames import HOLD, OFF, restart_held
 from musicgpt_jax.model import nade_parameters, split_nade_output
 
 STRATEGIES = ("greedy", "temperature", "nucleus")
@@ -89,29 +89,44 @@ def _restrict(logits: jax.Array, allowed: jax.Array | None) -> jax.Array:
     return jnp.where(~allowed[..., None] & sounding, -jnp.inf, logits)
 
 
-def _pick_states(logits: jax.Array, rng: jax.Array, choice: ChoiceArrays, previous: jax.Array, num_states: int):
+class Kept(NamedTuple):
+    """Notes a frame must keep (`musicgpt_jax.keep`): `forced` (..., P) the state a pitch must have, -1 where the
+    model chooses; `no_hold` (..., P) where it must not choose HOLD (the frame after a kept note ends: a HOLD would
+    lengthen it)."""
+
+    forced: jax.Array
+    no_hold: jax.Array
+
+
+def _pick_states(
+    logits: jax.Array, rng: jax.Array, choice: ChoiceArrays, previous: jax.Array, num_states: int, kept=None
+):
+    if kept is not None and num_states == 3:
+        logits = jnp.where(kept.no_hold[..., None] & (jnp.arange(num_states) == HOLD), -jnp.inf, logits)
     states = choose(logits, rng, choice)
     if num_states == 3:  # a HOLD only continues a sounding note: after an OFF it starts one
         states = restart_held(states, previous, jnp)
-    return states
+    return states if kept is None else jnp.where(kept.forced >= 0, kept.forced, states)
 
 
 def nade_sample(
-    head: dict, out: jax.Array, rng: jax.Array, choice: ChoiceArrays, previous: jax.Array, allowed=None
+    head: dict, out: jax.Array, rng: jax.Array, choice: ChoiceArrays, previous: jax.Array, allowed=None, kept=None
 ) -> jax.Array:
-    """Sample a frame (B, P) pitch by pitch, low to high, from the head's output `out` (B, P·S + H)."""
+    """Sample a frame (B, P) pitch by pitch, low to high, from the head's output `out` (B, P·S + H); a `kept`
+    pitch takes its given state, which the pitches above it are then drawn given."""
     direct, context = split_nade_output(head, out)
     num_pitches, num_states = head["input_weights"].shape[:2]
     allowed = jnp.ones((num_pitches,), bool) if allowed is None else allowed
 
     def pitch_step(activation, xs):
-        w_in, w_out, direct_p, key, prev, allowed_p = xs
+        w_in, w_out, direct_p, key, prev, allowed_p, kept_p = xs
         logits = _restrict(direct_p + jnp.tanh(activation) @ w_out, allowed_p)  # (B, S)
-        state = _pick_states(logits, key, choice, prev, num_states)
+        state = _pick_states(logits, key, choice, prev, num_states, kept_p)
         return activation + w_in[state], state
 
     keys = jax.random.split(rng, previous.shape[-1])
-    xs = (head["input_weights"], head["output_weights"], jnp.swapaxes(direct, 0, 1), keys, previous.T, allowed)
+    kept_t = None if kept is None else Kept(kept.forced.T, kept.no_hold.T)
+    xs = (head["input_weights"], head["output_weights"], jnp.swapaxes(direct, 0, 1), keys, previous.T, allowed, kept_t)
     _, states = jax.lax.scan(pitch_step, context.astype(jnp.float32), xs)
     return states.T
 
@@ -125,6 +140,7 @@ def sample_frame(
     cfg: ModelConfig | None = None,
     params: Any = None,
     allowed: jax.Array | None = None,
+    kept: Kept | None = None,
 ) -> jax.Array:
     """Sample the next frame (B, P) from the head's output for one position (logits (B, P, S), or (B, P·S + H)),
     keeping states consistent with the previous frame.
@@ -133,14 +149,15 @@ def sample_frame(
     in order for the NADE head). Pitches where `allowed` (P,) is False stay off. With 3 states a HOLD drawn on
     a pitch that was off starts a note (`frames.restart_held`). A model with dynamics
     (`cfg.velocity_bins`) needs `cfg`; the frame's velocities are drawn after it, given it (`sample_velocities`).
+    `kept` pitches take their given states, whatever `allowed` says (`Kept`).
     """
     if not isinstance(choice, ChoiceArrays):
         choice = ChoiceArrays(jnp.asarray(choice, jnp.float32), None)
     out = dynamics.notes_output(out, cfg)  # with dynamics, velocities are drawn after (`sample_velocities`)
     head = nade_parameters(cfg, params)
     if head is not None:
-        return nade_sample(head, out, rng, choice, previous, allowed)
-    return _pick_states(_restrict(out, allowed), rng, choice, previous, num_states)
+        return nade_sample(head, out, rng, choice, previous, allowed, kept)
+    return _pick_states(_restrict(out, allowed), rng, choice, previous, num_states, kept)
 
 
 def sample_velocities(

@@ -51,6 +51,7 @@ class Provenance:
     dataset: str
     primer: str | None = None
     prime_bars: int = 0
+    kept: str | None = None  # a sentence on the notes the model was told to keep (`musicgpt_jax.harmonise`)
 
 
 def seconds_at(frames: Frames, step: int) -> float:
@@ -135,6 +136,7 @@ def render(samples: Sequence[PageSample], provenance: Provenance) -> str:
 <p>Checkpoint: step {provenance.step} of <code>{e(provenance.workdir)}</code>, trained on
 <code>{e(provenance.dataset)}</code>. Made by:</p>
 <pre><code>{e(provenance.command)}</code></pre>
+{f'<p class="primer">{e(provenance.kept)}</p>' if provenance.kept else ""}
 {sections}
 </body>
 </html>

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from musicgpt_jax import dynamics
+from musicgpt_jax import given as given_notes
 from musicgpt_jax.configs import MAX_TRANSPOSITION, ModelConfig
 
 Cache = dict[str, jax.Array]
@@ -346,7 +347,9 @@ class MusicTransformer(nn.Module):
     velocity head's part last (`dynamics.with_velocity_part`). With `condition_on_transposition`, `transposition`
     (B,) is each sequence's training-time shift in semitones (None: 0, the untransposed data, as when sampling);
     a model without that input ignores it. With `beat_steps`, `steps` (B, T) are the input frames' indices in
-    their sequences, start frame 0 (None: `positions`, a window that begins with the start frame)."""
+    their sequences, start frame 0 (None: `positions`, a window that begins with the start frame). With
+    `given_lookahead` = L, `given` (B, T + L, P) are the codes of the notes to keep in frames 1 .. T+L after the
+    input's first (`musicgpt_jax.given`; None: nothing given)."""
 
     cfg: ModelConfig
 
@@ -359,6 +362,7 @@ class MusicTransformer(nn.Module):
         velocities: jax.Array | None = None,
         transposition: jax.Array | None = None,
         steps: jax.Array | None = None,
+        given: jax.Array | None = None,
         deterministic: bool = True,
         cache: Cache | None = None,
         cache_index: jax.Array | int = 0,
@@ -373,6 +377,9 @@ class MusicTransformer(nn.Module):
             x = x + TranspositionEmbed(cfg, name="transposition_embed")(transposition, states.shape[0]).astype(x.dtype)
         if cfg.beat_steps:
             x = x + BeatEmbed(cfg, name="beat_embed")(positions if steps is None else steps).astype(x.dtype)
+        if cfg.given_lookahead:  # notes to keep, `given_lookahead` frames ahead (`given`; None: nothing given)
+            embed = given_notes.GivenEmbed(cfg, name="given_embed")
+            x = x + embed(given, states.shape[0], states.shape[1]).astype(x.dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         block = Block
         if cfg.remat:
@@ -429,26 +436,32 @@ def nade_parameters(cfg: ModelConfig | None, params: Any) -> dict | None:
 
 
 def frame_log_likelihood(
-    out: jax.Array, targets: jax.Array, cfg: ModelConfig | None = None, params: Any = None
+    out: jax.Array, targets: jax.Array, cfg: ModelConfig | None = None, params: Any = None, cells: Any = None
 ) -> jax.Array:
     """log p(frame) per (batch, time), from the head's output `out` and the target frames (B, T, P).
 
     Independent head: the sum over pitches of each pitch's log-probability. NADE head (`cfg.head == "nade"`, needs
     the model `params`): the sum over pitches of log p(state_p | context, states below p) — still log p(frame).
+    `cells` (B, T, P) weighs each pitch's term (given notes: 0 on the cells the model was told).
     """
     out = dynamics.notes_output(out, cfg)
     head = nade_parameters(cfg, params)
     logits = out if head is None else nade_logits(head, out, targets)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     picked = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return picked.sum(axis=-1)
+    return picked.sum(axis=-1) if cells is None else (picked * cells).sum(axis=-1)
 
 
 def frame_nll(
-    out: jax.Array, targets: jax.Array, mask: jax.Array, cfg: ModelConfig | None = None, params: Any = None
+    out: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    cfg: ModelConfig | None = None,
+    params: Any = None,
+    cells: Any = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(sum of NLL over the masked frames, number of frames): nats per frame is their ratio."""
-    nll = -frame_log_likelihood(out, targets, cfg, params)
+    nll = -frame_log_likelihood(out, targets, cfg, params, cells)
     mask = mask.astype(jnp.float32)
     return (nll * mask).sum(), mask.sum()
 
@@ -459,7 +472,8 @@ def loss_sums(
     """The training loss as a sum over the batch, and its parts: (notes NLL + velocity NLL, {"frames",
     "notes_nll" and, with dynamics, "velocity_nll", "onsets"}). `targets` are the target states (those of `batch`,
     or made consistent with the model's own samples); velocities are scored at their onsets only."""
-    notes, frames = frame_nll(out, targets, batch["mask"], cfg, params)
+    cells = given_notes.free_cells(batch["given"], targets.shape[1]) if "given" in batch else None  # not copied
+    notes, frames = frame_nll(out, targets, batch["mask"], cfg, params, cells)
     if not cfg.velocity_bins:
         return notes, {"frames": frames, "notes_nll": notes}
     velocity, onsets = dynamics.velocity_nll(out, targets, batch["target_velocities"], batch["mask"], cfg, params)
@@ -474,6 +488,8 @@ def model_inputs(batch: dict) -> dict[str, jax.Array]:
         inputs["transposition"] = batch["transposition"]
     if "steps" in batch:
         inputs["steps"] = batch["steps"]
+    if "given" in batch:
+        inputs["given"] = batch["given"]
     return inputs
 
 

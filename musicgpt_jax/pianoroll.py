@@ -31,8 +31,14 @@ def _has_dynamics(velocities: np.ndarray) -> bool:
     return np.unique(velocities[velocities > 0]).size > 1
 
 
-def draw_piano_roll(frames: Frames, path: str | os.PathLike, title: str = "", prime_frames: int = 0) -> None:
-    """Write a PNG of `frames` to `path`; the first `prime_frames` frames are marked as the primer."""
+KEPT_COLOURS = "Oranges"  # notes the model was told to keep (`musicgpt_jax.keep`), apart from the blue it wrote
+
+
+def draw_piano_roll(
+    frames: Frames, path: str | os.PathLike, title: str = "", prime_frames: int = 0, kept: np.ndarray | None = None
+) -> None:
+    """Write a PNG of `frames` to `path`; the first `prime_frames` frames are marked as the primer, and the cells
+    where `kept` (T, P) is True are drawn in orange: notes that were given, not written."""
     states = np.asarray(frames.states)
     length = max(1, states.shape[0])
     sounding = np.flatnonzero((states != OFF).any(axis=0))
@@ -47,13 +53,19 @@ def draw_piano_roll(frames: Frames, path: str | os.PathLike, title: str = "", pr
     extent = (0, length, frames.lowest_pitch + low - 0.5, frames.lowest_pitch + high + 0.5)
     shown = dict(origin="lower", aspect="auto", interpolation="nearest", extent=extent)
     loudness = note_velocities(states, np.asarray(frames.velocities), frames.num_states)[:, low : high + 1]
-    if _has_dynamics(loudness):
+    if kept is None and _has_dynamics(loudness):  # with kept notes, colour says given or written instead
         coloured = ax.imshow(np.ma.masked_equal(loudness, 0).T, cmap="plasma", vmin=1, vmax=127, **shown)
         onsets = np.ma.masked_less(image, 2.0)
         ax.imshow(onsets.T, cmap="Greys", vmin=0, vmax=2.0, alpha=0.3, **shown)  # onsets a shade darker
         fig.colorbar(coloured, ax=ax, pad=0.01, fraction=0.02, label="velocity")
     else:
         ax.imshow(image.T, cmap="Blues", vmin=0, vmax=2.2, **shown)
+    if kept is not None:
+        given = np.where(np.asarray(kept, bool)[:, low : high + 1], image, 0.0)
+        ax.imshow(np.ma.masked_equal(given, 0.0).T, cmap=KEPT_COLOURS, vmin=-0.6, vmax=2.2, **shown)
+        ax.plot([], [], color="tab:orange", linewidth=6, label="kept (given)")
+        ax.plot([], [], color="tab:blue", linewidth=6, label="written by the model")
+        ax.legend(loc="upper right", fontsize=8)
     for step in frames.meter.bar_lines(length):
         ax.axvline(step, color="0.3", linewidth=0.7, zorder=3)
     if prime_frames:

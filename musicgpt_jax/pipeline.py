@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
-from musicgpt_jax import dynamics
+from musicgpt_jax import dynamics, given
 from musicgpt_jax.frames import with_start_frame
 
 Example = dict[str, np.ndarray]
@@ -115,8 +115,11 @@ def train_dataset(
     process_count: int = 1,
     lengths: Sequence[int] | None = None,
     velocity_bins: int = 0,
+    given_lookahead: int = 0,
 ) -> grain.MapDataset:
     """An endless, shuffled MapDataset of this process's batches of `batch_size` windows (the local batch).
+    With `given_lookahead` > 0 each window also holds `given`, the codes of the notes it is told to keep, for a
+    task drawn per window (`given.draw_given`).
 
     Each batch also carries `source_index` (which sequence each row came from) and `window_index` (the flat
     window number, unique within an epoch), for provenance checks.
@@ -134,8 +137,10 @@ def train_dataset(
         example = window_example(states, start, seq_len, _velocities_of(item, velocity_bins))
         shift = int(rng.integers(-transpose, transpose + 1)) if transpose else 0
         example["transposition"] = np.int32(shift)  # for a model that conditions on it
+        if given_lookahead:
+            example["given"] = given.draw_given(states, start, seq_len, given_lookahead, rng)
         if shift:
-            for key in ("inputs", "targets", "input_velocities", "target_velocities"):
+            for key in ("inputs", "targets", "input_velocities", "target_velocities", "given"):
                 if key in example:
                     example[key] = transpose_states(example[key], shift)
         if velocity_bins:

@@ -165,6 +165,7 @@ def _set_up(cfg: Config, workdir: epath.Path) -> _Run:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         velocity_bins=cfg.model.velocity_bins,
+        given_lookahead=cfg.model.given_lookahead,
     )
     data_iter = iter(dataset.to_iter_dataset())
     start_step = 0

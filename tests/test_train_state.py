@@ -12,11 +12,13 @@ from musicgpt_jax import configs
 from musicgpt_jax.model import MusicTransformer
 from musicgpt_jax.train_state import _decay_mask, make_optimizer
 
-# The tiny preset (NADE head, told each window's transposition) with two layers: every parameter that is not a
-# vector decays.
+# The tiny preset (NADE head, told each window's transposition, given notes) with two layers: every parameter that
+# is not a vector decays.
 DECAYED = {
     "embed/table",
     "transposition_embed/table",
+    "given_embed/table",
+    "given_embed/lookahead",
     "head/context",
     "head/direct/kernel",
     "head/input_weights",
