@@ -63,7 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from musicgpt_jax import cli, cloud, compose
-    from musicgpt_jax.checkpoint import quiet_orbax
+    from musicgpt_jax.orbax_logs import quiet_orbax
 
     quiet_orbax()
     try:

@@ -63,10 +63,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def resolve_config(args: argparse.Namespace, overrides: list[str]) -> configs.Config:
     """The preset or .json `--config` names; without one, the config saved in the workdir's checkpoints (a resume),
     else `tiny`. The overrides apply on top either way. ConfigError or CheckpointError on a bad one."""
-    from musicgpt_jax import checkpoint
+    from musicgpt_jax import checkpoint, saved_run
 
     if args.config is None and checkpoint.checkpoint_dir(args.workdir).exists():
-        saved, step = checkpoint.load_config_dict(args.workdir)
+        saved, step = saved_run.load_config_dict(args.workdir)
         print(f"{PROG}: resuming {args.workdir} with the config saved at step {step}", file=sys.stderr)
         cfg = configs.Config.from_dict(saved)
         return configs.apply_overrides(cfg, overrides)
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from musicgpt_jax import records
-    from musicgpt_jax.checkpoint import CheckpointError, quiet_orbax
+    from musicgpt_jax.checkpoint import CheckpointError
+    from musicgpt_jax.orbax_logs import quiet_orbax
     from musicgpt_jax.sharding import MeshError
     from musicgpt_jax.train import TrainingError, train_and_evaluate
 

@@ -246,7 +246,8 @@ class TrainSetup:
 def restore_final(workdir: Path) -> tuple[Any, dict, int]:
     """(state, data-iterator state, step) of a workdir's latest checkpoint, restored on one CPU device."""
     from musicgpt_jax import configs
-    from musicgpt_jax.checkpoint import load_config_dict, quiet_orbax_notes, restore_state
+    from musicgpt_jax.orbax_logs import quiet_orbax_notes
+    from musicgpt_jax.saved_run import load_config_dict, restore_state
 
     with quiet_orbax_notes():
         cfg = configs.Config.from_dict(load_config_dict(workdir)[0])

@@ -35,12 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from musicgpt_jax import compose, decode, generation, given, keep, records, stats, voice_leading  # noqa: E402
-from musicgpt_jax.checkpoint import restore_params  # noqa: E402
 from musicgpt_jax.configs import ModelConfig  # noqa: E402
 from musicgpt_jax.frame_choice import Strategy  # noqa: E402
 from musicgpt_jax.frames import OFF, Frames, with_start_frame  # noqa: E402
 from musicgpt_jax.midi_io import frames_to_midi, midi_to_frames  # noqa: E402
 from musicgpt_jax.model import MusicTransformer  # noqa: E402
+from musicgpt_jax.saved_run import restore_params  # noqa: E402
 
 GAP_BARS = (5, 6)
 

@@ -38,10 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from musicgpt_jax import compose, decode, frame_choice, generation, host_memory, pipeline, records, stats  # noqa: E402
-from musicgpt_jax.checkpoint import quiet_orbax, restore_params  # noqa: E402
 from musicgpt_jax.frames import OFF, Meter, note_starts, with_start_frame  # noqa: E402
 from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood, model_inputs  # noqa: E402
+from musicgpt_jax.orbax_logs import quiet_orbax  # noqa: E402
+from musicgpt_jax.saved_run import restore_params  # noqa: E402
 
 
 def bar_figures(states: np.ndarray, num_states: int, steps_per_bar: int) -> dict:

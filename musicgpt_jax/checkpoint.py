@@ -2,7 +2,7 @@
 
 Each step directory holds four items: `state` (params, optimizer state, step, RNG key; restored straight onto the
 current mesh's shardings), `data` (the grain iterator state, JSON), `config` (JSON, so `sample.py --workdir`
-needs no other flag) and `digest` (JSON: two checksums of every state array, `state_digest`). Orbax writes to a
+needs no other flag) and `digest` (JSON: two checksums of every state array, `state_digest.py`). Orbax writes to a
 temporary directory and renames it when complete, so a crash mid-save leaves the previous checkpoint usable.
 
 A checkpoint that does not restore (a truncated or missing file, a missing item) or whose arrays do not match
@@ -14,33 +14,28 @@ full disk) raises CheckpointError with one line naming the last good checkpoint.
 Multi-host: every process writes the shards it holds into the same step directory and process 0 commits it, so
 WORKDIR must be one location all processes see (gs://, or a shared filesystem; a local folder when all processes
 run on one machine, as in the tests).
+
+Reading a run back (its config, its parameters) is `saved_run.py`; quieting Orbax's own output, `orbax_logs.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
-import logging
 import os
 import re
 import shutil
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from musicgpt_jax import cloud, sharding
-from musicgpt_jax.configs import Config, ConfigError
-from musicgpt_jax.model import MusicTransformer
-from musicgpt_jax.train_state import abstract_train_state, evaluation_params, make_optimizer, train_state_shardings
+from musicgpt_jax import cloud
+from musicgpt_jax.state_digest import digest_mismatch, state_digest
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -67,100 +62,6 @@ def _no_space(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _as_uint32(x: jax.Array) -> jax.Array:
-    """The bit patterns of `x` as uint32 (8-byte types gain a trailing axis of 2)."""
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32)
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-
-
-def _leaf_sums(x: jax.Array) -> jax.Array:
-    """(2,) uint32: sums over the elements' bit patterns b_i, weighted by their flat index i: sum b_i (2i + 1) and
-    sum rot16(b_i) (i * 0x9E3779B1 | 1). A change of one element changes the first (odd weights), and integer sums
-    wrap around, so the order of summation, hence the sharding, does not matter."""
-    bits = _as_uint32(jnp.asarray(x))
-    index = jnp.zeros(bits.shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(bits.ndim)):
-        index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis) * jnp.uint32(stride & 0xFFFFFFFF)
-        stride *= bits.shape[axis]
-    rotated = (bits << 16) | (bits >> 16)
-    first = jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32)
-    second = jnp.sum(rotated * ((index * jnp.uint32(0x9E3779B1)) | 1), dtype=jnp.uint32)
-    return jnp.stack([first, second])
-
-
-_tree_sums = jax.jit(lambda leaves: [_leaf_sums(x) for x in leaves])
-
-
-def state_digest(state: Any) -> dict[str, str]:
-    """{leaf path: "DTYPE:SUMS"} for every array of `state` (see `_leaf_sums`); the same on any mesh."""
-    paths_leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    digest = {}
-    for (path, leaf), sums in zip(paths_leaves, _tree_sums([leaf for _, leaf in paths_leaves]), strict=True):
-        hex_sums = "".join(f"{int(v):08x}" for v in np.asarray(sums.addressable_data(0)))
-        digest[jax.tree_util.keystr(path)] = f"{leaf.dtype}:{hex_sums}"
-    return digest
-
-
-def digest_mismatch(state: Any, saved: dict[str, str]) -> str | None:
-    """The first array of `state` whose digest differs from the saved one (same dtype only), or None."""
-    for path, value in state_digest(state).items():
-        if path in saved and saved[path] != value and saved[path].split(":")[0] == value.split(":")[0]:
-            return f"array {path} does not match the digest saved with it (changed bytes)"
-    return None
-
-
-def _from_orbax(text: str) -> bool:
-    return "orbax" in text or "tensorstore" in text or "Event loop is closed" in text
-
-
-class _QuietOrbaxErrors(logging.Filter):
-    """Drops Orbax's error logs (tracebacks from its background threads, asyncio's "exception was never
-    retrieved" for its tasks): each such failure also reaches `Checkpointer`, which reports it in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
-        text = f"{record.pathname} {record.getMessage()}"
-        if record.exc_info:
-            text += "".join(traceback.format_exception(*record.exc_info))
-        return not _from_orbax(text)
-
-
-def quiet_orbax() -> None:
-    """For command-line tools, the one place the storage libraries' own output is quieted: Orbax's notes and
-    warnings (a read-only manager "saves nothing", ...), the errors its background work prints
-    (`quiet_orbax_errors`), and gcsfs's logged tracebacks of each retry on an unreachable bucket. Failures still
-    reach the caller as exceptions, reported in one line."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
-    quiet_orbax_errors()
-
-
-def quiet_orbax_errors() -> None:
-    """For command-line tools: drop the error output Orbax's background work prints when a save or restore
-    fails (logged tracebacks, and TensorStore callbacks on a closed event loop); `Checkpointer` reports each such
-    failure in one line instead."""
-    for name in ("absl", "asyncio"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _QuietOrbaxErrors) for f in logger.filters):
-            logger.addFilter(_QuietOrbaxErrors())
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        trace = "".join(traceback.format_tb(unraisable.exc_traceback))
-        if not _from_orbax(f"{unraisable.exc_value!r} {unraisable.object!r} {trace}"):
-            previous(unraisable)
-
-    if getattr(previous, "__name__", "") != "_quiet_unraisable":
-        hook.__name__ = "_quiet_unraisable"
-        sys.unraisablehook = hook
 
 
 def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
@@ -392,81 +293,3 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     name = lambda key: str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
     return {"/".join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
-
-
-@contextlib.contextmanager
-def quiet_orbax_notes() -> Iterator[None]:
-    """Orbax's notes and warnings dropped while the block runs, for library code (errors still show)."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def load_config_dict(workdir: str | epath.Path, step: int | None = None) -> tuple[dict, int]:
-    """The resolved config saved with a checkpoint (`step`, or else the newest one whose config reads), and that
-    step. CheckpointError when no such config can be read (another program's checkpoint, say)."""
-    directory = checkpoint_dir(workdir)
-    if not directory.exists():
-        raise CheckpointError(
-            f"{workdir}: no checkpoints (expected {directory}); train first: python train.py --workdir {workdir}"
-        )
-    with quiet_orbax_notes():  # Orbax warns that a read-only manager saves nothing: we know
-        ckpt = Checkpointer(workdir, read_only=True, async_save=False)
-    try:
-        steps = ckpt.steps()
-        if not steps:
-            raise CheckpointError(f"{directory}: no checkpoints; train first: python train.py --workdir {workdir}")
-        if step is not None and step not in steps:
-            raise CheckpointError(f"{directory}: no checkpoint at step {step} (have: {steps})")
-        config, step, config_file = _read_newest_config(ckpt, steps[::-1] if step is None else [step])
-    finally:
-        ckpt.close()
-    try:
-        Config.from_dict(config)
-    except (ConfigError, AttributeError, TypeError) as error:
-        raise CheckpointError(f"{config_file}: a config this version cannot read ({error})") from None
-    return config, step
-
-
-def _read_newest_config(ckpt: Checkpointer, candidates: list[int]) -> tuple[dict, int, epath.Path]:
-    """(config, step, its file) of the first of `candidates` whose config reads (a damaged checkpoint's is skipped:
-    restoring reports it); CheckpointError with the first one's reason when none does."""
-    first_reason = ""
-    for step in candidates:
-        config_file = ckpt.directory / str(step) / "config" / "metadata"
-        try:
-            config = json.loads(config_file.read_text()) if config_file.exists() else ckpt.read_config(step)
-        except Exception as error:  # noqa: BLE001 - Orbax and json raise many types for a folder that is not ours
-            first_reason = first_reason or _one_line(error, 200)
-            continue
-        return config, step, config_file
-    raise CheckpointError(
-        f"{ckpt.directory / str(candidates[0])}: not a checkpoint of this project (no readable config: {first_reason})"
-    )
-
-
-def restore_state(
-    workdir: str | epath.Path, cfg: Config, step: int | None = None, on_fallback: Callable[[str], None] = _warn
-) -> tuple[Any, dict, int]:
-    """(train state, data-iterator state, step) of a checkpoint (the latest that restores, or `step`) on one
-    device, read-only: a damaged checkpoint is reported through `on_fallback` and left where it is."""
-    mesh = sharding.make_mesh("", devices=jax.devices()[:1])
-    model, tx = MusicTransformer(cfg.model), make_optimizer(cfg.train)
-    target = abstract_train_state(train_state_shardings(model, tx, cfg, mesh), model, tx, cfg)
-    with quiet_orbax_notes():  # Orbax warns that a read-only manager saves nothing: we know
-        checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
-    try:
-        return checkpointer.restore(target, step, on_fallback)
-    finally:
-        checkpointer.close()
-
-
-def restore_params(workdir: str | epath.Path, cfg: Config, step: int | None = None) -> Any:
-    """The parameters of a checkpoint (the latest, or `step`) on one device — their moving average when training
-    kept one (`train.ema_decay`); the rest of the optimizer state is dropped."""
-    state, _, _ = restore_state(workdir, cfg, step)
-    return evaluation_params(state)

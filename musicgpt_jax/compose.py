@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from musicgpt_jax import audio, listening_page, pianoroll, stats
-from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, restore_params
+from musicgpt_jax.checkpoint import CheckpointError
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
 from musicgpt_jax.frames import Frames, notes_of
@@ -36,6 +36,7 @@ from musicgpt_jax.generation import (
     steps_per_bar,
 )
 from musicgpt_jax.midi_io import MidiDecodeError, frames_to_midi
+from musicgpt_jax.saved_run import load_config_dict, restore_params
 
 KEYBOARDS = ("corpus", "all")
 

@@ -26,12 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from musicgpt_jax import cli, cloud, dynamics, host_memory, records
-from musicgpt_jax.checkpoint import CheckpointError, load_config_dict, quiet_orbax, restore_params
+from musicgpt_jax.checkpoint import CheckpointError
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.dataset_card import SPLITS
 from musicgpt_jax.frames import with_start_frame
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood
+from musicgpt_jax.orbax_logs import quiet_orbax
 from musicgpt_jax.pipeline import plan_windows
+from musicgpt_jax.saved_run import load_config_dict, restore_params
 
 
 class EvaluationError(ValueError):

@@ -23,12 +23,12 @@ import jax
 import numpy as np
 
 from musicgpt_jax import audio, compose, dynamics, generation, keep, listening_page, pianoroll
-from musicgpt_jax.checkpoint import restore_params
 from musicgpt_jax.compose import SampleOptions
 from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.frames import DEFAULT_VELOCITY, HOLD, OFF, ONSET, Frames, note_starts
 from musicgpt_jax.generation import Grid, SampleError
 from musicgpt_jax.midi_io import frames_to_midi, midi_to_frames
+from musicgpt_jax.saved_run import restore_params
 
 MAX_CONTEXTS = 16  # a kept piece may be at most this many context windows long (sampling time grows with it)
 

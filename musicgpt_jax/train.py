@@ -23,11 +23,12 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from musicgpt_jax import pipeline, records, sharding
-from musicgpt_jax.checkpoint import Checkpointer, load_config_dict
+from musicgpt_jax.checkpoint import Checkpointer
 from musicgpt_jax.configs import Config, ConfigError, ModelConfig, TrainConfig
 from musicgpt_jax.hardware import peak_flops_per_device
 from musicgpt_jax.metrics_log import MetricsWriter, log
 from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame
+from musicgpt_jax.saved_run import load_config_dict
 from musicgpt_jax.train_state import (
     TrainState,
     abstract_train_state,

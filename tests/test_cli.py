@@ -10,7 +10,8 @@ from conftest import TINY_OVERRIDES, run_all
 from test_cli_help import script
 
 from musicgpt_jax import configs
-from musicgpt_jax.checkpoint import Checkpointer, load_config_dict
+from musicgpt_jax.checkpoint import Checkpointer
+from musicgpt_jax.saved_run import load_config_dict
 
 TOOLS = {  # how each is run, and the name its errors start with
     "train.py": (["train.py"], "train.py"),

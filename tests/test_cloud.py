@@ -22,7 +22,7 @@ from conftest import REPO, TINY_OVERRIDES, BenchmarkData
 from gcs_emulator import StorageEmulator, free_port
 
 from musicgpt_jax import cloud, configs
-from musicgpt_jax.checkpoint import load_config_dict, restore_state
+from musicgpt_jax.saved_run import load_config_dict, restore_state
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,12 @@ import pytest
 from flax import linen as nn
 
 from musicgpt_jax import compose, configs, decode, dynamics, generation, pipeline, records
-from musicgpt_jax.checkpoint import Checkpointer, restore_params
+from musicgpt_jax.checkpoint import Checkpointer
 from musicgpt_jax.frame_choice import sample_frame, sample_velocities
 from musicgpt_jax.frames import DEFAULT_VELOCITY, HOLD, OFF, ONSET, Frames
 from musicgpt_jax.midi_io import write_midi
 from musicgpt_jax.model import MusicTransformer, frame_nll
+from musicgpt_jax.saved_run import restore_params
 from musicgpt_jax.train import TrainingError, check_compatible, train_and_evaluate
 from musicgpt_jax.train_state import TrainState, make_optimizer
 from musicgpt_jax.train_step import make_train_step

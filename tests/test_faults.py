@@ -24,8 +24,10 @@ from conftest import REPO
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from musicgpt_jax import checkpoint, configs
-from musicgpt_jax.checkpoint import Checkpointer, CheckpointError, load_config_dict, state_digest
+from musicgpt_jax import configs, orbax_logs
+from musicgpt_jax.checkpoint import Checkpointer, CheckpointError
+from musicgpt_jax.saved_run import load_config_dict
+from musicgpt_jax.state_digest import state_digest
 from musicgpt_jax.train import _close_all
 
 # Reading a damaged checkpoint leaves Orbax coroutines that fail when collected: expected here, not a test failure.
@@ -164,7 +166,7 @@ def test_a_disk_that_fills_during_a_save_fails_in_one_line_and_the_last_good_che
     stat = os.statvfs(small_disk)
     (small_disk / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - 4096))
     monkeypatch.setattr(Checkpointer, "_check_room", lambda self, step, state: None)  # fill it during the write
-    checkpoint.quiet_orbax_errors()
+    orbax_logs.quiet_orbax_errors()
     try:
         ckpt = Checkpointer(small_disk, async_save=True)
         with pytest.raises(CheckpointError) as error:
@@ -175,7 +177,7 @@ def test_a_disk_that_fills_during_a_save_fails_in_one_line_and_the_last_good_che
     finally:
         for name in ("absl", "asyncio"):
             logger = logging.getLogger(name)
-            for f in [f for f in logger.filters if isinstance(f, checkpoint._QuietOrbaxErrors)]:
+            for f in [f for f in logger.filters if isinstance(f, orbax_logs._QuietOrbaxErrors)]:
                 logger.removeFilter(f)
     message = str(error.value)
     assert "\n" not in message and "could not save the checkpoint of step 2 (no space left on device)" in message

@@ -21,8 +21,9 @@ from conftest import REPO, TINY_OVERRIDES, BenchmarkData
 from jax.sharding import PartitionSpec as P
 
 from musicgpt_jax import configs, pipeline, records, sharding
-from musicgpt_jax.checkpoint import Checkpointer, restore_params
+from musicgpt_jax.checkpoint import Checkpointer
 from musicgpt_jax.model import MusicTransformer, frame_nll
+from musicgpt_jax.saved_run import restore_params
 from musicgpt_jax.train import TrainingError, check_compatible, train_and_evaluate
 from musicgpt_jax.train_state import abstract_train_state, create_train_state, evaluation_params, make_optimizer
 from musicgpt_jax.train_step import global_batch, make_train_step
