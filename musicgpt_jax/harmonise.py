@@ -25,7 +25,7 @@ import numpy as np
 from musicgpt_jax import audio, compose, dynamics, generation, keep, listening_page, pianoroll
 from musicgpt_jax.compose import SampleOptions
 from musicgpt_jax.configs import ModelConfig
-from musicgpt_jax.frames import DEFAULT_VELOCITY, HOLD, OFF, ONSET, Frames, note_starts
+from musicgpt_jax.frames import DEFAULT_VELOCITY, OFF, Frames, frames_before, note_starts, restart_held
 from musicgpt_jax.generation import Grid, SampleError
 from musicgpt_jax.midi_io import frames_to_midi, midi_to_frames
 from musicgpt_jax.saved_run import restore_params
@@ -193,8 +193,7 @@ def piece_of(request: Request, written: np.ndarray, written_velocities: np.ndarr
     kept = keep.kept_grid(request.kept_states, request.kept_mask, len(request.primer) > 0)
     states = np.concatenate([request.primer, written, kept[request.num_frames :]]).astype(np.int32)
     if grid.num_states == 3:
-        before = np.concatenate([np.zeros_like(states[:1]), states[:-1]])
-        states = np.where((states == HOLD) & (before == OFF), ONSET, states)
+        states = restart_held(states, frames_before(states))
     own = np.zeros(written.shape, np.int32) if written_velocities is None else written_velocities
     middle = np.where(request.kept_mask[: request.num_frames], request.kept_velocities[: request.num_frames], own)
     velocities = np.concatenate([request.primer_velocities, middle, request.kept_velocities[request.num_frames :]])
