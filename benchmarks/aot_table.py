@@ -12,7 +12,6 @@ so an interrupted run resumes where it stopped. Progress goes to stderr, the tab
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile-only: never probe for a local TPU
 
-from musicgpt_jax import aot  # noqa: E402
+from musicgpt_jax import aot, cli  # noqa: E402
 
 TOPOLOGIES = ("v5e:1x1", "v5e:2x2", "v5e:2x4", "v4:2x2x1", "v5p:2x2x1", "v6e:2x2")
 # Slices each generation is sold in, smallest first (one JAX device per chip).
@@ -140,7 +139,7 @@ def table(results: Results, presets: list[str], topologies: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.Parser(prog="aot_table.py", description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="tiny,small,base,large")
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
     parser.add_argument("--cache", help="JSON-lines file of reports, read and extended")

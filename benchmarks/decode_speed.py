@@ -34,7 +34,7 @@ from flax import linen as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from musicgpt_jax import decode, host_memory  # noqa: E402
+from musicgpt_jax import cli, decode, host_memory  # noqa: E402
 from musicgpt_jax.configs import ModelConfig  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, count_params, init_cache  # noqa: E402
 
@@ -98,7 +98,9 @@ def generate_seconds(params, cfg: ModelConfig, batch: int, frames: int) -> float
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(
+        prog="decode_speed.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--d_model", type=int, default=256)
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--num_heads", type=int, default=4)

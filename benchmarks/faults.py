@@ -2,8 +2,8 @@
 
 Each fault is checked against an uninterrupted run, and the measured table goes to docs/RELIABILITY.md:
 
-    python benchmarks/faults.py                       # everything, as in docs/RELIABILITY.md (~18 min on 2 busy cores)
-    python benchmarks/faults.py --kills 3 --prepare_kills 2 --mutants 20 --out -    # a quick look, on stdout
+    python benchmarks/faults.py --write_docs          # everything, into docs/RELIABILITY.md (~18 min on 2 busy cores)
+    python benchmarks/faults.py --kills 3 --prepare_kills 2 --mutants 20            # a quick look, on stdout
     python benchmarks/faults.py --only corrupt,disk_full                            # some sections only
 
 - train_kills: SIGKILL `train.py` (a tiny model, a checkpoint every few steps, asynchronous saves) at seeded
@@ -942,7 +942,9 @@ def report(sections: dict[str, Section], command: str, seconds: float) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from musicgpt_jax import cli
+
+    parser = cli.Parser(prog="faults.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--midi_dir", default="../shared/data/midi/real", help="real MIDI files (default: %(default)s)")
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs of train.py (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=120, help="steps of each training run (default: %(default)s)")
@@ -955,9 +957,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--disk_mb", type=int, default=16, help="size of the small tmpfs (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
-    parser.add_argument("--out", default="docs/RELIABILITY.md", help="report file, or - for stdout")
+    parser.add_argument("--report", metavar="PATH", help="write the report to PATH (default: stdout)")
+    parser.add_argument("--write_docs", action="store_true", help="write the report to docs/RELIABILITY.md")
+    parser.add_argument("--out", dest="old_out", help=argparse.SUPPRESS)  # old name of --report
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (its path is printed)")
     args = parser.parse_args(argv)
+    if args.old_out:
+        cli.deprecated("faults.py", "--out PATH", "--report PATH (or --write_docs)")
+        args.report = args.report or args.old_out
+    args.out = "docs/RELIABILITY.md" if args.write_docs else (args.report or "-")
     args.only = [s for s in args.only.split(",") if s]
     unknown = sorted(set(args.only) - set(SECTIONS))
     if unknown:

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from musicgpt_jax import configs, sharding  # noqa: E402
+from musicgpt_jax import cli, configs, sharding  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, frame_nll  # noqa: E402
 from musicgpt_jax.train_state import create_train_state, make_optimizer  # noqa: E402
 from musicgpt_jax.train_step import global_batch, jit_train_step  # noqa: E402
@@ -68,7 +68,9 @@ def relative_error(x, ref) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(
+        prog="gpu_consistency.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     ref_cfg = config("float32", "xla")

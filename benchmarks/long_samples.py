@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from musicgpt_jax import compose, decode, frame_choice, generation, host_memory, pipeline, records, stats  # noqa: E402
+from musicgpt_jax import cli, compose, decode, frame_choice, generation, host_memory, pipeline, records, stats  # noqa: E402
 from musicgpt_jax.frames import OFF, Meter, note_starts, with_start_frame  # noqa: E402
 from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
 from musicgpt_jax.model import MusicTransformer, frame_log_likelihood, model_inputs  # noqa: E402
@@ -197,7 +197,9 @@ def per_bar_means(values: np.ndarray, steps_per_bar: int) -> np.ndarray:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(
+        prog="long_samples.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", default="runs/default")
     parser.add_argument("--bars", type=int, default=64)
     parser.add_argument("--num_samples", type=int, default=8)

@@ -67,7 +67,7 @@ PUBLISHED: list[tuple[str, str, tuple[str | None, ...]]] = [
     ),
     ("notes within a frame modelled jointly", "DMM-Aug-NADE (Krishnan et al. 2017)", ("5.12", "2.31", "7.05", "6.05")),
 ]
-# Issue 13's goal: below the best published number and below our own earlier NADE runs (5.18, 2.24, 6.23, 6.35).
+# The goal: below the best published number and below our own earlier NADE runs (5.18, 2.24, 6.23, 6.35).
 TARGETS = {"jsb_chorales": 5.12, "nottingham": 2.24, "piano_midi": 6.23, "musedata": 5.60}
 
 

@@ -9,7 +9,6 @@ stays below the number of cores.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -31,7 +30,9 @@ def timed_build(midi_dir: str, workers: int) -> tuple[float, int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from musicgpt_jax import cli
+
+    parser = cli.Parser(prog="prepare_speed.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="the 'all workers' run")
     args = parser.parse_args()
     from musicgpt_jax import corpus

@@ -128,15 +128,17 @@ def main(argv: list[str] | None = None) -> None:
         nargs="?",
         const="",
         metavar="PATH",
-        help="also write one JSON object per preset, a line each, to PATH",
+        help="also write one JSON object per preset, a line each, to PATH (-: on stdout instead of the table)",
     )
     args, overrides = cli.parse_with_overrides(parser, sys.argv[1:] if argv is None else argv)
     if any(":" in variant for variant in args.presets):
         cli.deprecated(PROG, "--presets PRESET:section.field=value", "--config.SECTION.FIELD=VALUE")
     if args.json == "":
         cli.deprecated(PROG, "--json without a PATH", "--json PATH")
-        args.json = "/dev/stdout"
-    json_lines = open(args.json, "w") if args.json else None  # noqa: SIM115 - written as each preset finishes
+        args.json = "-"
+    to_stdout = args.json == "-"  # JSON lines instead of the table
+    # Written as each preset finishes, so a later preset's failure loses nothing.
+    json_lines = (sys.stdout if to_stdout else open(args.json, "w")) if args.json else None  # noqa: SIM115
     on_cpu = jax.devices()[0].platform == "cpu"
     size = 1024 if on_cpu else 8192  # big enough to reach a GPU's peak
     matmul = measure_matmul_flops(size=size, dtype=jnp.dtype(args.dtype), repeats=10)
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         + ("; glibc malloc tuned (musicgpt_jax.host_memory)" if tuned else "; glibc malloc as is")
     )
     width = max(8, *map(len, args.presets))
-    if json_lines is None or args.json != "/dev/stdout":
+    if not to_stdout:
         print(header, flush=True)
         print(
             f"{'variant':{width}} {'params':>7} {'batch×frames':>13} {'compile s':>9} {'step s':>8} {'frames/s':>10} "
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         if json_lines is not None:
             json_lines.write(json.dumps(r) + "\n")
             json_lines.flush()
-            if args.json == "/dev/stdout":
+            if to_stdout:
                 continue
         print(
             f"{variant:{width}} {r['params'] / 1e6:6.1f}M {r['batch']:>6}×{r['frames']:<6} {r['compile_s']:9.1f} "
@@ -183,9 +185,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['temp_gib']:8.2f}",
             flush=True,
         )
-    if json_lines is not None:
+    if json_lines is not None and not to_stdout:
         json_lines.close()
-    if args.json != "/dev/stdout":
+    if not to_stdout:
         print(
             "ratio = XLA-counted FLOP rate of the train step / this machine's dense matmul rate, both measured in "
             "this run (goal on CPU >= 0.5); MFU = model FLOP rate (6N + 12LdT per frame) / peak (goal >= 50% on an "

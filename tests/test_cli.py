@@ -23,6 +23,11 @@ TOOLS = {  # how each is run, and the name its errors start with
     "polyphonic.py": (["benchmarks/polyphonic.py"], "polyphonic.py"),
     "classical_piano.py": (["benchmarks/classical_piano.py"], "classical_piano.py"),
     "train_speed.py": (["benchmarks/train_speed.py"], "train_speed.py"),
+    "decode_speed.py": (["benchmarks/decode_speed.py"], "decode_speed.py"),
+    "long_samples.py": (["benchmarks/long_samples.py"], "long_samples.py"),
+    "prepare_speed.py": (["benchmarks/prepare_speed.py"], "prepare_speed.py"),
+    "aot_table.py": (["benchmarks/aot_table.py"], "aot_table.py"),
+    "faults.py": (["benchmarks/faults.py"], "faults.py"),
 }
 
 

@@ -71,7 +71,16 @@ def test_no_reexec_where_not_wanted(tmp_path, changes):
 
 
 def train_speed_tiny(env: dict) -> dict:
-    cmd = [sys.executable, str(REPO / "benchmarks" / "train_speed.py"), "--presets", "tiny", "--steps", "3", "--json"]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "train_speed.py"),
+        "--presets",
+        "tiny",
+        "--steps",
+        "3",
+        "--json",
+        "-",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
