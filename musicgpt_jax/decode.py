@@ -390,19 +390,3 @@ def decode_logits(
     _check(cfg, frames, mesh)
     fn = _jitted_decode_logits(_config_key(cfg), mesh, int(prefill_len))
     return _run(fn, mesh, params, jnp.asarray(frames, jnp.int32))
-
-
-def window_starts(num_frames: int, prefill_len: int, max_len: int) -> np.ndarray:
-    """For each frame t of a teacher-forced sequence, the first frame of the window its logits saw.
-
-    Mirrors the slide rule, so a test can recompute every decode step with one plain forward pass.
-    """
-    half = max_len // 2
-    starts = np.zeros(num_frames, np.int64)
-    start, index = 0, prefill_len
-    for t in range(prefill_len, num_frames):
-        if index >= max_len:
-            start, index = t - half, half
-        starts[t] = start
-        index += 1
-    return starts

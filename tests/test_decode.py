@@ -41,7 +41,7 @@ def random_frames(shape, num_states=3, seed=0) -> np.ndarray:
 
 def reference_logits(params, cfg, frames: np.ndarray, prefill_len: int) -> np.ndarray:
     """Logits of every frame from plain forward passes over the window each decode step saw (no cache)."""
-    starts = decode.window_starts(frames.shape[1], prefill_len, cfg.max_len)
+    starts = window_starts(frames.shape[1], prefill_len, cfg.max_len)
     out = np.zeros(frames.shape + (cfg.num_states,), np.float32)
     forward = jax.jit(lambda x, steps: MusicTransformer(cfg).apply({"params": params}, x, steps=steps)[0])
     padded = np.pad(frames, ((0, 0), (0, cfg.max_len), (0, 0)))  # one window shape, one compile
@@ -64,7 +64,7 @@ def test_decode_matches_full_forward_also_after_slides(scan_layers, num_frames, 
     params = init_params(cfg)
     frames = random_frames((2, num_frames, cfg.num_pitches))
     prefill_len = 3
-    starts = decode.window_starts(num_frames, prefill_len, cfg.max_len)
+    starts = window_starts(num_frames, prefill_len, cfg.max_len)
     if num_frames > cfg.max_len:
         assert starts.max() > cfg.max_len  # the window slid several times
     else:
@@ -75,7 +75,7 @@ def test_decode_matches_full_forward_also_after_slides(scan_layers, num_frames, 
 
 def test_window_starts_follow_the_slide_rule():
     # max_len 8: frames 0..7 fill the cache; frame 8 slides to keep frames 4..7 and is written at position 4.
-    np.testing.assert_array_equal(decode.window_starts(14, 2, 8), [0] * 8 + [4] * 4 + [8] * 2)
+    np.testing.assert_array_equal(window_starts(14, 2, 8), [0] * 8 + [4] * 4 + [8] * 2)
 
 
 @pytest.mark.parametrize("primer_len", [5, 20])
@@ -169,3 +169,19 @@ def test_bad_arguments_are_refused(params):
             jax.random.key(0),
             mesh=sharding.make_mesh("data=2,fsdp=2,tensor=2"),
         )
+
+
+def window_starts(num_frames: int, prefill_len: int, max_len: int) -> np.ndarray:
+    """For each frame t of a teacher-forced sequence, the first frame of the window its logits saw.
+
+    Mirrors the slide rule, so a test can recompute every decode step with one plain forward pass.
+    """
+    half = max_len // 2
+    starts = np.zeros(num_frames, np.int64)
+    start, index = 0, prefill_len
+    for t in range(prefill_len, num_frames):
+        if index >= max_len:
+            start, index = t - half, half
+        starts[t] = start
+        index += 1
+    return starts
