@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from musicgpt_jax import audio, cloud
+from musicgpt_jax import cloud
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -111,6 +111,8 @@ class MetricsWriter:
         if self._tb is None:
             return
         from tensorboardX.proto import summary_pb2  # present whenever a TensorBoard writer is
+
+        from musicgpt_jax import audio  # here: the training loop loads the rendering stack only when a sample is due
 
         self._tb.add_image("sample/piano_roll", image, step, dataformats="HWC")
         # The audio summary built here, as a WAV: tensorboardX's add_audio would need the soundfile package.

@@ -64,12 +64,12 @@ def test_sample_every_zero_writes_none(benchmark_data, tmp_path):
 
 def test_the_training_loop_does_not_import_the_rendering_stack():
     # the samples are rendered only when they are due: importing the loop loads no sampler command, piano roll,
-    # statistics or listening page
+    # audio, statistics or listening page
     code = "import sys, musicgpt_jax.train; print(*sorted(m for m in sys.modules if m.startswith('musicgpt_jax.')))"
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo, env=env)
     loaded = set(result.stdout.split())
     assert "musicgpt_jax.train" in loaded
-    rendering = {"compose", "generation", "training_samples", "pianoroll", "stats", "listening_page"}
+    rendering = {"compose", "generation", "training_samples", "pianoroll", "audio", "stats", "listening_page"}
     assert not loaded & {f"musicgpt_jax.{name}" for name in rendering}, loaded
