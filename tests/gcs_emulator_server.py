@@ -1,18 +1,25 @@
 """gcp-storage-emulator, run with the parts of Cloud Storage's JSON API that TensorStore (under Orbax) relies on
 and the emulator leaves out: generation preconditions (`ifGenerationMatch`, `ifGenerationNotMatch`) on uploads,
 downloads and metadata reads, and the `x-goog-generation` header on downloads. Without them OCDBT's manifest
-writes fail at random ("Malformed StorageGeneration"). Started by tests/gcs_emulator.py as
-`python tests/gcs_emulator_server.py ARGS...` with the emulator's own arguments.
+writes fail at random ("Malformed StorageGeneration"). It also serves each request on its own thread, as Cloud
+Storage serves clients side by side: the emulator's one thread blocks on a client that stops reading a response
+(gcsfs's read-ahead) and with it every other client. Storage operations stay one at a time (one lock).
+Started by tests/gcs_emulator.py as `python tests/gcs_emulator_server.py ARGS...` with the emulator's arguments.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 import threading
 from http import HTTPStatus
+from http.server import ThreadingHTTPServer
 
+from gcp_storage_emulator import server as emulator_server
 from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import objects
+from gcp_storage_emulator.storage import Storage
 
 _lock = threading.RLock()  # a precondition and the write it guards happen as one (get may call download)
 _download, _insert, _get = objects.download, objects.insert, objects.get
@@ -75,7 +82,29 @@ def get(request, response, storage, *args, **kwargs):
         _get(request, response, storage, *args, **kwargs)
 
 
+def _one_at_a_time(method):
+    @functools.wraps(method)
+    def locked(*args, **kwargs):
+        with _lock:
+            return method(*args, **kwargs)
+
+    return locked
+
+
+def _serve_threaded(self) -> None:
+    """`APIThread.run` with a thread per request."""
+    handler = functools.partial(emulator_server.RequestHandler, self._storage)
+    self._httpd = ThreadingHTTPServer((self._host, self._port), handler)
+    self._httpd.daemon_threads = True
+    self.is_running.set()
+    self._httpd.serve_forever()
+
+
 objects.insert, objects.download, objects.get = insert, download, get
+for _name, _member in list(vars(Storage).items()):
+    if inspect.isfunction(_member) and not _name.startswith("__"):
+        setattr(Storage, _name, _one_at_a_time(_member))
+emulator_server.APIThread.run = _serve_threaded
 
 if __name__ == "__main__":
     from gcp_storage_emulator.__main__ import main  # imported after the patch: its URL table takes these handlers
