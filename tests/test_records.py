@@ -210,24 +210,6 @@ def test_a_split_is_a_grain_source_in_a_fixed_order(written):
         records.load_split(str(data_dir), "written", "valid")
 
 
-def test_gs_data_dir_goes_through_epath():
-    """A gs:// data dir reaches the storage layer intact (pathlib would turn it into "gs:/bucket/...")."""
-    try:
-        import gcsfs  # noqa: F401
-
-        pytest.skip("gcsfs is installed: this would reach the network")
-    except ImportError:
-        pass
-    with pytest.raises(records.DatasetNotFoundError, match=r"^gs://bucket/data/jsb_chorales: cannot read it"):
-        records.load_info("gs://bucket/data", "jsb_chorales")
-    with pytest.raises(records.DatasetNotFoundError, match=r"^gs://bucket/data/jsb_chorales: "):
-        records.load_split("gs://bucket/data", "jsb_chorales", "train")
-
-
-# --------------------------------------------------------------------------------------------- ../shared files
-
-
-@pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     """All of midi/real and midi/edge (linked folders), built once with 2 workers."""
     tmp = tmp_path_factory.mktemp("mixed")
