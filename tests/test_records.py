@@ -210,6 +210,10 @@ def test_a_split_is_a_grain_source_in_a_fixed_order(written):
         records.load_split(str(data_dir), "written", "valid")
 
 
+# --------------------------------------------------------------------------------------------- ../shared files
+
+
+@pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     """All of midi/real and midi/edge (linked folders), built once with 2 workers."""
     tmp = tmp_path_factory.mktemp("mixed")
