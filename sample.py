@@ -18,6 +18,7 @@ examples:
   python sample.py --workdir runs/default --prime theme.mid --include_prime --bars 16 --seed 3
   python sample.py --workdir runs/default --melody tune.mid          # keep the tune, write the voices under it
   python sample.py --workdir runs/default --prime piece.mid --fill 5:6   # rewrite bars 5-6, keep the rest
+  python sample.py --workdir runs/piano --key "D minor" --composer "Frédéric Chopin"
 """
 
 
@@ -50,6 +51,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--include_prime", action="store_true", help="start the output with the primer")
     parser.add_argument("--bpm", type=float, help=f"tempo (default: the primer's, else {frames.DEFAULT_TEMPO:g})")
+    parser.add_argument(
+        "--key",
+        help='the key to write in, e.g. "D minor", "F# major", "Bb minor" (a model trained with '
+        "model.condition_on_key; default: unknown, as the model chooses)",
+    )
+    parser.add_argument(
+        "--composer",
+        help="write in this composer's manner: one of the names the model was trained with (model.composers; "
+        "default: unknown)",
+    )
     kept = parser.add_mutually_exclusive_group()
     kept.add_argument("--melody", help="a MIDI file whose notes are all kept; the model writes the rest (harmonise)")
     kept.add_argument("--keep", help="a MIDI file of notes to keep, after --prime's bars when given")
@@ -76,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     options = compose.SampleOptions(**vars(args))
     try:
         compose.sample_run(options)
+    except compose.ConditionError as error:
+        return cli.fail("sample.py", str(error))
     except compose.INPUT_ERRORS as error:
         print(f"sample.py: {error}", file=sys.stderr)
         return 1

@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="split by file hash even where --midi_dir holds MAESTRO's metadata (maestro-v*.csv/.json), "
         "whose split is used by default; files it does not list are split by hash either way",
     )
+    parser.add_argument(
+        "--metadata",
+        metavar="CSV",
+        help="each file's composer from this CSV (columns canonical_composer, midi_filename: the path under "
+        "--midi_dir), instead of the MAESTRO metadata in --midi_dir, which is read by default",
+    )
     parser.add_argument("--no_sustain_pedal", action="store_true", help="ignore CC64 (pedal) when reading MIDI")
     parser.add_argument("--include_drums", action="store_true", help="keep drum tracks (dropped by default)")
     parser.add_argument(
@@ -183,6 +189,7 @@ def _build(args: argparse.Namespace, data_dir: str, report: bool = True, results
                 workers=args.workers,
                 force=args.force,
                 use_metadata=not args.hash_split,
+                composer_metadata=args.metadata,
             )
     except (records.InputError, corpus.BenchmarkFormatError) as error:
         print(f"prepare.py: {error}", file=sys.stderr)

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from musicgpt_jax import audio, listening_page, pianoroll, stats
+from musicgpt_jax import audio, conditioning, listening_page, pianoroll, stats
 from musicgpt_jax.checkpoint import CheckpointError
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.frame_choice import STRATEGIES, Strategy
@@ -62,6 +62,14 @@ class SampleOptions:
     melody: str | None = None
     keep: str | None = None
     fill: str | None = None
+    # The key ("D minor") and composer to write in, for a model trained with that conditioning; None: unknown.
+    key: str | None = None
+    composer: str | None = None
+
+
+class ConditionError(SampleError):
+    """A key or composer the model cannot take (unknown to it, or no such conditioning); one line listing those
+    it knows. The CLI reports it as bad usage (exit 2)."""
 
 
 @dataclasses.dataclass
@@ -101,6 +109,14 @@ def check_options(options: SampleOptions) -> None:
         raise SampleError(f"--prime {options.prime}: no such file")
     if Path(options.out).exists() and not Path(options.out).is_dir():
         raise SampleError(f"--out {options.out}: exists and is not a folder")
+
+
+def labels_of(options: SampleOptions, model: ModelConfig) -> dict[str, np.int32]:
+    """The key and composer labels `options` ask of `model` (`conditioning.request`); ConditionError otherwise."""
+    try:
+        return conditioning.request(model, options.key, options.composer)
+    except ValueError as error:
+        raise ConditionError(str(error)) from None
 
 
 def strategy_of(options: SampleOptions) -> Strategy:
@@ -201,9 +217,12 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
     from musicgpt_jax import harmonise
 
     if harmonise.kept_mode(options):  # --melody, --keep, --fill: notes to keep
+        if options.key is not None or options.composer is not None:
+            raise ConditionError("--key and --composer: not with --melody, --keep or --fill")
         return harmonise.run(options, log)
     check_options(options)
     cfg, step = load_config(options.workdir, options.step)
+    labels = labels_of(options, cfg.model)
     grid = grid_of(cfg)
     model: ModelConfig = cfg.model
     primer = None
@@ -221,7 +240,7 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
     allowed = keyboard_of(cfg, grid) if options.keyboard == "corpus" else None
     started = time.perf_counter()
     generated, velocities = generate_pieces(
-        params, model, primer, options.num_samples, num_frames, jax.random.key(options.seed), strategy, allowed
+        params, model, primer, options.num_samples, num_frames, jax.random.key(options.seed), strategy, allowed, labels
     )
     sampling_seconds = time.perf_counter() - started
 

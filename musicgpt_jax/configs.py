@@ -70,6 +70,15 @@ class ModelConfig:
     # after it. Training draws what is given per window (nothing, the top line, the bass line, bars around a gap).
     # 0 = off: the input does not exist (checkpoints before it).
     given_lookahead: int = 0
+    # Key conditioning (`musicgpt_jax.keys`): a learned vector per key (24, and one for "unknown") added to every
+    # frame. Training tells the window's key (moved with its transposition), sampling the key asked for (`--key`)
+    # or "unknown". False: the input does not exist (checkpoints before it).
+    condition_on_key: bool = False
+    # Composer conditioning: a learned vector per name in `composers` (and one for "unknown") added to every frame.
+    # `condition_on_composer` asks training to take the names from the dataset card when `composers` is empty; the
+    # saved config carries them, so sampling knows which `--composer` the model was taught. () = off.
+    condition_on_composer: bool = False
+    composers: tuple[str, ...] = ()
 
     @property
     def head_dim(self) -> int:
@@ -128,6 +137,9 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
+    # Key and composer conditioning: the share of training windows told "unknown" instead (each label apart), so
+    # that sampling without a key or a composer works too.
+    condition_dropout: float = 0.2
     max_seconds: float = 0.0  # wall-clock budget of train_and_evaluate (set-up included); 0: none. When spent:
     # evaluate, save and stop.
 
@@ -290,6 +302,8 @@ def piano() -> Config:
             head="nade",
             velocity_bins=32,
             given_lookahead=GIVEN_LOOKAHEAD,
+            condition_on_key=True,
+            condition_on_composer=True,
         ),
         data=DataConfig(dataset="maestro"),
         train=TrainConfig(
@@ -363,6 +377,11 @@ _CHOICES = {
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is tuple:  # a tuple of names: a JSON list, or comma-separated text on the command line
+        names = value.split(",") if isinstance(value, str) else value
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"--config.{key}: expected names, got {value!r}")
+        return tuple(n.strip() for n in names if n.strip())
     if not isinstance(value, str):
         if kind is float and isinstance(value, int):
             return float(value)
@@ -422,6 +441,10 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"--config.model.given_lookahead={cfg.model.given_lookahead}: must be 0 (off) or frames")
     if cfg.model.beat_steps < 0:
         raise ConfigError(f"--config.model.beat_steps={cfg.model.beat_steps}: must be 0 (off) or a number of frames")
+    if not 0 <= cfg.train.condition_dropout <= 1:
+        raise ConfigError(f"--config.train.condition_dropout={cfg.train.condition_dropout}: must be in [0, 1]")
+    if len(set(cfg.model.composers)) != len(cfg.model.composers):
+        raise ConfigError(f"--config.model.composers: a name is listed twice in {', '.join(cfg.model.composers)}")
     if cfg.model.condition_on_transposition and not 0 <= cfg.data.transpose <= MAX_TRANSPOSITION:
         raise ConfigError(
             f"--config.data.transpose={cfg.data.transpose}: model.condition_on_transposition has a vector for "

@@ -2,7 +2,8 @@
 
 Per-sequence statistics are computed where the frames are (in the conversion workers) and summed here, so the
 card never needs the frames again. Polyphony counts sounding pitches (any state but off) per frame, silent
-frames included; the pitch histogram counts, per pitch, the frames in which it sounds.
+frames included; the pitch histogram counts, per pitch, the frames in which it sounds. The card also counts the
+sequences per key (`keys`) and per composer, each with those whose key or composer is not known.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from musicgpt_jax.frames import OFF, note_starts
+from musicgpt_jax.keys import UNKNOWN, key_name
 
 SPLITS = ("train", "validation", "test")
+SHOWN_LABELS = 8  # keys and composers named in the printed summary (all are in card.json)
 _NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
@@ -47,6 +50,7 @@ def make_card(
     reasons = Counter(entry["reason"] for entry in manifest if entry["status"] == "skipped")
     splits = {s: {"sequences": 0, "frames": 0, "hours": 0.0} for s in SPLITS}
     totals = Counter()
+    key_counts, composer_counts = Counter(), Counter()
     pitch_frames = np.zeros(num_pitches, np.int64)
     for seq in stats:
         split = splits[seq["split"]]
@@ -55,6 +59,8 @@ def make_card(
         split["hours"] += seq["seconds"] / 3600
         totals.update({k: seq[k] for k in ("frames", "notes", "sounding", "silent_frames", "seconds")})
         pitch_frames += np.asarray(seq["pitch_frames"], np.int64)
+        key_counts[key_name(seq.get("key", UNKNOWN))] += 1
+        composer_counts[seq.get("composer") or "unknown"] += 1
     for split in splits.values():
         split["hours"] = round(split["hours"], 4)
     frames = totals["frames"]
@@ -70,7 +76,24 @@ def make_card(
         "mean_polyphony": round(totals["sounding"] / frames, 4) if frames else 0.0,
         "silent_frame_fraction": round(totals["silent_frames"] / frames, 6) if frames else 0.0,
         "pitch_histogram": {"unit": "frames sounding", "counts": pitch_frames.tolist()},
+        "keys": _label_counts(key_counts),
+        "composers": _label_counts(composer_counts),
     }
+
+
+def _label_counts(counts: Counter) -> dict[str, Any]:
+    """{"counts": {label: sequences}, most first, then by name; "unknown": sequences without the label}."""
+    unknown = counts.pop("unknown", 0)
+    return {"counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))), "unknown": unknown}
+
+
+def format_labels(what: str, labels: Mapping[str, Any]) -> str:
+    """One line of the summary: the commonest labels with their sequence counts, how many more, how many unknown."""
+    counts = list(labels["counts"].items())
+    shown = ", ".join(f"{name} {n}" for name, n in counts[:SHOWN_LABELS])
+    more = f", {len(counts) - SHOWN_LABELS} more" if len(counts) > SHOWN_LABELS else ""
+    unknown = f"{'; ' if counts else ''}unknown {labels['unknown']}" if labels["unknown"] else ""
+    return f"  {what} ({len(counts)}): {shown}{more}{unknown}"
 
 
 def _pitch_name(pitch: int) -> str:
@@ -122,4 +145,5 @@ def format_card(card: Mapping[str, Any]) -> str:
             f"  pitches {pitch(used[0])} to {pitch(used[-1])}, most sounding {pitch(counts.argmax())}; "
             f"by octave: {share}"
         )
+    lines += [format_labels(name, card[name]) for name in ("keys", "composers") if name in card]
     return "\n".join(lines)

@@ -59,6 +59,7 @@ class DecodeState(NamedTuple):
     velocity_window: jax.Array | None = None  # (B, cache length, P) int32: the frames' velocity bins (dynamics)
     offset: jax.Array | int = 0  # () int32: the sequence index of the frame at cache position 0 (start frame: 0)
     given: jax.Array | None = None  # (B, frames, P) int32: the given notes' codes by sequence index (`given`)
+    labels: dict[str, jax.Array] | None = None  # {"key", "composer"} (B,) int32: the piece's (`conditioning`)
 
 
 def context_of(primer: jax.Array, max_len: int, fill: int = 0) -> jax.Array:
@@ -80,7 +81,7 @@ def _constrain_state(state: DecodeState, mesh: Mesh | None) -> DecodeState:
     if velocity_window is not None:
         velocity_window = _constrain(velocity_window, mesh, ("batch", None, None))
     window = _constrain(state.window, mesh, ("batch", None, None))
-    return DecodeState(cache, window, state.index, velocity_window, state.offset, state.given)
+    return DecodeState(cache, window, state.index, velocity_window, state.offset, state.given, state.labels)
 
 
 def given_inputs(cfg: ModelConfig, given: jax.Array | None, first: jax.Array, length: int) -> dict[str, jax.Array]:
@@ -105,6 +106,7 @@ def prefill(
     velocities: jax.Array | None = None,
     offset: jax.Array | int = 0,
     given: jax.Array | None = None,
+    labels: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, DecodeState]:
     """Run `context` (B, T, P) into an empty cache: (logits of every position, state).
 
@@ -113,7 +115,8 @@ def prefill(
     `offset` is the sequence index of the context's first frame (0: it is the start frame; more when the front
     of a long primer was cut), so that a model with `beat_steps` knows where each frame falls in the beat.
     `given` (B, frames, P): the codes of notes to keep, by sequence index (`musicgpt_jax.keep`), padded with
-    `given_lookahead` + 1 unknown frames past the last frame fed.
+    `given_lookahead` + 1 unknown frames past the last frame fed. `labels`: the key and composer the model is
+    told (`conditioning.request`; None: unknown), kept in the state for every later step.
     """
     batch, length, pitches = context.shape
     cache_len = cache_len or cfg.max_len
@@ -132,12 +135,13 @@ def prefill(
         steps=positions + offset,
         **_velocity_inputs(velocities),
         **given_inputs(cfg, given, offset, length),
+        **(labels or {}),
     )
     window = jnp.zeros((batch, cache_len, pitches), jnp.int32).at[:, :length].set(context)
     velocity_window = None
     if velocities is not None:
         velocity_window = jnp.full((batch, cache_len, pitches), NO_VELOCITY, jnp.int32).at[:, :length].set(velocities)
-    state = DecodeState(cache, window, jnp.asarray(length, jnp.int32), velocity_window, offset, given)
+    state = DecodeState(cache, window, jnp.asarray(length, jnp.int32), velocity_window, offset, given, labels)
     return logits, _constrain_state(state, mesh)
 
 
@@ -162,8 +166,9 @@ def _slide(params: Any, cfg: ModelConfig, state: DecodeState) -> DecodeState:
         steps=positions + offset,
         **extra,
         **given_inputs(cfg, state.given, offset, half),
+        **(state.labels or {}),
     )
-    return DecodeState(cache, window, jnp.asarray(half, jnp.int32), velocity_window, offset, state.given)
+    return DecodeState(cache, window, jnp.asarray(half, jnp.int32), velocity_window, offset, state.given, state.labels)
 
 
 def decode_step(
@@ -189,10 +194,11 @@ def decode_step(
     positions = jnp.full((frame.shape[0], 1), index)
     steps = positions + state.offset
     extra.update(given_inputs(cfg, state.given, state.offset + index, 1))
+    extra.update(state.labels or {})
     logits, cache = MusicTransformer(cfg).apply(
         {"params": params}, frame[:, None], positions, cache=state.cache, cache_index=index, steps=steps, **extra
     )
-    state = DecodeState(cache, window, index + 1, velocity_window, state.offset, state.given)
+    state = DecodeState(cache, window, index + 1, velocity_window, state.offset, state.given, state.labels)
     return logits[:, 0], _constrain_state(state, mesh)
 
 
@@ -229,9 +235,11 @@ def sample_loop(
     return jax.tree.map(lambda f, r: jnp.concatenate([f[:, None], jnp.swapaxes(r, 0, 1)], axis=1), first, rest)
 
 
-def _generate(params, primer, rng, choice, allowed, primer_velocities=None, *, cfg: ModelConfig, num_frames: int, mesh):
+def _generate(
+    params, primer, rng, choice, allowed, primer_velocities=None, labels=None, *, cfg: ModelConfig, num_frames, mesh
+):
     """The frames (B, num_frames, P) after `primer`; with dynamics (`cfg.velocity_bins`) a frame is the pair
-    (states, velocity bins) and `primer_velocities` are the primer's bins."""
+    (states, velocity bins) and `primer_velocities` are the primer's bins; `labels` as `prefill` takes them."""
     TRACE_COUNTS["generate"] += 1
     constrain = lambda x: _constrain(x, mesh, ("batch", None, None))
     dynamic = bool(cfg.velocity_bins)
@@ -239,7 +247,8 @@ def _generate(params, primer, rng, choice, allowed, primer_velocities=None, *, c
     velocity_context = constrain(context_of(primer_velocities, cfg.max_len, NO_VELOCITY)) if dynamic else None
     fed = context.shape[1] + num_frames - 1  # the last sampled frame is never fed
     offset = primer.shape[1] + 1 - context.shape[1]  # the sequence index of the context's first frame
-    outputs, state = prefill(params, cfg, context, mesh, min(cfg.max_len, fed), velocity_context, offset)
+    cache_len = min(cfg.max_len, fed)
+    outputs, state = prefill(params, cfg, context, mesh, cache_len, velocity_context, offset, labels=labels)
 
     def next_output(state: DecodeState, frame: Any) -> tuple[jax.Array, DecodeState]:
         states, bins = frame if dynamic else (frame, None)
@@ -316,15 +325,17 @@ def generate(
     mesh: Mesh | None = None,
     strategy: Strategy | None = None,
     allowed: Any = None,
+    labels: dict[str, Any] | None = None,
 ) -> jax.Array:
     """Sample `num_frames` frames (B, num_frames, P) int32 that follow `primer_states` (B, Tp, P).
 
     `Tp` may be 0 (start from the empty frame alone). Frame k is sampled with `fold_in(rng, k)`, so the same
     key and inputs give the same music. Each choice is drawn by `strategy` (default: plain `temperature`;
     temperature 0 is argmax); pitches where `allowed` (P,) bool is False are never sounded. A model with
-    dynamics draws velocities too (`generate_with_velocities`); only the states are returned.
+    dynamics draws velocities too (`generate_with_velocities`); only the states are returned. `labels`: the key
+    and composer to write in, {"key", "composer"} (B,) int32 (`conditioning.request`; None: unknown).
     """
-    frames = _sample(params, cfg, primer_states, None, num_frames, rng, temperature, mesh, strategy, allowed)
+    frames = _sample(params, cfg, primer_states, None, num_frames, rng, temperature, mesh, strategy, allowed, labels)
     return frames[0] if cfg.velocity_bins else frames
 
 
@@ -340,7 +351,7 @@ def generate_with_velocities(
     """`generate` for a model with dynamics (`cfg.velocity_bins` > 0): (states, velocity bins), each
     (B, num_frames, P) int32, bins `dynamics.NO_VELOCITY` off the onsets. `primer_velocities` (B, Tp, P) are the
     primer's bins (`dynamics.onset_velocity_bins`; None: none known), which the model hears as it heard them
-    in training. `options` are `generate`'s (temperature, mesh, strategy, allowed)."""
+    in training. `options` are `generate`'s (temperature, mesh, strategy, allowed, labels)."""
     if not cfg.velocity_bins:
         raise ValueError("generate_with_velocities: the model has no dynamics (model.velocity_bins=0)")
     return _sample(params, cfg, primer_states, primer_velocities, num_frames, rng, **options)
@@ -357,6 +368,7 @@ def _sample(
     mesh=None,
     strategy=None,
     allowed=None,
+    labels=None,
 ):
     """`generate`'s checks and arguments, then the one jitted `_generate`, with or without dynamics."""
     if num_frames < 1:
@@ -374,7 +386,9 @@ def _sample(
     fn = _jitted_generate(_config_key(cfg), mesh, int(num_frames))
     strategy = strategy or Strategy("temperature", temperature)
     allowed = jnp.ones((cfg.num_pitches,), bool) if allowed is None else jnp.asarray(allowed, bool)
-    return _run(fn, mesh, params, primer, rng, strategy.arrays(), allowed, velocities)
+    if labels:
+        labels = {name: jnp.broadcast_to(jnp.asarray(v, jnp.int32), primer.shape[:1]) for name, v in labels.items()}
+    return _run(fn, mesh, params, primer, rng, strategy.arrays(), allowed, velocities, labels or None)
 
 
 def decode_logits(

@@ -1,11 +1,13 @@
 """Frame NLL of a trained run on a whole split, in the polyphonic benchmark's unit: nats per frame.
 
     python -m musicgpt_jax.evaluate [--workdir runs/default] [--step N] [--data_dir DIR --dataset NAME] [--split test]
+                                    [--unconditioned]
 
 scores the validation split unless `--split` names another (test: once, for a reported figure), and prints
 one JSON object: `nats_per_frame` = Σ NLL / Σ frames pooled over every frame of every sequence of the split
 (the convention of Boulanger-Lewandowski et al. 2012; a frame's NLL is the sum over all its pitches), `frames`,
-`sequences`, the checkpoint `step`, `dataset`, `split`, and the window (`max_len`, `stride`) used.
+`sequences`, the checkpoint `step`, `dataset`, `split`, and the window (`max_len`, `stride`) used. A model told the
+key or composer (`conditioning`) is given each piece's true ones, or "unknown" for both with `--unconditioned`.
 
 How a split is scored (the start frame, sliding windows, batching): docs/RESULTS.md, "How a split is scored".
 
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musicgpt_jax import cli, cloud, dynamics, host_memory, records
+from musicgpt_jax import cli, cloud, conditioning, dynamics, host_memory, records
 from musicgpt_jax.checkpoint import CheckpointError
 from musicgpt_jax.configs import Config, ModelConfig
 from musicgpt_jax.dataset_card import SPLITS
@@ -47,13 +49,16 @@ def _as_states(item: Any) -> np.ndarray:
 
 def make_window_nll(model_cfg: ModelConfig) -> Callable:
     """jit(params, inputs (B, W, P), targets (B, W, P), input and target velocity bins (B, W, P) or None (a model
-    without dynamics), mask (B, W), steps (B, W): the inputs' indices in their sequences) -> per-window (notes NLL
-    sums, velocity NLL sums, scored onsets), each (B,) float32; the last two are 0 without dynamics."""
+    without dynamics), mask (B, W), steps (B, W): the inputs' indices in their sequences, labels: {"key",
+    "composer"} (B,) or {}) -> per-window (notes NLL sums, velocity NLL sums, scored onsets), each (B,) float32;
+    the last two are 0 without dynamics."""
     model = MusicTransformer(model_cfg)
 
     @jax.jit
-    def window_nll(params, inputs, targets, input_velocities, target_velocities, mask, steps):
-        out, _ = model.apply({"params": params}, inputs, deterministic=True, velocities=input_velocities, steps=steps)
+    def window_nll(params, inputs, targets, input_velocities, target_velocities, mask, steps, labels):
+        out, _ = model.apply(
+            {"params": params}, inputs, deterministic=True, velocities=input_velocities, steps=steps, **labels
+        )
         nll = -frame_log_likelihood(out, targets, model_cfg, params)
         notes = jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1)
         if target_velocities is None:
@@ -72,13 +77,26 @@ def _as_velocities(item: Any, states: np.ndarray) -> np.ndarray:
     return np.zeros_like(states) if velocities is None else np.asarray(velocities)
 
 
+def _item_labels(model_cfg: ModelConfig, item: Any, unconditioned: bool) -> dict[str, np.int32]:
+    """A sequence's key and composer labels: its record's, or "unknown" (`unconditioned`, or a bare array)."""
+    if unconditioned or not isinstance(item, dict):
+        return conditioning.labels(model_cfg, None, None)
+    return conditioning.item_labels(model_cfg, item)
+
+
 def evaluate_nll(
-    params: Any, model_cfg: ModelConfig, sequences: Iterable[Any], batch_size: int = 16, stride: int | None = None
+    params: Any,
+    model_cfg: ModelConfig,
+    sequences: Iterable[Any],
+    batch_size: int = 16,
+    stride: int | None = None,
+    unconditioned: bool = False,
 ) -> dict[str, Any]:
     """Nats per frame over `sequences` ((T, P) state arrays, or dicts with "states"), pooled Σ NLL / Σ frames.
 
     Returns {"nats_per_frame", "nll_sum", "frames", "sequences", "windows", "window", "stride"} (module doc),
-    and for a model with dynamics {"velocity_nats_per_onset", "onsets"}, from the dicts' "velocities".
+    and for a model with dynamics {"velocity_nats_per_onset", "onsets"}, from the dicts' "velocities". A model
+    told the key or composer gets the dicts' "key" and "composer", or "unknown" when `unconditioned`.
     """
     items = list(sequences)
     seqs = [_as_states(s) for s in items]
@@ -106,6 +124,7 @@ def evaluate_nll(
             for p, i, s in zip(padded, items, seqs, strict=True)
         ]
     window_nll = make_window_nll(model_cfg)
+    item_labels = [_item_labels(model_cfg, item, unconditioned) for item in items]
 
     total, velocity_total, onsets = 0.0, 0.0, 0.0
     for b in range(0, len(plan), batch_size):
@@ -114,7 +133,10 @@ def evaluate_nll(
         velocities = np.full(states.shape, dynamics.NO_VELOCITY, np.int32)
         mask = np.zeros((batch_size, window), np.float32)
         steps = np.zeros((batch_size, window), np.int32)
+        labels = {name: np.zeros((batch_size,), np.int32) for name in item_labels[0]}
         for r, (seq, start, first, end) in enumerate(rows):
+            for name, value in item_labels[seq].items():
+                labels[name][r] = value
             steps[r] = np.arange(start, start + window)
             piece = padded[seq][start : start + window + 1]
             states[r, : piece.shape[0]] = piece
@@ -122,7 +144,7 @@ def evaluate_nll(
                 velocities[r, : piece.shape[0]] = velocity_bins[seq][start : start + window + 1]
             mask[r, first:end] = 1.0
         given, scored = (velocities[:, :-1], velocities[:, 1:]) if bins else (None, None)
-        sums = window_nll(params, states[:, :-1], states[:, 1:], given, scored, mask, steps)
+        sums = window_nll(params, states[:, :-1], states[:, 1:], given, scored, mask, steps, labels)
         notes, velocity_sums, onset_counts = (float(np.sum(np.asarray(x, np.float64)[: len(rows)])) for x in sums)
         total, velocity_total, onsets = total + notes, velocity_total + velocity_sums, onsets + onset_counts
     frames = sum(lengths)
@@ -149,8 +171,10 @@ def evaluate_run(
     split: str = "validation",
     batch_size: int = 16,
     stride: int | None = None,
+    unconditioned: bool = False,
 ) -> dict[str, Any]:
-    """Restore a run's checkpoint (latest or `step`) and evaluate it on a split of its dataset (or another)."""
+    """Restore a run's checkpoint (latest or `step`) and evaluate it on a split of its dataset (or another);
+    `unconditioned`: with the key and composer "unknown" (`evaluate_nll`)."""
     if split not in SPLITS:
         raise EvaluationError(f"--split {split!r}: unknown split (known: {', '.join(SPLITS)})")
     config_dict, step = load_config_dict(workdir, step)
@@ -167,7 +191,8 @@ def evaluate_run(
         raise EvaluationError(f"--split {split}: dataset {dataset} in {data_dir} has no sequences in it")
     sequences = records.load_split(data_dir, dataset, split)
     params = restore_params(workdir, cfg, step)
-    result = evaluate_nll(params, cfg.model, [sequences[i] for i in range(len(sequences))], batch_size, stride)
+    items = [sequences[i] for i in range(len(sequences))]
+    result = evaluate_nll(params, cfg.model, items, batch_size, stride, unconditioned)
     return {
         **result,
         "step": step,
@@ -176,6 +201,7 @@ def evaluate_run(
         "data_dir": str(data_dir),
         "workdir": str(workdir),
         "max_len": cfg.model.max_len,
+        "conditioned": conditioning.conditioned(cfg.model) and not unconditioned,
     }
 
 
@@ -218,6 +244,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stride", type=_positive_int, help="sliding-window stride for long sequences (default: max_len/2)"
     )
+    parser.add_argument(
+        "--unconditioned",
+        action="store_true",
+        help="tell a model trained with key or composer conditioning 'unknown' for both (default: the true ones)",
+    )
     return parser.parse_args(argv)
 
 
@@ -228,7 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cloud.require_access(args.workdir, args.data_dir)
         result = evaluate_run(
-            args.workdir, args.step, args.data_dir, args.dataset, args.split, args.batch_size, args.stride
+            args.workdir,
+            args.step,
+            args.data_dir,
+            args.dataset,
+            args.split,
+            args.batch_size,
+            args.stride,
+            args.unconditioned,
         )
     except (EvaluationError, CheckpointError, records.DatasetNotFoundError, cloud.CloudError) as error:
         return cli.fail("evaluate", " ".join(str(error).split()))

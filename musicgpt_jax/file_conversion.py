@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from musicgpt_jax import keys
 from musicgpt_jax.dataset_card import sequence_stats
 from musicgpt_jax.frames import Frames
-from musicgpt_jax.midi_io import MidiDecodeError, midi_to_frames
+from musicgpt_jax.midi_io import MidiDecodeError, midi_to_frames, read_midi
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,15 @@ def convert_file(task: tuple[str, str, ConversionOptions]) -> dict[str, Any]:
     """Decode `path`, judge it, and save its frames to `out_path` (.npz) if it is kept.
 
     Returns {"status": "converted", frames, notes, seconds, ...sequence_stats, num_pitches, num_states,
-    lowest_pitch} or {"status": "skipped", "reason": "unreadable" | "no notes" | "too long", "detail": ...}.
+    lowest_pitch, key (`keys.key_of_midi`)} or {"status": "skipped", "reason": "unreadable" | "no notes" |
+    "too long", "detail": ...}.
     """
     path, out_path, options = task
     try:
+        pm = read_midi(path)
         frames = midi_to_frames(
-            path,
+            pm,
+            name=path,
             steps_per_quarter=options.steps_per_quarter,
             sustain_pedal=options.sustain_pedal,
             include_drums=options.include_drums,
@@ -67,4 +71,5 @@ def convert_file(task: tuple[str, str, ConversionOptions]) -> dict[str, Any]:
         "num_pitches": frames.num_pitches,
         "num_states": frames.num_states,
         "lowest_pitch": frames.lowest_pitch,
+        "key": keys.key_of_midi(pm, frames.states, frames.lowest_pitch),
     }

@@ -147,20 +147,24 @@ def generate_pieces(
     rng: jax.Array,
     strategy: Strategy,
     allowed: np.ndarray | None,
+    labels: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """`num_pieces` pieces of `num_frames` frames after `primer` (None: from the empty start), as one batch:
     (states (N, T, P), MIDI velocities (N, T, P) of a model with dynamics, else None). With dynamics the
-    primer's velocities are context and the generated ones are returned."""
+    primer's velocities are context and the generated ones are returned. `labels`: the key and composer asked
+    for (`conditioning.request`; None: unknown)."""
     prime_states = primer.states if primer is not None else np.zeros((0, model.num_pitches), np.int32)
     batch = np.broadcast_to(prime_states, (num_pieces, *prime_states.shape))
     if not model.velocity_bins:
-        states = decode.generate(params, model, batch, num_frames, rng, strategy=strategy, allowed=allowed)
+        states = decode.generate(
+            params, model, batch, num_frames, rng, strategy=strategy, allowed=allowed, labels=labels
+        )
         return np.asarray(states), None
     prime_velocities = primer.velocities if primer is not None else np.zeros_like(prime_states)
     prime_bins = dynamics.onset_velocity_bins(prime_states, prime_velocities, model.velocity_bins)
     generated, bins = decode.generate_with_velocities(
         params, model, batch, np.broadcast_to(prime_bins, batch.shape), num_frames, rng, strategy=strategy,
-        allowed=allowed,
+        allowed=allowed, labels=labels,
     )  # fmt: skip
     return np.asarray(generated), dynamics.bin_to_velocity(np.asarray(bins), model.velocity_bins)
 

@@ -110,6 +110,11 @@ def midi_to_frames(
     )
 
 
+def read_midi(source: str | os.PathLike | bytes, name: str | None = None) -> pretty_midi.PrettyMIDI:
+    """A MIDI file parsed by pretty_midi, with ``midi_to_frames``'s checks (``MidiDecodeError`` when unreadable)."""
+    return _load(source, name)[0]
+
+
 def _load(source: str | os.PathLike | bytes | pretty_midi.PrettyMIDI, name: str | None):
     """Parses ``source``; every failure becomes a ``MidiDecodeError``."""
     if isinstance(source, pretty_midi.PrettyMIDI):

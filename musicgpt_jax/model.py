@@ -29,6 +29,7 @@ from flax import linen as nn
 from musicgpt_jax import dynamics
 from musicgpt_jax import given as given_notes
 from musicgpt_jax.configs import MAX_TRANSPOSITION, ModelConfig
+from musicgpt_jax.keys import NUM_KEYS
 
 Cache = dict[str, jax.Array]
 
@@ -325,6 +326,21 @@ class TranspositionEmbed(nn.Module):
         return table[jnp.clip(shift, -MAX_TRANSPOSITION, MAX_TRANSPOSITION) + MAX_TRANSPOSITION][:, None, :]
 
 
+class LabelEmbed(nn.Module):
+    """One learned vector per label of a piece (its key, its composer), the last row for "unknown": `labels` (B,)
+    as (B, 1, D) to add to every frame; None means "unknown" (sampling without a request)."""
+
+    cfg: ModelConfig
+    num_labels: int  # rows, "unknown" included
+
+    @nn.compact
+    def __call__(self, labels: jax.Array | None, batch: int) -> jax.Array:
+        table = self.param("table", _init(0.02, (None, "embed")), (self.num_labels, self.cfg.d_model), jnp.float32)
+        unknown = self.num_labels - 1
+        index = jnp.full((batch,), unknown, jnp.int32) if labels is None else jnp.asarray(labels, jnp.int32)
+        return table[jnp.clip(index, 0, unknown)][:, None, :]
+
+
 class BeatEmbed(nn.Module):
     """One learned vector per position in the beat: `steps` (B, T), each input frame's index in its sequence (the
     start frame is 0, so it predicts the piece's first frame), taken mod `beat_steps`, as (B, T, D)."""
@@ -349,7 +365,8 @@ class MusicTransformer(nn.Module):
     a model without that input ignores it. With `beat_steps`, `steps` (B, T) are the input frames' indices in
     their sequences, start frame 0 (None: `positions`, a window that begins with the start frame). With
     `given_lookahead` = L, `given` (B, T + L, P) are the codes of the notes to keep in frames 1 .. T+L after the
-    input's first (`musicgpt_jax.given`; None: nothing given)."""
+    input's first (`musicgpt_jax.given`; None: nothing given). With `condition_on_key` / `composers`, `key` and
+    `composer` (B,) are each sequence's labels (`musicgpt_jax.conditioning`; None: unknown)."""
 
     cfg: ModelConfig
 
@@ -363,6 +380,8 @@ class MusicTransformer(nn.Module):
         transposition: jax.Array | None = None,
         steps: jax.Array | None = None,
         given: jax.Array | None = None,
+        key: jax.Array | None = None,
+        composer: jax.Array | None = None,
         deterministic: bool = True,
         cache: Cache | None = None,
         cache_index: jax.Array | int = 0,
@@ -375,6 +394,11 @@ class MusicTransformer(nn.Module):
             x = x + dynamics.VelocityEmbed(cfg, name="velocity_embed")(states, velocities).astype(x.dtype)
         if cfg.condition_on_transposition:
             x = x + TranspositionEmbed(cfg, name="transposition_embed")(transposition, states.shape[0]).astype(x.dtype)
+        if cfg.condition_on_key:
+            x = x + LabelEmbed(cfg, NUM_KEYS + 1, name="key_embed")(key, states.shape[0]).astype(x.dtype)
+        if cfg.composers:
+            embed = LabelEmbed(cfg, len(cfg.composers) + 1, name="composer_embed")
+            x = x + embed(composer, states.shape[0]).astype(x.dtype)
         if cfg.beat_steps:
             x = x + BeatEmbed(cfg, name="beat_embed")(positions if steps is None else steps).astype(x.dtype)
         if cfg.given_lookahead:  # notes to keep, `given_lookahead` frames ahead (`given`; None: nothing given)
@@ -488,8 +512,9 @@ def model_inputs(batch: dict) -> dict[str, jax.Array]:
         inputs["transposition"] = batch["transposition"]
     if "steps" in batch:
         inputs["steps"] = batch["steps"]
-    if "given" in batch:
-        inputs["given"] = batch["given"]
+    for name in ("given", "key", "composer"):
+        if name in batch:
+            inputs[name] = batch[name]
     return inputs
 
 

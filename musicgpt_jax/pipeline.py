@@ -13,6 +13,10 @@ checkpoint and restoring it resumes the exact data order.
 With `velocity_bins` > 0 (a model with dynamics) an example also holds `input_velocities` and `target_velocities`:
 the records' velocities cropped and transposed as the states are, then binned at the onsets
 (`dynamics.onset_velocity_bins`; `dynamics.NO_VELOCITY` elsewhere).
+
+For a model told the key or the composer (`conditioning`), an example also holds `key` and `composer`: the piece's
+key moved by the window's transposition, and its composer, each "unknown" with probability `condition_dropout`
+in training; evaluation windows hold the true labels.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
-from musicgpt_jax import dynamics, given
+from musicgpt_jax import conditioning, dynamics, given
+from musicgpt_jax.configs import ModelConfig
 from musicgpt_jax.frames import with_start_frame
 
 Example = dict[str, np.ndarray]
@@ -116,10 +121,13 @@ def train_dataset(
     lengths: Sequence[int] | None = None,
     velocity_bins: int = 0,
     given_lookahead: int = 0,
+    labels_for: ModelConfig | None = None,
+    condition_dropout: float = 0.0,
 ) -> grain.MapDataset:
     """An endless, shuffled MapDataset of this process's batches of `batch_size` windows (the local batch).
     With `given_lookahead` > 0 each window also holds `given`, the codes of the notes it is told to keep, for a
-    task drawn per window (`given.draw_given`).
+    task drawn per window (`given.draw_given`). With `labels_for`, a model config that takes a key or a composer,
+    each window also holds their labels (module doc).
 
     Each batch also carries `source_index` (which sequence each row came from) and `window_index` (the flat
     window number, unique within an epoch), for provenance checks.
@@ -145,6 +153,10 @@ def train_dataset(
                     example[key] = transpose_states(example[key], shift)
         if velocity_bins:
             bin_velocities(example, velocity_bins)
+        if labels_for is not None and conditioning.conditioned(labels_for):  # drawn last: other draws stay as they were
+            found = conditioning.item_labels(labels_for, item, shift)
+            conditioning.drop_labels(labels_for, found, rng, condition_dropout)
+            example.update(found)
         example["source_index"] = np.int64(seq)
         example["window_index"] = np.int64(flat)
         return example
@@ -198,17 +210,21 @@ def plan_windows(lengths: Sequence[int], window: int, stride: int) -> list[tuple
     return plan
 
 
-def eval_examples(source: Sequence[dict], *, seq_len: int, velocity_bins: int = 0) -> list[Example]:
+def eval_examples(
+    source: Sequence[dict], *, seq_len: int, velocity_bins: int = 0, labels_for: ModelConfig | None = None
+) -> list[Example]:
     """Consecutive, non-overlapping windows covering every frame of every sequence exactly once (`plan_windows`
-    with stride = window)."""
+    with stride = window); with `labels_for`, each with its piece's true key and composer labels."""
     examples = []
     for i in range(len(source)):
         item = source[i]
         states = with_start_frame(np.asarray(item["states"]))
         velocities = _velocities_of(item, velocity_bins)
+        found = conditioning.item_labels(labels_for, item) if labels_for is not None else {}
         for _, start, _, end in plan_windows([states.shape[0] - 1], seq_len, seq_len):
             if end > 0:  # an empty sequence has nothing to score
                 example = window_example(states, start, seq_len, velocities)
+                example.update(found)
                 examples.append(bin_velocities(example, velocity_bins) if velocity_bins else example)
     return examples
 
@@ -222,9 +238,10 @@ def eval_batches(
     process_index: int = 0,
     process_count: int = 1,
     velocity_bins: int = 0,
+    labels_for: ModelConfig | None = None,
 ) -> Iterator[Example]:
     """Fixed evaluation batches (local share of each global batch), padded with fully masked rows."""
-    examples = eval_examples(source, seq_len=seq_len, velocity_bins=velocity_bins)
+    examples = eval_examples(source, seq_len=seq_len, velocity_bins=velocity_bins, labels_for=labels_for)
     global_batch = batch_size * process_count
     num_batches = -(-len(examples) // global_batch)
     if max_batches is not None:

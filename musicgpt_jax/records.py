@@ -7,8 +7,10 @@ Layout of a dataset (the TFDS layout, so `tfds.data_source(name, data_dir=...)` 
     DATA_DIR/NAME/card.json        dataset card: counts, hours, polyphony, pitch histogram, build fingerprint
 
 Writing goes through a `tfds.core.GeneratorBasedBuilder` made per dataset (features: `states`/`velocities` as
-zlib-encoded uint8 tensors of shape (T, P), `name`, `sha256`); TFDS needs TensorFlow only for `tf.data`, which
-is never asked for, and reading uses `as_data_source()` (ArrayRecord random access). Shuffling is off, so
+zlib-encoded uint8 tensors of shape (T, P), `name`, `sha256`, the piece's `key` (`keys`, UNKNOWN when not
+known) and `composer` ("" when not known); records written before those two read as unknown); TFDS needs
+TensorFlow only for `tf.data`, which is never asked for, and reading uses `as_data_source()` (ArrayRecord random
+access). Shuffling is off, so
 records sit in a fixed order (sorted by name) and the same inputs give byte-identical shards; grain shuffles
 at training time.
 
@@ -46,7 +48,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tqdm import tqdm
 
-from musicgpt_jax import corpus
+from musicgpt_jax import corpus, keys
 from musicgpt_jax.configs import (
     DEFAULT_DATA_DIR,
     DEFAULT_DATASET,
@@ -58,13 +60,21 @@ from musicgpt_jax.dataset_card import SPLITS, format_card, make_card, sequence_s
 from musicgpt_jax.deadline_pool import Failed, TimedOut, run_with_deadline
 from musicgpt_jax.file_conversion import ConversionOptions, convert_file
 from musicgpt_jax.midi_io import find_midi_files
-from musicgpt_jax.split_rules import HASH_RULE, Metadata, MetadataError, describe, find_metadata, read_metadata
+from musicgpt_jax.split_rules import (
+    HASH_RULE,
+    Metadata,
+    MetadataError,
+    describe,
+    find_metadata,
+    read_composers,
+    read_metadata,
+)
 from musicgpt_jax.split_rules import split_of as split_of
 
 VERSION = "1.0.0"
 CARD_FILE = "card.json"
 MANIFEST_FILE = "manifest.jsonl"
-_FORMAT = 1  # bump when the record layout changes, so fingerprints (and "up to date") change with it
+_FORMAT = 2  # bump when the record layout changes, so fingerprints (and "up to date") change with it
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -165,7 +175,8 @@ def load_info(data_dir: epath.PathLike, name: str) -> DatasetInfo:
 
 
 class FrameSequences(Sequence[dict]):
-    """Random access to one split: item i = {"states": (T, P) uint8, "velocities": (T, P) uint8, "name": str}.
+    """Random access to one split: item i = {"states": (T, P) uint8, "velocities": (T, P) uint8, "name": str,
+    "key": int (`keys.UNKNOWN` for records written before keys were kept), "composer": str ("" when unknown)}.
 
     Works as a grain data source. The ArrayRecord reader is opened on first use and not pickled, so copies
     sent to grain worker processes open their own.
@@ -190,6 +201,8 @@ class FrameSequences(Sequence[dict]):
             "states": record["states"],
             "velocities": record["velocities"],
             "name": record["name"].decode(),
+            "key": int(record["key"]) if "key" in record else keys.UNKNOWN,
+            "composer": record["composer"].decode() if "composer" in record else "",
         }
 
     def __getitem__(self, index: int) -> dict:  # type: ignore[override]
@@ -252,6 +265,8 @@ def _builder(
             "velocities": frame_tensor(),
             "name": tfds.features.Text(),
             "sha256": tfds.features.Text(),
+            "key": tfds.features.Scalar(dtype=np.int64),
+            "composer": tfds.features.Text(),
         }
     )
 
@@ -373,11 +388,15 @@ def _convert_all(
 
 
 def _record_results(
-    todo: list[dict[str, Any]], results: list[Any], split_for: Callable[[dict[str, Any]], tuple[str, str]]
+    todo: list[dict[str, Any]],
+    results: list[Any],
+    split_for: Callable[[dict[str, Any]], tuple[str, str]],
+    composers: Mapping[str, str],
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Fill in each manifest entry from its result; return the kept files' stats and entries per split.
 
-    `split_for(entry)` gives a converted file's split and the rule that chose it (`split_by`).
+    `split_for(entry)` gives a converted file's split and the rule that chose it (`split_by`); `composers` a
+    converted file's composer by its path ("" when it names none).
     """
     stats: list[dict[str, Any]] = []
     kept: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
@@ -397,8 +416,10 @@ def _record_results(
                 frames=result["frames"],
                 notes=result["notes"],
                 seconds=round(result["seconds"], 3),
+                key=keys.key_name(result["key"]),
+                composer=composers.get(entry["path"], ""),
             )
-            stats.append({**result, "split": split})
+            stats.append({**result, "split": split, "composer": entry["composer"]})
             kept[split].append(entry)
     return stats, kept
 
@@ -410,6 +431,16 @@ def _split_metadata(midi_dir: Path) -> Metadata | None:
         return read_metadata(found) if found else None
     except MetadataError as error:
         raise InputError(f"{error}; fix or remove it, or pass --hash_split to split by hash instead") from None
+
+
+def _composer_table(midi_dir: Path, metadata: Metadata | None, path: str | os.PathLike | None) -> Metadata | None:
+    """Where composers come from: the `--metadata` CSV when given, else the MAESTRO metadata in `midi_dir`."""
+    if path is None:
+        return metadata if metadata is not None and metadata.composers else None
+    try:
+        return read_composers(Path(path))
+    except MetadataError as error:
+        raise InputError(f"--metadata {error}") from None
 
 
 def build_midi_dataset(
@@ -428,11 +459,14 @@ def build_midi_dataset(
     force: bool = False,
     progress: bool = True,
     use_metadata: bool = True,
+    composer_metadata: str | os.PathLike | None = None,
 ) -> BuildResult:
     """Convert every MIDI file under `midi_dir` and write dataset `name` into `data_dir`.
 
     Splits follow MAESTRO's metadata file when one lies at the top of `midi_dir` (unless not `use_metadata`),
-    else the SHA-256 of each file; InputError when that metadata file cannot be used.
+    else the SHA-256 of each file; InputError when that metadata file cannot be used. Each piece's composer comes
+    from `composer_metadata` (a CSV with canonical_composer and midi_filename) when given, else from that MAESTRO
+    file; its key from the MIDI file (`keys.key_of_midi`).
 
     Skips the work (`rebuilt=False`) when a complete dataset built from the same files with the same options
     is already there, unless `force`. Raises InputError for a bad directory, name or option, or when no file
@@ -451,6 +485,7 @@ def build_midi_dataset(
         raise InputError(f"{midi_dir}: no MIDI files (.mid, .midi, .kar) in it or below")
 
     metadata = _split_metadata(midi_dir) if use_metadata else None
+    composer_table = _composer_table(midi_dir, metadata, composer_metadata)
 
     conversion = ConversionOptions(steps_per_quarter, sustain_pedal, include_drums, max_frames)
     options = {
@@ -459,9 +494,11 @@ def build_midi_dataset(
         "test_percent": test_percent,
         "timeout_s": timeout_s,
         **({"split_by": metadata.file} if metadata else {}),  # absent: the hash rule (older fingerprints hold)
+        **({"composers_from": composer_table.file} if composer_table else {}),
     }
     manifest = _hash_inputs(midi_dir, paths)
-    inputs = [(e["path"], e["sha256"]) for e in manifest] + ([(metadata.file, metadata.sha256)] if metadata else [])
+    tables = {t.file: t.sha256 for t in (metadata, composer_table) if t is not None}
+    inputs = [(e["path"], e["sha256"]) for e in manifest] + sorted(tables.items())
     fingerprint = _fingerprint(options, inputs)
     existing = _complete_card(data_dir / name)
     if existing is not None and existing.get("fingerprint") == fingerprint and not force:
@@ -489,7 +526,8 @@ def build_midi_dataset(
                 return metadata.splits[entry["path"]], "metadata"
             return split_of(entry["sha256"], val_percent, test_percent), HASH_RULE
 
-        stats, kept = _record_results(todo, results, split_for)
+        composers = composer_table.composers if composer_table else {}
+        stats, kept = _record_results(todo, results, split_for, composers)
         if not stats:
             reasons = sorted({e.get("reason", "duplicate") for e in manifest})
             raise InputError(f"{midi_dir}: none of the {len(manifest)} files could be converted ({', '.join(reasons)})")
@@ -503,6 +541,8 @@ def build_midi_dataset(
                         "velocities": frames["velocities"],
                         "name": entry["path"],
                         "sha256": entry["sha256"],
+                        "key": keys.parse_key(entry["key"]) if entry["key"] != "unknown" else keys.UNKNOWN,
+                        "composer": entry["composer"],
                     }
 
         description = f"MIDI files as frames, {steps_per_quarter} steps per quarter note; see card.json."
@@ -553,6 +593,7 @@ def build_benchmark_dataset(
         for i, states in enumerate(sequences):
             seconds = states.shape[0] * 60.0 / (120.0 * steps_per_quarter)
             seq_stats = sequence_stats(states, num_states=2)
+            key = keys.estimate_key(states, corpus.BENCHMARK_LOWEST_PITCH)
             manifest.append(
                 {
                     "path": f"{split}/{i:04d}",
@@ -561,9 +602,10 @@ def build_benchmark_dataset(
                     "frames": seq_stats["frames"],
                     "notes": seq_stats["notes"],
                     "seconds": seconds,
+                    "key": keys.key_name(key),
                 }
             )
-            stats.append({**seq_stats, "split": split, "seconds": seconds})
+            stats.append({**seq_stats, "split": split, "seconds": seconds, "key": key})
 
     def examples(split: str) -> Iterator[dict]:
         for i, states in enumerate(splits[split]):
@@ -572,6 +614,8 @@ def build_benchmark_dataset(
                 "velocities": np.zeros_like(states),
                 "name": f"{split}/{i:04d}",
                 "sha256": sha256,
+                "key": keys.estimate_key(states, corpus.BENCHMARK_LOWEST_PITCH),
+                "composer": "",
             }
 
     with _staging(data_dir, name) as stage:

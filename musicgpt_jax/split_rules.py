@@ -6,16 +6,19 @@ version's) is split the way MAESTRO's users know it: every file the metadata lis
 (`midi_filename` is the path relative to that folder). Files it does not list fall back to the hash rule; rows
 whose file is not there are reported. A metadata file that cannot be read raises MetadataError naming the file
 and the reason: a user who downloaded MAESTRO expects its published split, so a build never quietly swaps it
-for another (`prepare.py --hash_split` ignores the metadata on purpose).
+for another (`prepare.py --hash_split` ignores the metadata on purpose). `read_composers` reads the composers alone
+from any CSV with the columns canonical_composer and midi_filename (`prepare.py --metadata`).
 
 Formats read: the CSV (columns canonical_composer, canonical_title, split, year, midi_filename, audio_filename,
-duration; only split and midi_filename are used), v3's column-oriented JSON ({"split": {"0": "train", ...},
-"midi_filename": {"0": "2018/....midi", ...}}) and v1/v2's list of rows ([{"split": ..., "midi_filename": ...}]).
+duration; split and midi_filename place the files, canonical_composer names each file's composer), v3's
+column-oriented JSON ({"split": {"0": "train", ...}, "midi_filename": {"0": "2018/....midi", ...}}) and v1/v2's
+list of rows ([{"split": ..., "midi_filename": ...}]).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import re
@@ -29,6 +32,7 @@ HASH_RULE = "sha256"  # the manifest's `split_by` for a file split by its hash; 
 MISSING_LISTED = 20  # missing files named in the card (all are counted)
 _METADATA_NAME = re.compile(r"maestro-v(\d+(?:\.\d+)*)\.(csv|json)", re.IGNORECASE)
 _COLUMNS = ("split", "midi_filename")
+_COMPOSER = "canonical_composer"
 
 
 class MetadataError(ValueError):
@@ -43,11 +47,12 @@ def split_of(sha256: str, val_percent: float, test_percent: float) -> str:
 
 @dataclass(frozen=True)
 class Metadata:
-    """A MAESTRO metadata file read: its name, the SHA-256 of its bytes, and split by relative MIDI path."""
+    """A MAESTRO metadata file read: its name, the SHA-256 of its bytes, split and composer by relative MIDI path."""
 
     file: str
     sha256: str
     splits: dict[str, str]
+    composers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def find_metadata(midi_dir: Path) -> Path | None:
@@ -74,7 +79,8 @@ def _rows_from_json(data: Any) -> list[dict[str, Any]]:
         keys = data["midi_filename"].keys()
         if keys != data["split"].keys():
             raise ValueError("the split and midi_filename columns have different rows")
-        return [{c: data[c][k] for c in _COLUMNS} for k in keys]
+        columns = _COLUMNS + ((_COMPOSER,) if isinstance(data.get(_COMPOSER), dict) else ())
+        return [{c: data[c].get(k) for c in columns} for k in keys]
     if isinstance(data, list) and all(isinstance(row, dict) for row in data):
         return data
     raise ValueError("neither a table of columns nor a list of rows")
@@ -96,6 +102,7 @@ def read_metadata(path: Path) -> Metadata:
         if not rows:
             raise ValueError("no rows")
         splits: dict[str, str] = {}
+        composers: dict[str, str] = {}
         for number, row in enumerate(rows, 1):
             split, name = row.get("split"), row.get("midi_filename")
             if split not in SPLITS:
@@ -105,12 +112,39 @@ def read_metadata(path: Path) -> Metadata:
             name = name.strip().replace("\\", "/")
             if splits.setdefault(name, split) != split:
                 raise ValueError(f"row {number}: {name} is listed in both {splits[name]} and {split}")
+            composer = row.get(_COMPOSER)
+            if isinstance(composer, str) and composer.strip():
+                composers[name] = composer.strip()
     except OSError as error:
         raise MetadataError(f"{path}: cannot read it ({error.strerror or error})") from None
     except (UnicodeDecodeError, csv.Error, ValueError) as error:  # json.JSONDecodeError is a ValueError
         reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else str(error).splitlines()[0]
         raise MetadataError(f"{path}: not a usable MAESTRO metadata file ({reason})") from None
-    return Metadata(path.name, hashlib.sha256(raw).hexdigest(), splits)
+    return Metadata(path.name, hashlib.sha256(raw).hexdigest(), splits, composers)
+
+
+def read_composers(path: Path) -> Metadata:
+    """Composer by relative MIDI path from a CSV with the columns canonical_composer and midi_filename (MAESTRO's,
+    or one written for another folder; `splits` left empty); MetadataError (one line) when it cannot be used."""
+    try:
+        raw = path.read_bytes()
+        reader = csv.DictReader(raw.decode("utf-8-sig").splitlines())
+        missing = [c for c in (_COMPOSER, "midi_filename") if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"no {' or '.join(missing)} column")
+        composers = {}
+        for number, row in enumerate(reader, 1):
+            name, composer = (row.get("midi_filename") or "").strip(), (row.get(_COMPOSER) or "").strip()
+            if not name:
+                raise ValueError(f"row {number}: no midi_filename")
+            if composer:
+                composers[name.replace("\\", "/")] = composer
+    except OSError as error:
+        raise MetadataError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except (UnicodeDecodeError, csv.Error, ValueError) as error:
+        reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else str(error).splitlines()[0]
+        raise MetadataError(f"{path}: not a usable composer table ({reason})") from None
+    return Metadata(path.name, hashlib.sha256(raw).hexdigest(), {}, composers)
 
 
 def describe(metadata: Metadata | None, paths: list[str], val_percent: float, test_percent: float) -> dict[str, Any]:

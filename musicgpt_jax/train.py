@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from musicgpt_jax import pipeline, records, sharding
+from musicgpt_jax import conditioning, pipeline, records, sharding
 from musicgpt_jax.checkpoint import Checkpointer
 from musicgpt_jax.configs import Config, ConfigError, ModelConfig, TrainConfig
 from musicgpt_jax.hardware import peak_flops_per_device
@@ -145,6 +145,10 @@ def _set_up(cfg: Config, workdir: epath.Path) -> _Run:
     """Dataset shape, mesh, model, optimizer, state (restored when the workdir holds checkpoints), data, steps."""
     info = records.load_info(cfg.data.data_dir, cfg.data.dataset)
     apply_dataset_shape(cfg, info.num_pitches, info.num_states)
+    if cfg.model.condition_on_composer and not cfg.model.composers:
+        cfg.model = conditioning.with_composers(cfg.model, records.load_card(cfg.data.data_dir, cfg.data.dataset))
+        known = ", ".join(cfg.model.composers) or "none: composer conditioning stays off"
+        log(f"composers from the dataset card: {known}")
     mesh = sharding.make_mesh(cfg.mesh)
     local_batch = _local_batch_size(cfg, mesh)
     tcfg = cfg.train
@@ -167,6 +171,8 @@ def _set_up(cfg: Config, workdir: epath.Path) -> _Run:
         process_count=jax.process_count(),
         velocity_bins=cfg.model.velocity_bins,
         given_lookahead=cfg.model.given_lookahead,
+        labels_for=cfg.model,
+        condition_dropout=tcfg.condition_dropout,
     )
     data_iter = iter(dataset.to_iter_dataset())
     start_step = 0
@@ -229,6 +235,7 @@ def _validate(run: _Run, state: TrainState) -> dict[str, float]:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         velocity_bins=run.cfg.model.velocity_bins,
+        labels_for=run.cfg.model,
     )
     velocity: dict[str, float] = {}
     val_nll, _ = evaluate_split(evaluation_params(state), run.eval_step, batches, run.mesh, velocity)
