@@ -25,6 +25,7 @@ own split-half distance; the validation NLL of the notes and velocities, and the
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -43,6 +44,18 @@ from musicgpt_jax.midi_io import midi_to_frames  # noqa: E402
 
 PIANO_PREFIXES = ("miditok_Maestro_", "miditok_63", "tonejs_")
 ORCHESTRAL = ("tonejs_concerto_for_orchestra_1.mid", "tonejs_symphony_7_2.mid")
+# Composers of the shared set's files, from the shared folder's README (the MAESTRO files there do not name theirs):
+# given to prepare.py as MAESTRO-style metadata so the model can be asked for a composer.
+COMPOSERS = (
+    ("tonejs_bach_", "Johann Sebastian Bach"),
+    ("tonejs_childrens_corner_", "Claude Debussy"),
+    ("tonejs_claire_de_lune", "Claude Debussy"),
+    ("tonejs_menuet", "Claude Debussy"),
+    ("tonejs_passepied", "Claude Debussy"),
+    ("tonejs_prelude", "Claude Debussy"),
+    ("tonejs_TheEntertainer", "Scott Joplin"),
+    ("tonejs_tchaikovsky_seasons", "Pyotr Ilyich Tchaikovsky"),
+)
 DATASET = "classical_piano"
 PROG = "classical_piano.py"
 SHARED = REPO.parent / "shared" / "data" / "midi" / "real"
@@ -256,13 +269,30 @@ def prepare(args: argparse.Namespace, midi: Path, data: Path, work: Path) -> Non
     if (data / DATASET / "card.json").exists():
         return
     midi.mkdir(parents=True, exist_ok=True)
-    for path in classical_piano_files(Path(args.midi_dir)):
+    files = classical_piano_files(Path(args.midi_dir))
+    for path in files:
         (midi / path.name).symlink_to(path.resolve())
-    run(
-        [sys.executable, "data/prepare.py", "--midi_dir", str(midi), "--dataset", DATASET, "--data_dir", str(data),
-         "--val_percent", "10", "--test_percent", "20"],
-        work / "prepare.log",
-    )  # fmt: skip
+    command = [sys.executable, "data/prepare.py", "--midi_dir", str(midi), "--dataset", DATASET, "--data_dir",
+               str(data), "--val_percent", "10", "--test_percent", "20"]  # fmt: skip
+    known = composer_rows(files)
+    if known:
+        metadata = work / "composers.csv"
+        with metadata.open("w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["canonical_composer", "midi_filename"])
+            writer.writerows(known)
+        command += ["--metadata", str(metadata)]
+    run(command, work / "prepare.log")
+
+
+def composer_rows(files: list[Path]) -> list[tuple[str, str]]:
+    """(composer, file name) for the shared files whose composer is known (`COMPOSERS`)."""
+    rows = []
+    for path in files:
+        composer = next((name for prefix, name in COMPOSERS if path.name.startswith(prefix)), None)
+        if composer is not None:
+            rows.append((composer, path.name))
+    return rows
 
 
 def last_step(run_dir: Path) -> int:

@@ -2,9 +2,10 @@
 
 A key is an index 0..23, as pretty_midi's `KeySignature.key_number` counts them: 0..11 the major keys on tonic
 C..B, 12..23 the minor keys on tonic C..B. `UNKNOWN` (24) stands for "not known" (no notes, or records written
-before keys were stored). A piece's key is its MIDI file's first key signature when it has one, else the key
-whose Krumhansl-Kessler profile best matches its duration-weighted pitch classes (`estimate_key`); pretty_midi
-reads key signatures but estimates none, and music21's estimator wants a score, not frames.
+before keys were stored). A piece's key is its MIDI file's first key signature (the notes choosing between the
+major key and its relative minor) when it has one, else the key whose Krumhansl-Kessler profile best matches its
+duration-weighted pitch classes (`estimate_key`); pretty_midi reads key signatures but estimates none, and
+music21's estimator wants a score, not frames.
 """
 
 from __future__ import annotations
@@ -66,25 +67,44 @@ def pitch_class_weights(states: np.ndarray, lowest_pitch: int = 0) -> np.ndarray
     return np.bincount(pitch_classes, weights=per_pitch, minlength=12)
 
 
-def estimate_key(states: np.ndarray, lowest_pitch: int = 0) -> int:
-    """The key of a (T, P) frame window by Krumhansl-Kessler key finding (Krumhansl & Kessler 1982, as Krumhansl's
-    1990 algorithm uses it): the key whose profile, rotated to its tonic, has the highest Pearson correlation with
-    the window's duration-weighted pitch classes. `UNKNOWN` when nothing sounds or every class weighs the same."""
+def _correlations(states: np.ndarray, lowest_pitch: int) -> np.ndarray | None:
+    """(24,) Pearson correlation of each key's Krumhansl-Kessler profile (rotated to its tonic) with the window's
+    duration-weighted pitch classes; None when nothing sounds or every class weighs the same."""
     weights = pitch_class_weights(states, lowest_pitch)
     if not weights.any() or np.all(weights == weights[0]):
-        return UNKNOWN
+        return None
     profiles = np.stack(
         [np.roll(MAJOR_PROFILE, tonic) for tonic in range(12)] + [np.roll(MINOR_PROFILE, tonic) for tonic in range(12)]
     )
     centred = profiles - profiles.mean(axis=1, keepdims=True)
     observed = weights - weights.mean()
-    correlation = centred @ observed / (np.linalg.norm(centred, axis=1) * np.linalg.norm(observed))
-    return int(np.argmax(correlation))
+    return centred @ observed / (np.linalg.norm(centred, axis=1) * np.linalg.norm(observed))
+
+
+def estimate_key(states: np.ndarray, lowest_pitch: int = 0) -> int:
+    """The key of a (T, P) frame window by Krumhansl-Kessler key finding (Krumhansl & Kessler 1982, as Krumhansl's
+    1990 algorithm uses it): the key whose profile has the highest correlation with the window's
+    duration-weighted pitch classes. `UNKNOWN` when nothing sounds or every class weighs the same."""
+    correlation = _correlations(states, lowest_pitch)
+    return UNKNOWN if correlation is None else int(np.argmax(correlation))
+
+
+def relative_keys(key: int) -> tuple[int, int]:
+    """(major, minor): the two keys that share `key`'s signature, e.g. (Eb major, C minor) for either."""
+    major = key % 12 if key < 12 else (key % 12 + 3) % 12
+    return major, 12 + (major + 9) % 12
 
 
 def key_of_midi(pm: pretty_midi.PrettyMIDI, states: np.ndarray, lowest_pitch: int = 0) -> int:
-    """A piece's key: its first MIDI key signature when it has one, else `estimate_key` of its frames."""
+    """A piece's key. With a MIDI key signature, the first one fixes the accidentals and the notes choose the mode:
+    of the major key and its relative minor, the one whose profile fits the notes better (files often write a
+    minor piece's signature as its relative major, e.g. Bach's C minor fugue BWV 847 as Eb major). Without one,
+    `estimate_key` of its frames."""
     signatures = sorted(pm.key_signature_changes, key=lambda k: k.time)
+    correlation = _correlations(states, lowest_pitch)
     if signatures and 0 <= signatures[0].key_number < NUM_KEYS:
-        return int(signatures[0].key_number)
-    return estimate_key(states, lowest_pitch)
+        major, minor = relative_keys(int(signatures[0].key_number))
+        if correlation is None:
+            return int(signatures[0].key_number)
+        return major if correlation[major] >= correlation[minor] else minor
+    return UNKNOWN if correlation is None else int(np.argmax(correlation))

@@ -24,6 +24,21 @@ C_MAJOR_TRIADS = ((60, 64, 67), (65, 69, 72), (67, 71, 74), (60, 64, 67))  # I I
 SCALE = (60, 62, 64, 65, 67, 69, 71, 72)
 
 
+def a_minor_states() -> np.ndarray:
+    """An A natural-minor scale (A to A, the white keys) then i-iv-v-i, A minor's triads (a half note each)."""
+    scale = [57, 59, 60, 62, 64, 65, 67, 69]
+    triads = [(57, 60, 64), (62, 65, 69), (64, 67, 71), (57, 60, 64)]
+    states = np.zeros((len(scale) * 8 + len(triads) * 16, 128), np.uint8)
+    for k, pitch in enumerate(scale):
+        states[8 * k : 8 * k + 8, pitch] = HOLD
+        states[8 * k, pitch] = ONSET
+    for k, chord in enumerate(triads):
+        start = len(scale) * 8 + 16 * k
+        states[start : start + 16, list(chord)] = HOLD
+        states[start, list(chord)] = ONSET
+    return states
+
+
 def c_major_states(shift: int = 0) -> np.ndarray:
     """A C-major scale (one quarter note each) then I-IV-V-I (a half note each), moved `shift` semitones."""
     states = np.zeros((len(SCALE) * 8 + len(C_MAJOR_TRIADS) * 16, 128), np.uint8)
@@ -71,17 +86,37 @@ def test_estimate_reads_a_keyboard_that_starts_above_pitch_0():
     assert keys.key_name(keys.estimate_key(states, lowest_pitch=21)) == "D major"
 
 
-def test_a_midi_key_signature_wins_over_the_notes(tmp_path):
+def signed_midi(tmp_path, states: np.ndarray, signature: str | None) -> tuple[pretty_midi.PrettyMIDI, np.ndarray]:
+    """`states` written as a MIDI file with `signature` (or none) as its key signature, read back."""
     path = tmp_path / "signed.mid"
-    write_midi(Frames(c_major_states(), np.where(c_major_states() == ONSET, 80, 0).astype(np.uint8)), path)
+    write_midi(Frames(states, np.where(states == ONSET, 80, 0).astype(np.uint8)), path)
     pm = pretty_midi.PrettyMIDI(str(path))
-    pm.key_signature_changes = [pretty_midi.KeySignature(keys.parse_key("E minor"), 0.0)]
+    pm.key_signature_changes = [] if signature is None else [pretty_midi.KeySignature(keys.parse_key(signature), 0.0)]
     pm.write(str(path))
-    frames = midi_to_frames(path)
-    assert keys.key_name(keys.key_of_midi(read_midi(path), frames.states)) == "E minor"
-    unsigned = pretty_midi.PrettyMIDI(str(path))
-    unsigned.key_signature_changes = []
-    assert keys.key_name(keys.key_of_midi(unsigned, frames.states)) == "C major"
+    return read_midi(path), midi_to_frames(path).states
+
+
+def test_a_key_signature_fixes_the_accidentals_and_the_notes_the_mode(tmp_path):
+    c_major = c_major_states()
+    # The signature of no accidentals, written as "C major", over music in C major and over music in A minor.
+    pm, states = signed_midi(tmp_path, c_major, "C major")
+    assert keys.key_name(keys.key_of_midi(pm, states)) == "C major"
+    minor = a_minor_states()
+    assert keys.key_name(keys.estimate_key(minor)) == "A minor"
+    pm, states = signed_midi(tmp_path, minor, "C major")
+    assert keys.key_name(keys.key_of_midi(pm, states)) == "A minor"
+    # A signature the notes do not fit still decides the accidentals: C major music under one sharp is G major or
+    # E minor, never C major.
+    pm, states = signed_midi(tmp_path, c_major, "E minor")
+    assert keys.key_name(keys.key_of_midi(pm, states)) in ("G major", "E minor")
+    pm, states = signed_midi(tmp_path, c_major, None)
+    assert keys.key_name(keys.key_of_midi(pm, states)) == "C major"
+
+
+def test_relative_keys_share_a_signature():
+    for name, pair in (("Eb major", ("Eb major", "C minor")), ("C minor", ("Eb major", "C minor")),
+                       ("A major", ("A major", "F# minor")), ("B minor", ("D major", "B minor"))):  # fmt: skip
+        assert tuple(keys.key_name(k) for k in keys.relative_keys(keys.parse_key(name))) == pair
 
 
 def test_records_keep_each_pieces_key_and_composer(tmp_path, capsys):
