@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = generation.steps_per_bar(grid, None)
     params = restore_params(args.workdir, cfg, step)
     options = compose.SampleOptions(**compose.strategy_options(args))
-    strategy = compose.strategy_of(options)
+    strategy = compose.strategy_of(options, cfg)
     allowed = generation.keyboard_of(cfg, grid) if args.keyboard == "corpus" else None
 
     def sample(labels: dict) -> list[int]:

@@ -124,7 +124,7 @@ def print_voices(args, cfg, step, options, pieces: np.ndarray, steps_per_bar: in
     """The `--voices` figures: held-out, one step ahead, free-running by bar range."""
     params = restore_params(args.workdir, cfg, step)
     sequences = records.load_split(cfg.data.data_dir, cfg.data.dataset, args.split)
-    choice = compose.strategy_of(options).arrays()
+    choice = compose.strategy_of(options, cfg).arrays()
     truth, drawn = one_step_draws(params, cfg.model, choice, jnp.asarray(allowed), sequences, args.seed, steps_per_bar)
     strikes = note_starts(truth, cfg.model.num_states).any(axis=1)  # frames where the held-out music strikes
     rows = {
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     low, high = int(allowed[0]), int(allowed[-1])
     eighth = max(1, grid.steps_per_quarter // 2)
     widened = cfg.data.transpose if len(allowed) < grid.num_pitches else 0  # the keyboard came from the card
-    strategy = compose.strategy_of(options).describe()
+    strategy = compose.strategy_of(options, cfg).describe()
     print(
         f"{args.workdir} step {step}, head {cfg.model.head}; {strategy}, keyboard {args.keyboard}; "
         f"{args.num_samples} x {args.bars} bars, seed {args.seed}; corpus keyboard with transposition: {low}..{high}"

@@ -50,7 +50,7 @@ class SampleOptions:
     bars: int | None = 8
     frames: int | None = None  # overrides `bars`
     strategy: str | None = None  # greedy, temperature or nucleus; None: nucleus when top_p is given, else DEFAULT
-    temperature: float = DEFAULT_STRATEGY.temperature
+    temperature: float | None = None  # None: the run's own (`SamplingConfig`, saved with its config)
     top_p: float | None = None
     keyboard: str = "corpus"  # "corpus": only pitches the training data sounds (transposition included); "all"
     seed: int = 0
@@ -119,13 +119,18 @@ def labels_of(options: SampleOptions, model: ModelConfig) -> dict[str, np.int32]
         raise ConditionError(str(error)) from None
 
 
-def strategy_of(options: SampleOptions) -> Strategy:
-    """The named strategy the flags ask for (see `frame_choice`); ValueError, one line, when they disagree."""
+def strategy_of(options: SampleOptions, cfg: Config | None = None) -> Strategy:
+    """The named strategy the flags ask for (see `frame_choice`), at the run `cfg`'s temperature unless told one;
+    ValueError, one line, when they disagree."""
     name = options.strategy or ("nucleus" if options.top_p is not None else DEFAULT_STRATEGY.name)
     top_p = options.top_p if options.top_p is not None else DEFAULT_STRATEGY.top_p
     if options.top_p is not None and name != "nucleus":
         raise ValueError(f"--top_p {options.top_p}: only the nucleus strategy has one (--strategy {name})")
-    return Strategy(name, options.temperature, top_p)
+    if options.temperature is not None:
+        temperature = options.temperature
+    else:
+        temperature = cfg.sampling.temperature if cfg is not None else DEFAULT_STRATEGY.temperature
+    return Strategy(name, temperature, top_p)
 
 
 def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
@@ -138,8 +143,8 @@ def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--temperature",
         type=float,
-        default=DEFAULT_STRATEGY.temperature,
-        help=f"of each choice within a frame; 0 = greedy (default: {DEFAULT_STRATEGY.temperature:g})",
+        help="of each choice within a frame; 0 = greedy (default: the run's own, saved with its config: "
+        f"{DEFAULT_STRATEGY.temperature:g} for the chorale presets, 1 for piano)",
     )
     parser.add_argument("--top_p", type=float, help=f"nucleus mass (default: {DEFAULT_STRATEGY.top_p:g})")
     parser.add_argument(
@@ -236,7 +241,7 @@ def sample_run(options: SampleOptions, log=print) -> list[Sample]:
             )
     num_frames = num_frames_of(options, steps_per_bar(grid, primer))
     params = restore_params(options.workdir, cfg, step)
-    strategy = strategy_of(options)
+    strategy = strategy_of(options, cfg)
     allowed = keyboard_of(cfg, grid) if options.keyboard == "corpus" else None
     started = time.perf_counter()
     generated, velocities = generate_pieces(

@@ -34,6 +34,11 @@ from musicgpt_jax.midi_io import midi_to_frames
 DEFAULT_STRATEGY = Strategy("temperature", 0.9, 0.95)
 
 
+def run_strategy(cfg: Config) -> Strategy:
+    """The strategy a run samples with when not told otherwise: its preset's temperature (`SamplingConfig`)."""
+    return Strategy(DEFAULT_STRATEGY.name, cfg.sampling.temperature, DEFAULT_STRATEGY.top_p)
+
+
 class SampleError(ValueError):
     """Bad input to sampling (flag, primer, workdir); the message is one line naming it and the reason."""
 

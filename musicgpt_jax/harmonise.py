@@ -235,7 +235,7 @@ def sample_kept(params, cfg, request: Request, options: SampleOptions, allowed) 
         rows(request.kept_states),
         rows(request.kept_mask),
         jax.random.key(options.seed),
-        compose.strategy_of(options),
+        compose.strategy_of(options, cfg),
         allowed,
         after=request.after,
         **extra,
@@ -275,7 +275,7 @@ def _write_all(options, request, written, velocities, grid, cfg, step) -> list[c
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    strategy = compose.strategy_of(options)
+    strategy = compose.strategy_of(options, cfg)
     samples = []
     try:
         for i, states in enumerate(written):

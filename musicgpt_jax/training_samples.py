@@ -43,7 +43,7 @@ def compose_sample(params: Any, cfg: Config, step: int) -> TrainingSample:
         1,
         num_frames,
         jax.random.key(step),
-        generation.DEFAULT_STRATEGY,
+        generation.run_strategy(cfg),
         allowed,
     )
     own = None if velocities is None else velocities[0]

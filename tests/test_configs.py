@@ -74,3 +74,18 @@ def test_bad_names_and_overrides_are_one_line_errors(name, overrides, needle):
 def test_a_stray_command_line_word_is_refused():
     with pytest.raises(ConfigError, match="unrecognized argument: --steps"):
         configs.split_overrides(["--steps"])
+
+
+def test_each_run_carries_its_sampling_temperature():
+    from musicgpt_jax import compose
+
+    piano, tiny = PRESETS["piano"](), PRESETS["tiny"]()
+    assert compose.strategy_of(compose.SampleOptions(), piano).temperature == 1.0
+    assert compose.strategy_of(compose.SampleOptions(), tiny).temperature == 0.9
+    assert compose.strategy_of(compose.SampleOptions(temperature=0.5), piano).temperature == 0.5
+    saved = piano.to_dict()
+    assert configs.Config.from_dict(json.loads(json.dumps(saved))).sampling.temperature == 1.0
+    del saved["sampling"]  # a run saved before runs carried one samples as every run did then
+    assert configs.Config.from_dict(saved).sampling.temperature == 0.9
+    configs._set(tiny, "sampling.temperature", "0.8")
+    assert tiny.sampling.temperature == 0.8
