@@ -74,3 +74,16 @@ def test_bad_names_and_overrides_are_one_line_errors(name, overrides, needle):
 def test_a_stray_command_line_word_is_refused():
     with pytest.raises(ConfigError, match="unrecognized argument: --steps"):
         configs.split_overrides(["--steps"])
+
+
+def test_maestro_is_the_one_accelerator_piano_preset():
+    """`maestro`: MAESTRO in a window of at least 16 bars, bf16 with remat and scanned layers, notes by the NADE
+    head, loudness in 32 velocity bins, the given-notes input, on a batch every chip of a v5e-8 takes a share of."""
+    cfg = configs.resolve("maestro")
+    model = cfg.model
+    assert "maestro" in PRESETS and "maestro" in configs.SUMMARIES and cfg.preset == "maestro"
+    assert model.max_len >= 16 * 32  # 16 bars of 32 frames
+    assert (model.dtype, model.remat, model.scan_layers) == ("bfloat16", True, True)
+    assert (model.head, model.velocity_bins, model.given_lookahead) == ("nade", 32, configs.GIVEN_LOOKAHEAD)
+    assert model.dropout > 0 and cfg.data.dataset == "maestro"
+    assert cfg.train.batch_size % 8 == 0 and cfg.train.warmup_steps < cfg.train.steps
