@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from musicgpt_jax import cli, configs, sharding, train_state, train_step
 from musicgpt_jax.configs import Config
-from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame
+from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame, model_inputs
 
 GIB = 1024**3
 
@@ -78,7 +78,7 @@ class AOTReport:
     total_bytes: int  # arguments + outputs - aliased + temporaries + code
     hbm_bytes: int
     fits: bool
-    flops_per_step: float  # XLA's HLO cost analysis of the whole step (remat recompute included)
+    flops_per_step: float  # XLA's HLO cost analysis of the whole step (remat recompute and own samples included)
     flops_per_chip: float  # flops_per_step / chips
     model_flops_per_step: float  # nanoGPT's 6N + 12LdT per frame, for comparison
     tpu_program_flops_per_chip: float | None  # the compiled TPU program's own count: a loop body counts once
@@ -183,7 +183,9 @@ def step_flops(cfg: Config) -> float:
 
     XLA counts a loop body once, whatever its trip count, so the count is taken from the same step with the
     layer scan unrolled and gradient accumulation off (same frames, same matmuls): lowered, not compiled, on
-    the host's backend.
+    the host's backend. It counts neither branch of a `lax.cond`, so with scheduled sampling the forward pass
+    that draws the model's own samples (`train_step.with_own_samples`, every step after its start) is counted
+    apart and added.
     """
     cfg = for_tpu(cfg)
     flat_cfg = dataclasses.replace(
@@ -194,8 +196,18 @@ def step_flops(cfg: Config) -> float:
     mesh = sharding.make_mesh("", jax.devices()[:1])  # global shapes: the count is for the whole step
     state_shardings = train_state.train_state_shardings(model, tx, flat_cfg, mesh)
     state = train_state.abstract_train_state(state_shardings, model, tx, flat_cfg)
-    lowered = jax.jit(train_step.make_train_step(model, tx, 1)).lower(state, abstract_batch(flat_cfg, mesh))
-    return float((lowered.cost_analysis() or {}).get("flops", 0.0))
+    batch = abstract_batch(flat_cfg, mesh)
+    lowered = jax.jit(train_step.make_train_step(model, tx, 1, flat_cfg.train)).lower(state, batch)
+    flops = float((lowered.cost_analysis() or {}).get("flops", 0.0))
+    if flat_cfg.train.scheduled_sampling > 0:
+
+        def own_samples(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+            extra = model_inputs(batch)
+            return train_step.with_own_samples(model, params, batch["inputs"], jax.random.key(0), 0.5, **extra)
+
+        lowered = jax.jit(own_samples).lower(state.params, batch)
+        flops += float((lowered.cost_analysis() or {}).get("flops", 0.0))
+    return flops
 
 
 def for_tpu(cfg: Config) -> Config:
@@ -236,7 +248,7 @@ def compile_train_step(cfg: Config, topology: str, utilization: float = DEFAULT_
     abstract_state = train_state.abstract_train_state(state_shardings, model, tx, cfg)
     batch = abstract_batch(cfg, mesh)
     # As in train.py's loop: the same step function, shardings and donation, traced under the rules.
-    step_fn = train_step.jit_train_step(model, tx, tcfg.grad_accum, state_shardings)
+    step_fn = train_step.jit_train_step(model, tx, tcfg.grad_accum, state_shardings, tcfg)
     start = time.perf_counter()
     with sharding.activate(mesh):
         lowered = step_fn.lower(abstract_state, batch)
