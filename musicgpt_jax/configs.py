@@ -310,8 +310,9 @@ def piano() -> Config:
 
 def maestro() -> Config:
     """Classical piano on MAESTRO v3 for one accelerator (one H100, or a TPU v5e-8 slice at 16 sequences a chip):
-    `piano`'s dynamics (32 velocity bins), given notes and scheduled sampling, in a 32-bar window (1024 frames),
-    bfloat16 with rematerialised, scanned layers, 35.4M parameters (10 layers of width 512).
+    `piano`'s dynamics (32 velocity bins), given notes and scheduled sampling, in a 32-bar window (1024 frames), told
+    its transposition as the chorale presets are, bfloat16 with rematerialised, scanned layers, 35.4M parameters (10
+    layers of width 512). 2.45 GiB per v5e chip of a v5e-8 (docs/PERFORMANCE.md, "The `maestro` preset").
 
     Sized for the data: MAESTRO v3 is about 200 hours, ~11M frames at 120 bpm (16 frames a second), ~9M in its
     train split. A batch of 128 x 1024 frames (131k) is one pass over those frames every ~70 steps, so 10,000 steps

@@ -66,6 +66,15 @@ def test_maestro_reduced_compiles_with_dynamics_and_estimates_its_time():
     assert "min per 1,000 steps on v5e:2x2 at 50% of 4 x 197 TFLOP/s bf16; one H100" in text
 
 
+def test_own_samples_forward_pass_is_counted():
+    """Scheduled sampling's forward pass sits in a lax.cond, which XLA's count leaves out; `step_flops` adds it: a
+    forward pass is about a third of a train step without remat (2N of 6N FLOPs a frame)."""
+    small = ["model.num_layers=2", "model.max_len=64", "train.batch_size=4"]
+    with_own = aot.step_flops(configs.resolve("tiny", [*small, "train.scheduled_sampling=0.5"]))
+    without = aot.step_flops(configs.resolve("tiny", small))
+    assert 1.25 * without < with_own < 2 * without
+
+
 def test_scanned_layers_are_counted_once_per_layer():
     """XLA counts a loop body once; `step_flops` unrolls, so the count grows with the number of layers."""
 
