@@ -1,6 +1,6 @@
 """Which presets fit which Cloud TPU slices: AOT-compile each train step and print a Markdown table.
 
-    python benchmarks/aot_table.py [--presets tiny,small,base,large]
+    python benchmarks/aot_table.py [--presets tiny,small,maestro,base,large]
         [--topologies v5e:1x1,v5e:2x2,...] [--cache runs/aot_table.jsonl] [--timeout SECONDS]
 
 Every cell is one `python -m musicgpt_jax.aot` run for one preset on one topology (the preset's own
@@ -107,10 +107,15 @@ def cell(report: dict) -> str:
     return f"{'✓' if report['fits'] else '✗'} {gib:.2f}" + ("" if report["compiled"] else "+")
 
 
+def h100_minutes(flops_per_step: float) -> float:
+    """An estimate from FLOPs, not a measurement: 1,000 steps on one H100 at `aot.DEFAULT_UTILIZATION` of its peak."""
+    return aot.seconds_per_1000_steps(flops_per_step, 1, aot.H100_PEAK_BF16_FLOPS, aot.DEFAULT_UTILIZATION) / 60
+
+
 def table(results: Results, presets: list[str], topologies: list[str]) -> str:
     hbm = {t: aot.HBM_BYTES[aot.generation(t)] // aot.GIB for t in topologies}
     header = (
-        ["preset", "params", "batch × frames", "FLOPs/step"]
+        ["preset", "params", "batch × frames", "FLOPs/step", "H100 min per 1,000 steps (est.)"]
         + [f"{t} ({hbm[t]} GiB)" for t in topologies]
         + ["smallest slice that fits"]
     )
@@ -129,6 +134,7 @@ def table(results: Results, presets: list[str], topologies: list[str]) -> str:
                     f"{any_report['num_params'] / 1e6:.1f}M",
                     f"{any_report['batch_size']} × {any_report['seq_len']}",
                     f"{any_report['flops_per_step']:.2e}",
+                    f"{h100_minutes(any_report['flops_per_step']):.1f}",
                 ]
                 + [cell(reports[t]) for t in topologies]
                 + [fits]
@@ -140,7 +146,7 @@ def table(results: Results, presets: list[str], topologies: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.Parser(prog="aot_table.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="tiny,small,base,large")
+    parser.add_argument("--presets", default="tiny,small,maestro,base,large")
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
     parser.add_argument("--cache", help="JSON-lines file of reports, read and extended")
     parser.add_argument("--timeout", type=float, help="seconds one compile may take (default: no limit)")
@@ -153,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         "\nGiB per chip (arguments + outputs - donated + temporaries + code); ✓ fits the chip's HBM, "
         "✗ does not; +: XLA:TPU refused to compile, total from its message; —: the batch does not split "
         "over the chips; ?: no answer within --timeout. "
-        f"FLOPs per step: XLA's HLO cost analysis of the whole step (remat recompute included). "
+        f"FLOPs per step: XLA's HLO cost analysis of the whole step (remat recompute and own samples included). "
+        f"H100: an estimate from those FLOPs at {aot.DEFAULT_UTILIZATION:.0%} of "
+        f"{aot.H100_PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s bf16, not a compile for it. "
         f"Smallest slice: per generation ({', '.join(LADDERS)}), with the preset's own batch, all chips on "
         "fsdp."
     )

@@ -56,7 +56,7 @@ def measure(variant: str, batch_size: int | None, steps: int, dtype: str, overri
         bins = rng.integers(0, cfg.model.velocity_bins, (b, t + 1, p)).astype(np.int32)
         rows.update(input_velocities=bins[:, :-1], target_velocities=bins[:, 1:])
     batch = global_batch(rows, mesh)
-    step = jit_train_step(model, tx, cfg.train.grad_accum, shardings)
+    step = jit_train_step(model, tx, cfg.train.grad_accum, shardings, cfg.train)  # as train.py's, own samples too
     with sharding.activate(mesh):
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()

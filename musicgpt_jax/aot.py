@@ -3,7 +3,9 @@
 `python -m musicgpt_jax.aot --config base --topology v5e:2x4` answers "does this preset fit that slice?" before any
 TPU is rented: libtpu describes the topology's chips (v4 and v5p as "megacore": one device per chip), the real train
 step (`train_state`, `train_step`) is compiled for them, and XLA:TPU reports bytes per chip and FLOPs (counted with
-the layer scan unrolled, `step_flops`). What the numbers mean: docs/PERFORMANCE.md, "Ahead-of-time compilation for TPU".
+the layer scan unrolled, `step_flops`), with an estimate of the time per 1,000 steps at an assumed share of the
+chips' bf16 peak (`--utilization`), and of one H100's from the same FLOPs. What the numbers mean:
+docs/PERFORMANCE.md, "Ahead-of-time compilation for TPU".
 """
 
 from __future__ import annotations
@@ -28,12 +30,18 @@ import jax.numpy as jnp
 
 from musicgpt_jax import cli, configs, sharding, train_state, train_step
 from musicgpt_jax.configs import Config
-from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame
+from musicgpt_jax.model import MusicTransformer, count_params, flops_per_frame, model_inputs
 
 GIB = 1024**3
 
 # HBM per chip by TPU generation (Cloud TPU documentation); the topology name's prefix selects the row.
 HBM_BYTES: dict[str, int] = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "v6e": 32 * GIB}
+# Datasheet dense bf16 peak FLOP/s per chip (Cloud TPU documentation; NVIDIA's H100 SXM datasheet).
+PEAK_BF16_FLOPS: dict[str, float] = {"v4": 275e12, "v5e": 197e12, "v5p": 459e12, "v6e": 918e12}
+H100_PEAK_BF16_FLOPS = 989e12
+# The share of the peak the estimates assume for the executed FLOPs (XLA's count, remat recompute included): about
+# what `base` reached on an H200 as the preset is (36.7% MFU by nanoGPT's count, x 1.27 for the recompute, 47%).
+DEFAULT_UTILIZATION = 0.4
 # Chip config libtpu needs for one device per chip (v4 and v5p have two TensorCores fused as a megacore).
 _CHIP_CONFIG = {"v4": "megacore", "v5p": "megacore", "v5e": "default", "v6e": "default"}
 
@@ -70,11 +78,16 @@ class AOTReport:
     total_bytes: int  # arguments + outputs - aliased + temporaries + code
     hbm_bytes: int
     fits: bool
-    flops_per_step: float  # XLA's HLO cost analysis of the whole step (remat recompute included)
+    flops_per_step: float  # XLA's HLO cost analysis of the whole step (remat recompute and own samples included)
     flops_per_chip: float  # flops_per_step / chips
     model_flops_per_step: float  # nanoGPT's 6N + 12LdT per frame, for comparison
     tpu_program_flops_per_chip: float | None  # the compiled TPU program's own count: a loop body counts once
     compile_seconds: float
+    # Estimates, not measurements: flops_per_step over `utilization` x the peak bf16 FLOP/s of the slice's chips,
+    # and of one H100 (a FLOP count, not a compile for it). None in reports written before the fields existed.
+    utilization: float | None = None
+    estimated_seconds_per_1000_steps: float | None = None
+    h100_estimated_seconds_per_1000_steps: float | None = None
 
     def verdict(self) -> str:
         need, has = self.total_bytes / GIB, self.hbm_bytes / GIB
@@ -170,7 +183,9 @@ def step_flops(cfg: Config) -> float:
 
     XLA counts a loop body once, whatever its trip count, so the count is taken from the same step with the
     layer scan unrolled and gradient accumulation off (same frames, same matmuls): lowered, not compiled, on
-    the host's backend.
+    the host's backend. It counts neither branch of a `lax.cond`, so with scheduled sampling the forward pass
+    that draws the model's own samples (`train_step.with_own_samples`, every step after its start) is counted
+    apart and added.
     """
     cfg = for_tpu(cfg)
     flat_cfg = dataclasses.replace(
@@ -181,8 +196,18 @@ def step_flops(cfg: Config) -> float:
     mesh = sharding.make_mesh("", jax.devices()[:1])  # global shapes: the count is for the whole step
     state_shardings = train_state.train_state_shardings(model, tx, flat_cfg, mesh)
     state = train_state.abstract_train_state(state_shardings, model, tx, flat_cfg)
-    lowered = jax.jit(train_step.make_train_step(model, tx, 1)).lower(state, abstract_batch(flat_cfg, mesh))
-    return float((lowered.cost_analysis() or {}).get("flops", 0.0))
+    batch = abstract_batch(flat_cfg, mesh)
+    lowered = jax.jit(train_step.make_train_step(model, tx, 1, flat_cfg.train)).lower(state, batch)
+    flops = float((lowered.cost_analysis() or {}).get("flops", 0.0))
+    if flat_cfg.train.scheduled_sampling > 0:
+
+        def own_samples(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+            extra = model_inputs(batch)
+            return train_step.with_own_samples(model, params, batch["inputs"], jax.random.key(0), 0.5, **extra)
+
+        lowered = jax.jit(own_samples).lower(state.params, batch)
+        flops += float((lowered.cost_analysis() or {}).get("flops", 0.0))
+    return flops
 
 
 def for_tpu(cfg: Config) -> Config:
@@ -193,8 +218,16 @@ def for_tpu(cfg: Config) -> Config:
     return cfg
 
 
-def compile_train_step(cfg: Config, topology: str) -> AOTReport:
-    """Compile `cfg`'s train step for `topology` on this host and report memory per chip and FLOPs."""
+def seconds_per_1000_steps(flops_per_step: float, chips: int, peak_flops: float, utilization: float) -> float:
+    """An estimate: 1,000 steps of `flops_per_step` on `chips` chips running at `utilization` of `peak_flops`."""
+    return 1000 * flops_per_step / (chips * peak_flops * utilization)
+
+
+def compile_train_step(cfg: Config, topology: str, utilization: float = DEFAULT_UTILIZATION) -> AOTReport:
+    """Compile `cfg`'s train step for `topology` on this host and report memory per chip, FLOPs, and the time per
+    1,000 steps estimated at `utilization` of the chips' (and of one H100's) peak bf16 FLOP/s."""
+    if not 0 < utilization <= 1:
+        raise AOTError(f"--utilization {utilization}: must be in (0, 1]")
     cfg = for_tpu(cfg)
     gen = generation(topology)
     devices = topology_devices(topology)
@@ -215,7 +248,7 @@ def compile_train_step(cfg: Config, topology: str) -> AOTReport:
     abstract_state = train_state.abstract_train_state(state_shardings, model, tx, cfg)
     batch = abstract_batch(cfg, mesh)
     # As in train.py's loop: the same step function, shardings and donation, traced under the rules.
-    step_fn = train_step.jit_train_step(model, tx, tcfg.grad_accum, state_shardings)
+    step_fn = train_step.jit_train_step(model, tx, tcfg.grad_accum, state_shardings, tcfg)
     start = time.perf_counter()
     with sharding.activate(mesh):
         lowered = step_fn.lower(abstract_state, batch)
@@ -286,6 +319,9 @@ def compile_train_step(cfg: Config, topology: str) -> AOTReport:
         model_flops_per_step=flops_per_frame(cfg.model, num_params) * tcfg.batch_size * cfg.model.max_len,
         tpu_program_flops_per_chip=tpu_flops,
         compile_seconds=compile_seconds,
+        utilization=utilization,
+        estimated_seconds_per_1000_steps=seconds_per_1000_steps(flops, len(devices), PEAK_BF16_FLOPS[gen], utilization),
+        h100_estimated_seconds_per_1000_steps=seconds_per_1000_steps(flops, 1, H100_PEAK_BF16_FLOPS, utilization),
     )
 
 
@@ -316,8 +352,17 @@ def format_report(report: AOTReport) -> str:
         f"({report.total_bytes / report.hbm_bytes:.0%})",
         f"  FLOPs/step   {report.flops_per_step:.3e}  ({report.flops_per_chip:.3e} per chip; "
         f"6N+12LdT estimate {report.model_flops_per_step:.3e})",
-        f"  compiled in {report.compile_seconds:.1f} s",
     ]
+    if report.estimated_seconds_per_1000_steps is not None:
+        gen = generation(report.topology)
+        lines.append(
+            f"  estimate     {report.estimated_seconds_per_1000_steps / 60:.1f} min per 1,000 steps on "
+            f"{report.topology} at {report.utilization:.0%} of {report.chips} x "
+            f"{PEAK_BF16_FLOPS[gen] / 1e12:.0f} TFLOP/s bf16; one H100 "
+            f"{report.h100_estimated_seconds_per_1000_steps / 60:.1f} min at {report.utilization:.0%} of "
+            f"{H100_PEAK_BF16_FLOPS / 1e12:.0f} (from FLOPs/step, not measured)"
+        )
+    lines.append(f"  compiled in {report.compile_seconds:.1f} s")
     return "\n".join(lines)
 
 
@@ -340,6 +385,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         help="data=D,fsdp=F,tensor=T over the topology's chips (default: the config's, i.e. all chips on fsdp)",
     )
     parser.add_argument("--batch_size", type=int, help="global batch (default: the preset's)")
+    parser.add_argument(
+        "--utilization",
+        type=float,
+        default=DEFAULT_UTILIZATION,
+        help="share of the peak bf16 FLOP/s the time estimates assume for the executed FLOPs "
+        f"(default: {DEFAULT_UTILIZATION})",
+    )
     parser.add_argument(
         "--json", nargs="?", const="", metavar="PATH", help="write the report as JSON to PATH (-: stdout, alone)"
     )
@@ -366,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.batch_size < 1:
                 raise AOTError(f"--batch_size {args.batch_size}: must be positive")
             cfg.train.batch_size = args.batch_size
-        report = compile_train_step(cfg, args.topology)
+        report = compile_train_step(cfg, args.topology, args.utilization)
     except (configs.ConfigError, AOTError) as error:
         print(f"aot: {error}", file=sys.stderr)
         return 2

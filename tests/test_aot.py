@@ -52,6 +52,29 @@ def test_tiny_compiles_for_v5e_2x2_and_fits():
     assert "tiny on v5e:2x2: needs 0.0" in report.verdict() and report.verdict().endswith("— fits")
 
 
+def test_maestro_reduced_compiles_with_dynamics_and_estimates_its_time():
+    """The `maestro` preset's step (bf16, remat, scanned layers, velocity head, scheduled sampling, given notes),
+    narrowed so the compile takes seconds (the full preset's figures: docs/PERFORMANCE.md)."""
+    narrow = ["model.num_layers=2", "model.d_model=128", "model.num_heads=2", "model.mlp_dim=384"]
+    cfg = configs.resolve("maestro", [*narrow, "model.max_len=512", "train.batch_size=8"])
+    report = aot.compile_train_step(cfg, "v5e:2x2", utilization=0.5)
+    assert report.compiled and report.fits and report.preset == "maestro" and report.seq_len == 512
+    assert report.flops_per_step > report.model_flops_per_step  # the remat recompute and the model's own samples
+    assert report.estimated_seconds_per_1000_steps == pytest.approx(1000 * report.flops_per_step / (4 * 197e12 * 0.5))
+    assert report.h100_estimated_seconds_per_1000_steps == pytest.approx(1000 * report.flops_per_step / 989e12 / 0.5)
+    text = aot.format_report(report)
+    assert "min per 1,000 steps on v5e:2x2 at 50% of 4 x 197 TFLOP/s bf16; one H100" in text
+
+
+def test_own_samples_forward_pass_is_counted():
+    """Scheduled sampling's forward pass sits in a lax.cond, which XLA's count leaves out; `step_flops` adds it: a
+    forward pass is about a third of a train step without remat (2N of 6N FLOPs a frame)."""
+    small = ["model.num_layers=2", "model.max_len=64", "train.batch_size=4"]
+    with_own = aot.step_flops(configs.resolve("tiny", [*small, "train.scheduled_sampling=0.5"]))
+    without = aot.step_flops(configs.resolve("tiny", small))
+    assert 1.25 * without < with_own < 2 * without
+
+
 def test_scanned_layers_are_counted_once_per_layer():
     """XLA counts a loop body once; `step_flops` unrolls, so the count grows with the number of layers."""
 
@@ -87,6 +110,7 @@ def test_oversized_config_does_not_fit_one_line_nonzero_exit():
         (["--config.model.widht=3"], "--config.model.widht: unknown key"),
         (["--topology", "v5e:2x2", "--mesh", "data=3,fsdp=-1"], "--mesh data=3,fsdp=-1: 3 does not divide"),
         (["--topology", "v5e:2x2", "--batch_size", "6"], "--batch_size 6 must be divisible by data*fsdp=4"),
+        (["--topology", "v5e:2x2", "--utilization", "0"], "--utilization 0.0: must be in (0, 1]"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args, message, capsys):

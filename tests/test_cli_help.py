@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 from conftest import REPO
 
-from musicgpt_jax import evaluate, stats
+from musicgpt_jax import configs, evaluate, stats
 
 
 def script(path: str):
@@ -51,3 +51,12 @@ def test_sample_flags_default_to_the_sample_options_own():
     from musicgpt_jax import compose
 
     assert compose.SampleOptions(**vars(script("sample.py").parse_args([]))) == compose.SampleOptions()
+
+
+def test_train_help_lists_every_preset_with_its_summary(capsys):
+    with pytest.raises(SystemExit):
+        script("train.py").parse_args(["--help"])
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    for name in configs.PRESETS:
+        assert name in listed and configs.SUMMARIES[name] in listed[name], name
+    assert "a 32-bar window, dynamics" in listed["maestro"]

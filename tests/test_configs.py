@@ -89,3 +89,16 @@ def test_each_run_carries_its_sampling_temperature():
     assert configs.Config.from_dict(saved).sampling.temperature == 0.9
     configs._set(tiny, "sampling.temperature", "0.8")
     assert tiny.sampling.temperature == 0.8
+
+
+def test_maestro_is_the_one_accelerator_piano_preset():
+    """`maestro`: MAESTRO in a window of at least 16 bars, bf16 with remat and scanned layers, notes by the NADE
+    head, loudness in 32 velocity bins, the given-notes input, on a batch every chip of a v5e-8 takes a share of."""
+    cfg = configs.resolve("maestro")
+    model = cfg.model
+    assert "maestro" in PRESETS and "maestro" in configs.SUMMARIES and cfg.preset == "maestro"
+    assert model.max_len >= 16 * 32  # 16 bars of 32 frames
+    assert (model.dtype, model.remat, model.scan_layers) == ("bfloat16", True, True)
+    assert (model.head, model.velocity_bins, model.given_lookahead) == ("nade", 32, configs.GIVEN_LOOKAHEAD)
+    assert model.dropout > 0 and cfg.data.dataset == "maestro"
+    assert cfg.train.batch_size % 8 == 0 and cfg.train.warmup_steps < cfg.train.steps

@@ -524,7 +524,7 @@ def test_remote_train_and_probe_commands_work_in_a_shell(gcloud, tmp_path):
         "-u",
         "train.py",
         "--config",
-        "base",
+        "maestro",
         "--data_dir",
         "gs://b/data",
         "--workdir",

@@ -8,7 +8,7 @@ USAGE="Usage: tpu/train.sh [--project P] [--zone Z] [--name N] [--bucket B] [--c
 
 On every worker of TPU VM N, in ~/musicgpt, starts in the background (setsid nohup):
   .venv/bin/python -u train.py --config PRESET --data_dir DIR --workdir WORKDIR TRAIN_PY_FLAGS...
-PRESET defaults to base, DIR (the prepared records) to gs://B/data, WORKDIR to gs://B/runs/N. The workdir
+PRESET defaults to maestro, DIR (the prepared records) to gs://B/data, WORKDIR to gs://B/runs/N. The workdir
 must be in GCS: the workers' disks vanish with a preempted VM, and all hosts must see the same checkpoints.
 train.py resumes from WORKDIR/checkpoints by itself, so running this again continues the run. On TPU VMs
 every host finds the others by itself (jax.distributed.initialize() needs no flags).
@@ -23,7 +23,7 @@ Environment: TPU_PROJECT, TPU_ZONE, TPU_NAME, TPU_BUCKET stand in for the flags.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 bucket=${TPU_BUCKET:-}
-config=base
+config=maestro
 data_dir=""
 workdir=""
 train_flags=()
