@@ -354,11 +354,11 @@ def main(argv: list[str] | None = None) -> int:
              "--workdir", str(run_dir), "--no_progress", *[f"--config.{o}" for o in args.overrides]]  # fmt: skip
     if args.steps:
         train += ["--steps", str(args.steps)]
-    measured, spent = [], 0.0
+    measured, spent, before = [], 0.0, 0.0
     for minutes in args.minutes:
-        segment = minutes * 60 - spent
-        log = work / f"train_{minutes:g}min.log"
-        spent += run([*train, f"--config.train.max_seconds={segment:g}"], log)
+        log = work / f"train_{minutes:g}min.log"  # each segment's budget includes its own set-up, as a run's does
+        spent += run([*train, f"--config.train.max_seconds={(minutes - before) * 60:g}"], log)
+        before = minutes
         result = measure_budget(args, work, run_dir, held_out, minutes)
         result["train_seconds"] = spent
         result["held_repeated_bars"] = held_repeated
