@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     allowed = np.flatnonzero(allowed_mask)
     low, high = int(allowed[0]), int(allowed[-1])
     eighth = max(1, grid.steps_per_quarter // 2)
-    widened = cfg.data.transpose if len(allowed) < grid.num_pitches else 0  # the keyboard came from the card
+    # the keyboard came from the card, widened by the transposition
+    widened = cfg.data.transpose if len(allowed) < grid.num_pitches and cfg.sampling.widen_keyboard else 0
     strategy = compose.strategy_of(options, cfg).describe()
     print(
         f"{args.workdir} step {step}, head {cfg.model.head}; {strategy}, keyboard {args.keyboard}; "

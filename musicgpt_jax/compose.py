@@ -52,7 +52,7 @@ class SampleOptions:
     strategy: str | None = None  # greedy, temperature or nucleus; None: nucleus when top_p is given, else DEFAULT
     temperature: float | None = None  # None: the run's own (`SamplingConfig`, saved with its config)
     top_p: float | None = None
-    keyboard: str = "corpus"  # "corpus": only pitches the training data sounds (transposition included); "all"
+    keyboard: str = "corpus"  # "corpus": only pitches the training data sounds (`generation.keyboard_of`); "all"
     seed: int = 0
     prime: str | None = None
     prime_bars: int = 4
@@ -151,7 +151,8 @@ def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
         "--keyboard",
         choices=KEYBOARDS,
         default=SampleOptions.keyboard,
-        help="corpus: only pitches the training data sounds, transposition included; all: every pitch",
+        help="corpus: only pitches the training data sounds (widened by its transposition for the chorale presets, "
+        "not for piano and maestro); all: every pitch",
     )
 
 

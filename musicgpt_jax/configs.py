@@ -151,6 +151,10 @@ class SamplingConfig:
     on classical piano it starves the music of note starts and releases (docs/RESULTS.md, "Classical piano")."""
 
     temperature: float = 0.9
+    # `--keyboard corpus` keeps the samples to the pitches the corpus sounds, widened by the training transposition
+    # (True) or not (False: music asked for untransposed, as a model told its transposition is, stays on the
+    # corpus's own keys; `piano` would otherwise write below the piano's lowest A).
+    widen_keyboard: bool = True
 
 
 @dataclasses.dataclass
@@ -332,7 +336,7 @@ def piano() -> Config:
         # Drawn at temperature 1, the model's own distribution: below 1 the note starts and releases thin out and
         # the samples fall silent; scheduled sampling, once the cure for that, added note starts instead
         # (docs/RESULTS.md, "Classical piano: where the texture swing came from").
-        sampling=SamplingConfig(temperature=1.0),
+        sampling=SamplingConfig(temperature=1.0, widen_keyboard=False),
         preset="piano",
     )
 
@@ -367,7 +371,9 @@ def maestro() -> Config:
             eval_every=500,
             checkpoint_every=500,
         ),
-        sampling=SamplingConfig(temperature=1.0),  # as `piano`'s (docs/RESULTS.md, "Classical piano")
+        sampling=SamplingConfig(
+            temperature=1.0, widen_keyboard=False
+        ),  # as `piano`'s (docs/RESULTS.md, "Classical piano")
         preset="maestro",
     )
 

@@ -54,8 +54,8 @@ class Grid:
 
 
 def keyboard_of(cfg: Config, grid: Grid) -> np.ndarray:
-    """(P,) bool: the model columns the run's training data sounds, widened by its transposition; all when the
-    dataset card is not at hand."""
+    """(P,) bool: the model columns the run's training data sounds, widened by its transposition unless the run
+    says not to (`SamplingConfig.widen_keyboard`); all when the dataset card is not at hand."""
     try:
         from musicgpt_jax import records
 
@@ -66,7 +66,8 @@ def keyboard_of(cfg: Config, grid: Grid) -> np.ndarray:
     if counts.shape != (grid.num_pitches,) or not used.size:
         return np.ones(grid.num_pitches, bool)
     columns = np.arange(grid.num_pitches)
-    return (columns >= used[0] - cfg.data.transpose) & (columns <= used[-1] + cfg.data.transpose)
+    widen = cfg.data.transpose if cfg.sampling.widen_keyboard else 0
+    return (columns >= used[0] - widen) & (columns <= used[-1] + widen)
 
 
 def grid_of(cfg: Config) -> Grid:

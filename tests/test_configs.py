@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from musicgpt_jax import configs
@@ -102,3 +103,19 @@ def test_maestro_is_the_one_accelerator_piano_preset():
     assert (model.head, model.velocity_bins, model.given_lookahead) == ("nade", 32, configs.GIVEN_LOOKAHEAD)
     assert model.dropout > 0 and cfg.data.dataset == "maestro"
     assert cfg.train.batch_size % 8 == 0 and cfg.train.warmup_steps < cfg.train.steps
+
+
+def test_piano_samples_on_the_corpus_own_keys(monkeypatch):
+    """A run told its transposition and asked for untransposed music keeps to the corpus's own range (`piano`);
+    the chorale presets' keyboard is widened by the training transposition."""
+    from musicgpt_jax import generation, records
+
+    counts = [0] * 128
+    counts[30], counts[90] = 5, 7  # the corpus sounds 30..90
+    monkeypatch.setattr(records, "load_card", lambda data_dir, name: {"pitch_histogram": {"counts": counts}})
+    grid = generation.Grid(8, 0, 128, 3)
+    for preset, (low, high) in (("piano", (30, 90)), ("maestro", (30, 90)), ("tiny", (25, 95))):
+        cfg = PRESETS[preset]()
+        cfg.data.transpose = 5
+        allowed = np.flatnonzero(generation.keyboard_of(cfg, grid))
+        assert (allowed[0], allowed[-1]) == (low, high), preset
