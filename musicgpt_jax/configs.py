@@ -394,7 +394,7 @@ PRESETS: dict[str, Callable[[], Config]] = {
 # One line per preset, for `train.py --help` (parameters: `count_params` of the initialised model).
 SUMMARIES: dict[str, str] = {
     "tiny": "0.77M parameters, a 4-bar window; the CPU demo on the Bach chorales (300 steps)",
-    "piano": "2.4M, an 8-bar window, dynamics (32 velocity bins); classical piano such as MAESTRO",
+    "piano": "2.63M, an 8-bar window, dynamics (32 velocity bins), key and composer inputs; classical piano on a CPU",
     "maestro": "35.4M, a 32-bar window, dynamics; MAESTRO on one H100 or a TPU v5e-8 slice (10,000 steps)",
     "small": "27.7M, a 16-bar window; a workstation or one GPU (20,000 steps)",
     "base": "113.9M, a 32-bar window; one H100 or a TPU v4-8 / v5e-8 slice",
