@@ -99,3 +99,36 @@ def test_long_samples_cli_scores_its_samples_cached_and_recomputed(piano_run, tm
     assert 0 <= figures["off_the_beat"] <= 2 and all(0 <= s["on_grid"] <= 1 for s in figures["samples"])
     first_window_gap = float(result.stdout.split("first window ")[1].split(",")[0])
     assert first_window_gap < 1e-3
+
+
+def test_texture_counts_note_starts_per_bar_sounding_notes_and_silence():
+    import texture_drift
+
+    frames = np.zeros((32, 128), np.int32)
+    frames[0, [60, 64]], frames[1:8, [60, 64]] = ONSET, HOLD  # two notes for 8 frames, then 24 silent ones
+    figures = texture_drift.texture(frames != OFF, frames, 32)  # every sounding cell as a start: 16 starts
+    assert figures == {"notes_per_bar": 16.0, "sounding_at_once": 2.0, "silent_share": 0.75}
+    starts = texture_drift.drawn_starts(frames, frames)
+    assert starts.sum() == 2  # read against the true previous frame, a held note starts once
+
+
+def test_a_draw_holding_a_note_the_true_frame_before_lacks_starts_it():
+    import texture_drift
+
+    truth = np.zeros((2, 128), np.int32)
+    drawn = np.zeros((2, 128), np.int32)
+    drawn[1, 60] = HOLD  # the truth has pitch 60 off in frame 0: the draw's HOLD is a new note
+    truth[0, 62], drawn[1, 62] = ONSET, HOLD  # the truth sounds 62 in frame 0: the draw continues it
+    assert texture_drift.drawn_starts(drawn, truth)[1].nonzero()[0].tolist() == [60]
+
+
+def test_texture_drift_measures_a_run_one_step_ahead_and_free_running(piano_run, tmp_path):
+    import texture_drift
+
+    out = tmp_path / "drift.json"
+    argv = ["--workdir", str(piano_run), "--temperatures", "1.0", "--split", "test", "--train_windows", "2"]
+    assert texture_drift.main([*argv, "--num_samples", "2", "--bars", "4", "--json", str(out)]) == 0
+    (rows,) = json.loads(out.read_text()).values()
+    assert {"held-out (test)", "one step ahead (test)", "held-out (train)", "free-running, all bars"} <= set(rows)
+    for figures in rows.values():
+        assert 0 <= figures["silent_share"] <= 1 and figures["notes_per_bar"] >= 0
