@@ -167,7 +167,9 @@ class Config:
     preset: str = "tiny"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as the JSON saved with a checkpoint holds it (tuples as lists), so a saved config reads back
+        equal."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
