@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -42,7 +42,7 @@ FIGURES = ("notes_per_bar", "sounding_at_once", "silent_share")
 
 
 def texture(starts: np.ndarray, states: np.ndarray, steps_per_bar: int) -> dict:
-    """The three figures of (N, P) frames whose note starts are `starts` (N, P)."""
+    """The three figures of (..., P) frames whose note starts are `starts` (..., P)."""
     sounding = (np.asarray(states) != OFF).sum(axis=-1).ravel()
     frames = max(sounding.size, 1)
     return {
@@ -69,33 +69,24 @@ def one_step_rows(workdir: str, cfg, step: int, sequences, temperature: float, s
     }
 
 
-def free_rows(workdir: str, step: int, temperature: float, args, spb: int) -> dict:
-    options = compose.SampleOptions(
-        workdir=workdir,
-        step=step,
-        out=tempfile.mkdtemp(prefix="texture_drift-"),
-        num_samples=args.num_samples,
-        bars=args.bars,
-        seed=args.seed,
-        strategy="temperature",
-        temperature=temperature,
+def free_rows(workdir: str, cfg, step: int, temperature: float, args, spb: int) -> dict:
+    """The figures of `--num_samples` free-running pieces of `--bars` bars, as `sample.py` draws them (no files)."""
+    grid = generation.grid_of(cfg)
+    params = restore_params(workdir, cfg, step)
+    strategy = frame_choice.Strategy("temperature", temperature, 1.0)
+    allowed = generation.keyboard_of(cfg, grid)
+    key = jax.random.key(args.seed)
+    pieces, _ = generation.generate_pieces(
+        params, cfg.model, None, args.num_samples, args.bars * spb, key, strategy, allowed
     )
-    samples = compose.sample_run(options, log=lambda line: None)
-    pieces = np.stack([s.generated for s in samples])
+    starts = np.stack([note_starts(piece, cfg.model.num_states) for piece in pieces])
     rows = {}
     bounds = [b for b in (0, 4, 16) if b < args.bars] + [args.bars]
-    for a, b in zip(bounds, bounds[1:], strict=False):
-        part = pieces[:, a * spb : b * spb].reshape(-1, pieces.shape[-1])
-        rows[f"free-running, bars {a + 1}-{b}"] = texture(note_starts_by_piece(pieces, a, b, spb), part, spb)
-    whole = pieces.reshape(-1, pieces.shape[-1])
-    rows["free-running, all bars"] = texture(note_starts_by_piece(pieces, 0, args.bars, spb), whole, spb)
+    for a, b in [*zip(bounds, bounds[1:], strict=False), (0, args.bars)]:
+        name = "all bars" if (a, b) == (0, args.bars) else f"bars {a + 1}-{b}"
+        window = slice(a * spb, b * spb)
+        rows[f"free-running, {name}"] = texture(starts[:, window], pieces[:, window], spb)
     return rows
-
-
-def note_starts_by_piece(pieces: np.ndarray, first_bar: int, end_bar: int, spb: int) -> np.ndarray:
-    """Note starts of bars [first_bar, end_bar) of each (B, T, P) piece, read in the piece's own context."""
-    num_states = 3
-    return np.concatenate([note_starts(p, num_states)[first_bar * spb : end_bar * spb] for p in pieces])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -143,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, sequences in ((args.split, held), ("train", train)):
                 one_step = one_step_rows(args.workdir, cfg, step, sequences, temperature, args.seed, spb)
                 rows.update({f"{name} ({label})": figures for name, figures in one_step.items()})
-            rows.update(free_rows(args.workdir, step, temperature, args, spb))
+            rows.update(free_rows(args.workdir, cfg, step, temperature, args, spb))
             results[f"step {step}, T {temperature:g}"] = rows
             print(f"\n{args.workdir} step {step}, temperature {temperature:g}\n{header}")
             for name, figures in rows.items():
